@@ -1,0 +1,1 @@
+//! agent-task integration tests.

@@ -1,0 +1,45 @@
+//! Switchboard's domain: everything both modes (local `serve` and AWS) agree on.
+//!
+//! # Layout
+//! - [`ids`]: validated identifiers ([`SessionId`], [`CallId`], [`CallType`], [`IdempotencyKey`]).
+//! - [`time`]: [`Timestamp`] and the [`Clock`] port, with system, tokio (pausable) and manual clocks.
+//! - [`session`]: [`Session`], [`SessionStatus`], [`EndReason`], [`Metadata`].
+//! - [`limits`]: [`Limits`], the launcher options, validated with the anchor's messages.
+//! - [`metrics`]: the 25 anchor metric names, percentile fields, the bounded [`metrics::LatencySketch`],
+//!   the snapshot [`AgentMetrics`] and the [`MetricsRecorder`] agents call on their hot paths.
+//! - [`registry`]: the [`SessionRegistry`] port (admission, leases, close flags, history).
+//! - [`launcher`]: the [`TaskLauncher`] port (in-process agents locally, ECS tasks in AWS).
+//! - [`service`]: the use cases the HTTP API and the launcher share (start a session, request a close).
+//! - [`memory`]: [`MemoryRegistry`], the embedded registry with the DynamoDB registry's semantics.
+//! - `conformance` (feature `conformance`): the suite every registry implementation must pass.
+//!
+//! # Must not depend on
+//! No `aws-*`, `axum` or `lambda_*` crate and no network I/O: adapters live in other crates and
+//! translate their errors into [`Error`] at the seam. Time comes from the [`Clock`] port so lease,
+//! idle and duration rules run on paused or manual time in tests.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod ids;
+pub mod launcher;
+pub mod limits;
+pub mod memory;
+pub mod metrics;
+pub mod registry;
+pub mod service;
+pub mod session;
+pub mod time;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::{Error, LimitKind, Result};
+pub use ids::{CallId, CallType, IdempotencyKey, SessionId};
+pub use launcher::{LaunchError, TaskLauncher};
+pub use limits::{LimitOptions, Limits};
+pub use memory::{MemoryRegistry, MemoryRegistryConfig};
+pub use metrics::{AgentMetrics, MetricsRecorder};
+pub use registry::SessionRegistry;
+pub use session::{EndReason, Metadata, Session, SessionStatus};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};

@@ -1,0 +1,289 @@
+//! The launcher options of SPEC.md §2, with the anchor's names, defaults and messages.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// Default `agent_idle_timeout` (seconds).
+pub const DEFAULT_AGENT_IDLE_TIMEOUT: f64 = 60.0;
+/// Default `maintenance_interval` (seconds).
+pub const DEFAULT_MAINTENANCE_INTERVAL: f64 = 5.0;
+/// The lease floor (seconds) when the interval does not demand more.
+pub const DEFAULT_SESSION_LEASE: f64 = 30.0;
+/// Default `session_retention` (seconds): 7 days.
+pub const DEFAULT_SESSION_RETENTION: f64 = 7.0 * 24.0 * 3600.0;
+
+/// The options as a user writes them (numbers, possibly invalid), validated by
+/// [`Limits::new`]. `Default` gives the anchor's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitOptions {
+    /// Maximum live sessions across all calls and nodes; `None` = unlimited.
+    pub max_concurrent_sessions: Option<i64>,
+    /// Maximum live sessions per call; `None` = unlimited.
+    pub max_sessions_per_call: Option<i64>,
+    /// Maximum session duration in seconds (from join); `None` = unlimited.
+    pub max_session_duration_seconds: Option<f64>,
+    /// Seconds the agent may stay alone in the call; `0` disables.
+    pub agent_idle_timeout: f64,
+    /// Seconds between heartbeats, metrics flushes and sweeps.
+    pub maintenance_interval: f64,
+    /// Lease length in seconds; `None` = `max(30, 3 × maintenance_interval)`.
+    pub session_lease_seconds: Option<f64>,
+    /// Seconds an ended session stays readable in lists.
+    pub session_retention: f64,
+}
+
+impl Default for LimitOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_sessions: None,
+            max_sessions_per_call: None,
+            max_session_duration_seconds: None,
+            agent_idle_timeout: DEFAULT_AGENT_IDLE_TIMEOUT,
+            maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
+            session_lease_seconds: None,
+            session_retention: DEFAULT_SESSION_RETENTION,
+        }
+    }
+}
+
+/// Validated launcher options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    max_concurrent_sessions: Option<u32>,
+    max_sessions_per_call: Option<u32>,
+    max_session_duration: Option<Duration>,
+    agent_idle_timeout: Option<Duration>,
+    maintenance_interval: Duration,
+    session_lease: Duration,
+    session_retention: Duration,
+}
+
+fn seconds(name: &str, value: f64, message: &str) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|_| value.is_finite())
+        .ok_or_else(|| Error::Invalid(format!("{name} {message}")))
+}
+
+fn count(name: &str, value: Option<i64>) -> Result<Option<u32>, Error> {
+    value
+        .map(|v| {
+            u32::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| Error::Invalid(format!("{name} must be > 0 or None")))
+        })
+        .transpose()
+}
+
+impl Limits {
+    /// Validates `options`, refusing invalid values with the anchor's messages.
+    pub fn new(options: LimitOptions) -> Result<Self, Error> {
+        let max_concurrent_sessions =
+            count("max_concurrent_sessions", options.max_concurrent_sessions)?;
+        let max_sessions_per_call = count("max_sessions_per_call", options.max_sessions_per_call)?;
+        let max_session_duration = options
+            .max_session_duration_seconds
+            .map(|v| {
+                if v > 0.0 {
+                    seconds("max_session_duration_seconds", v, "must be > 0 or None")
+                } else {
+                    Err(Error::Invalid(
+                        "max_session_duration_seconds must be > 0 or None".into(),
+                    ))
+                }
+            })
+            .transpose()?;
+        if options.agent_idle_timeout.is_nan() || options.agent_idle_timeout < 0.0 {
+            return Err(Error::Invalid("agent_idle_timeout must be >= 0".into()));
+        }
+        let idle = seconds(
+            "agent_idle_timeout",
+            options.agent_idle_timeout,
+            "must be >= 0",
+        )?;
+        if options.maintenance_interval.is_nan() || options.maintenance_interval <= 0.0 {
+            return Err(Error::Invalid("maintenance_interval must be > 0".into()));
+        }
+        let interval = seconds(
+            "maintenance_interval",
+            options.maintenance_interval,
+            "must be > 0",
+        )?;
+        let floor = interval * 3;
+        let session_lease = match options.session_lease_seconds {
+            None => floor.max(Duration::from_secs_f64(DEFAULT_SESSION_LEASE)),
+            Some(v) => {
+                let lease = if v > 0.0 {
+                    seconds("session_lease_seconds", v, "must be > 0")?
+                } else {
+                    return Err(Error::Invalid("session_lease_seconds must be > 0".into()));
+                };
+                if lease < floor {
+                    return Err(Error::Invalid(
+                        "session_lease_seconds must be >= 3 * maintenance_interval".into(),
+                    ));
+                }
+                lease
+            }
+        };
+        if options.session_retention.is_nan() || options.session_retention <= 0.0 {
+            return Err(Error::Invalid("session_retention must be > 0".into()));
+        }
+        let session_retention = seconds(
+            "session_retention",
+            options.session_retention,
+            "must be > 0",
+        )?;
+        Ok(Self {
+            max_concurrent_sessions,
+            max_sessions_per_call,
+            max_session_duration,
+            agent_idle_timeout: (!idle.is_zero()).then_some(idle),
+            maintenance_interval: interval,
+            session_lease,
+            session_retention,
+        })
+    }
+
+    /// Maximum live sessions across all calls.
+    pub fn max_concurrent_sessions(&self) -> Option<u32> {
+        self.max_concurrent_sessions
+    }
+    /// Maximum live sessions per call.
+    pub fn max_sessions_per_call(&self) -> Option<u32> {
+        self.max_sessions_per_call
+    }
+    /// Maximum duration from join.
+    pub fn max_session_duration(&self) -> Option<Duration> {
+        self.max_session_duration
+    }
+    /// Idle timeout; `None` when disabled (configured as 0).
+    pub fn agent_idle_timeout(&self) -> Option<Duration> {
+        self.agent_idle_timeout
+    }
+    /// Heartbeat, flush and sweep interval.
+    pub fn maintenance_interval(&self) -> Duration {
+        self.maintenance_interval
+    }
+    /// Lease length (≥ 3 intervals).
+    pub fn session_lease(&self) -> Duration {
+        self.session_lease
+    }
+    /// How long ended sessions stay readable.
+    pub fn session_retention(&self) -> Duration {
+        self.session_retention
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_sessions: None,
+            max_sessions_per_call: None,
+            max_session_duration: None,
+            agent_idle_timeout: Some(Duration::from_secs(60)),
+            maintenance_interval: Duration::from_secs(5),
+            session_lease: Duration::from_secs(30),
+            session_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(options: LimitOptions) -> String {
+        Limits::new(options).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_match_the_anchor() {
+        let limits = Limits::new(LimitOptions::default()).unwrap();
+        assert_eq!(limits, Limits::default());
+        assert_eq!(limits.agent_idle_timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(limits.maintenance_interval(), Duration::from_secs(5));
+        assert_eq!(limits.session_lease(), Duration::from_secs(30));
+        assert_eq!(limits.max_concurrent_sessions(), None);
+    }
+
+    #[test]
+    fn invalid_counts_are_refused_with_the_anchors_messages() {
+        for bad in [0, -1] {
+            let o = LimitOptions {
+                max_concurrent_sessions: Some(bad),
+                ..Default::default()
+            };
+            assert_eq!(err(o), "max_concurrent_sessions must be > 0 or None");
+            let o = LimitOptions {
+                max_sessions_per_call: Some(bad),
+                ..Default::default()
+            };
+            assert_eq!(err(o), "max_sessions_per_call must be > 0 or None");
+        }
+    }
+
+    #[test]
+    fn invalid_durations_are_refused_with_the_anchors_messages() {
+        for bad in [0.0, -1.0, f64::NAN] {
+            let o = LimitOptions {
+                max_session_duration_seconds: Some(bad),
+                ..Default::default()
+            };
+            assert_eq!(err(o), "max_session_duration_seconds must be > 0 or None");
+            let o = LimitOptions {
+                maintenance_interval: bad,
+                ..Default::default()
+            };
+            assert_eq!(err(o), "maintenance_interval must be > 0");
+        }
+        for bad in [-0.5, f64::NAN, f64::INFINITY] {
+            let o = LimitOptions {
+                agent_idle_timeout: bad,
+                ..Default::default()
+            };
+            assert_eq!(err(o), "agent_idle_timeout must be >= 0");
+        }
+    }
+
+    #[test]
+    fn idle_timeout_zero_disables() {
+        let o = LimitOptions {
+            agent_idle_timeout: 0.0,
+            ..Default::default()
+        };
+        assert_eq!(Limits::new(o).unwrap().agent_idle_timeout(), None);
+    }
+
+    #[test]
+    fn lease_defaults_to_three_intervals_when_larger_and_never_less() {
+        let o = LimitOptions {
+            maintenance_interval: 20.0,
+            ..Default::default()
+        };
+        assert_eq!(
+            Limits::new(o).unwrap().session_lease(),
+            Duration::from_secs(60)
+        );
+        let o = LimitOptions {
+            maintenance_interval: 5.0,
+            session_lease_seconds: Some(14.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            err(o),
+            "session_lease_seconds must be >= 3 * maintenance_interval"
+        );
+        let o = LimitOptions {
+            maintenance_interval: 0.5,
+            session_lease_seconds: Some(1.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            Limits::new(o).unwrap().session_lease(),
+            Duration::from_millis(1500)
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! Per-session agent metrics: the anchor's 25 names, plus percentiles for every latency.
+//!
+//! - [`MetricsRecorder`]: what agents call on their hot paths (wait-free atomics, no locks).
+//! - [`AgentMetrics`]: an immutable snapshot, flushed to the registry and served by the API.
+//!
+//! Names: every counter is `<name>__total` (0 when empty); every latency is `<name>__avg`
+//! (null when empty, as the anchor) plus `__p50`, `__p95`, `__p99`, `__max` (null when empty)
+//! and `__count` (0 when empty).
+
+pub mod sketch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde_json::Value;
+
+pub use sketch::{LatencySketch, LatencyStats};
+
+macro_rules! metric_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $wire:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $(#[doc = concat!("`", $wire, "`")] $variant),+
+        }
+
+        impl $name {
+            /// Every metric of this kind, in the anchor's order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The base name (without the `__` suffix).
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $wire),+ }
+            }
+
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+metric_enum!(
+    /// A cumulative count (`<name>__total`).
+    Counter {
+        SttAudioDurationMs => "stt_audio_duration_ms",
+        TtsAudioDurationMs => "tts_audio_duration_ms",
+        TtsCharacters => "tts_characters",
+        LlmInputTokens => "llm_input_tokens",
+        LlmOutputTokens => "llm_output_tokens",
+        LlmToolCalls => "llm_tool_calls",
+        RealtimeAudioInputBytes => "realtime_audio_input_bytes",
+        RealtimeAudioOutputBytes => "realtime_audio_output_bytes",
+        RealtimeAudioInputDurationMs => "realtime_audio_input_duration_ms",
+        RealtimeAudioOutputDurationMs => "realtime_audio_output_duration_ms",
+        RealtimeUserTranscriptions => "realtime_user_transcriptions",
+        RealtimeAgentTranscriptions => "realtime_agent_transcriptions",
+        VlmInferences => "vlm_inferences",
+        VlmInputTokens => "vlm_input_tokens",
+        VlmOutputTokens => "vlm_output_tokens",
+        VideoFramesProcessed => "video_frames_processed",
+    }
+);
+
+metric_enum!(
+    /// A latency distribution in milliseconds (`<name>__avg` and percentiles).
+    Latency {
+        SttLatencyMs => "stt_latency_ms",
+        TtsLatencyMs => "tts_latency_ms",
+        LlmLatencyMs => "llm_latency_ms",
+        LlmTimeToFirstTokenMs => "llm_time_to_first_token_ms",
+        LlmToolLatencyMs => "llm_tool_latency_ms",
+        TurnDurationMs => "turn_duration_ms",
+        TurnTrailingSilenceMs => "turn_trailing_silence_ms",
+        VlmInferenceLatencyMs => "vlm_inference_latency_ms",
+        VideoProcessingLatencyMs => "video_processing_latency_ms",
+    }
+);
+
+const COUNTERS: usize = 16;
+const LATENCIES: usize = 9;
+const _: () = assert!(COUNTERS + LATENCIES == 25, "the anchor has 25 metrics");
+
+/// The suffixes each latency carries beyond the anchor's `__avg`.
+pub const LATENCY_EXTRA_SUFFIXES: [&str; 5] = ["p50", "p95", "p99", "max", "count"];
+
+/// The anchor's 25 names (`…__total` and `…__avg`), in its order: counters, then latencies.
+pub fn anchor_metric_names() -> Vec<String> {
+    Counter::ALL
+        .iter()
+        .map(|c| format!("{}__total", c.name()))
+        .chain(Latency::ALL.iter().map(|l| format!("{}__avg", l.name())))
+        .collect()
+}
+
+/// Every name a snapshot reports: the anchor's 25 and the 45 percentile fields.
+pub fn all_metric_names() -> Vec<String> {
+    let mut names = anchor_metric_names();
+    for l in Latency::ALL {
+        for suffix in LATENCY_EXTRA_SUFFIXES {
+            names.push(format!("{}__{suffix}", l.name()));
+        }
+    }
+    names
+}
+
+/// An immutable snapshot of one session's metrics.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentMetrics {
+    totals: [u64; COUNTERS],
+    latencies: [LatencyStats; LATENCIES],
+}
+
+fn float(value: Option<f64>) -> Value {
+    value
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+impl AgentMetrics {
+    /// A counter's total.
+    pub fn total(&self, counter: Counter) -> u64 {
+        self.totals[counter.index()]
+    }
+
+    /// A latency's summary.
+    pub fn latency(&self, latency: Latency) -> &LatencyStats {
+        &self.latencies[latency.index()]
+    }
+
+    /// Whether nothing was ever recorded.
+    pub fn is_empty(&self) -> bool {
+        self.totals.iter().all(|t| *t == 0) && self.latencies.iter().all(|l| l.count == 0)
+    }
+
+    /// The wire form: every name of [`all_metric_names`] with its value (numbers or null).
+    pub fn to_map(&self) -> BTreeMap<String, Value> {
+        let mut map = BTreeMap::new();
+        for c in Counter::ALL {
+            map.insert(format!("{}__total", c.name()), Value::from(self.total(*c)));
+        }
+        for l in Latency::ALL {
+            let s = self.latency(*l);
+            let name = l.name();
+            map.insert(format!("{name}__avg"), float(s.avg_ms()));
+            map.insert(format!("{name}__p50"), float(s.p50_ms));
+            map.insert(format!("{name}__p95"), float(s.p95_ms));
+            map.insert(format!("{name}__p99"), float(s.p99_ms));
+            map.insert(format!("{name}__max"), float(s.max_ms));
+            map.insert(format!("{name}__count"), Value::from(s.count));
+        }
+        map
+    }
+
+    /// Rebuilds a snapshot from its wire form (as stored by a registry). Unknown keys are
+    /// ignored and missing ones read as empty, so older and newer writers interoperate.
+    pub fn from_map(map: &BTreeMap<String, Value>) -> Self {
+        let num = |key: String| map.get(&key).and_then(Value::as_f64);
+        let mut metrics = Self::default();
+        for c in Counter::ALL {
+            metrics.totals[c.index()] = map
+                .get(&format!("{}__total", c.name()))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+        }
+        for l in Latency::ALL {
+            let name = l.name();
+            let count = map
+                .get(&format!("{name}__count"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let avg = num(format!("{name}__avg"));
+            metrics.latencies[l.index()] = LatencyStats {
+                count,
+                sum_ms: avg.map_or(0.0, |a| a * count as f64),
+                min_ms: None,
+                max_ms: num(format!("{name}__max")),
+                p50_ms: num(format!("{name}__p50")),
+                p95_ms: num(format!("{name}__p95")),
+                p99_ms: num(format!("{name}__p99")),
+            };
+        }
+        metrics
+    }
+}
+
+#[derive(Debug)]
+struct RecorderInner {
+    totals: [AtomicU64; COUNTERS],
+    latencies: [LatencySketch; LATENCIES],
+    version: AtomicU64,
+}
+
+/// What an agent calls to record its metrics. Cheap to clone (one `Arc`), safe to share
+/// across threads, and wait-free: every call is a handful of relaxed atomic operations with no
+/// lock; a latency allocates only the first time a new range of values is seen (see
+/// [`sketch`]'s memory bound).
+#[derive(Debug, Clone)]
+pub struct MetricsRecorder(Arc<RecorderInner>);
+
+impl Default for MetricsRecorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetricsRecorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self(Arc::new(RecorderInner {
+            totals: std::array::from_fn(|_| AtomicU64::new(0)),
+            latencies: std::array::from_fn(|_| LatencySketch::new()),
+            version: AtomicU64::new(0),
+        }))
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(&self, counter: Counter, n: u64) {
+        if n > 0 {
+            self.0.totals[counter.index()].fetch_add(n, Relaxed);
+            self.0.version.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records one latency sample in milliseconds (NaN, infinite and negative are ignored).
+    pub fn record(&self, latency: Latency, ms: f64) {
+        self.0.latencies[latency.index()].record(ms);
+        self.0.version.fetch_add(1, Relaxed);
+    }
+
+    /// A change counter: the supervisor flushes only when it moved since the last flush.
+    pub fn version(&self) -> u64 {
+        self.0.version.load(Relaxed)
+    }
+
+    /// The current values.
+    pub fn snapshot(&self) -> AgentMetrics {
+        AgentMetrics {
+            totals: std::array::from_fn(|i| self.0.totals[i].load(Relaxed)),
+            latencies: std::array::from_fn(|i| self.0.latencies[i].stats()),
+        }
+    }
+
+    /// Heap bytes held by the latency sketches (bounded by 9 × [`sketch::MAX_HEAP_BYTES`]).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.latencies.iter().map(LatencySketch::heap_bytes).sum()
+    }
+
+    // The anchor's collector events, one per pipeline stage.
+
+    /// An LLM response: total latency, time to first token (when streamed), token counts.
+    pub fn on_llm_response(
+        &self,
+        latency_ms: f64,
+        ttft_ms: Option<f64>,
+        input_tokens: u64,
+        output_tokens: u64,
+    ) {
+        self.record(Latency::LlmLatencyMs, latency_ms);
+        if let Some(ttft) = ttft_ms {
+            self.record(Latency::LlmTimeToFirstTokenMs, ttft);
+        }
+        self.add(Counter::LlmInputTokens, input_tokens);
+        self.add(Counter::LlmOutputTokens, output_tokens);
+    }
+
+    /// A tool (function) call and how long it ran.
+    pub fn on_tool_call(&self, execution_ms: f64) {
+        self.add(Counter::LlmToolCalls, 1);
+        self.record(Latency::LlmToolLatencyMs, execution_ms);
+    }
+
+    /// A speech-to-text transcript.
+    pub fn on_stt_transcript(&self, processing_ms: f64, audio_duration_ms: u64) {
+        self.record(Latency::SttLatencyMs, processing_ms);
+        self.add(Counter::SttAudioDurationMs, audio_duration_ms);
+    }
+
+    /// A text-to-speech synthesis.
+    pub fn on_tts_synthesis(&self, synthesis_ms: f64, audio_duration_ms: u64, characters: u64) {
+        self.record(Latency::TtsLatencyMs, synthesis_ms);
+        self.add(Counter::TtsAudioDurationMs, audio_duration_ms);
+        self.add(Counter::TtsCharacters, characters);
+    }
+
+    /// The end of a conversational turn.
+    pub fn on_turn_ended(&self, duration_ms: f64, trailing_silence_ms: f64) {
+        self.record(Latency::TurnDurationMs, duration_ms);
+        self.record(Latency::TurnTrailingSilenceMs, trailing_silence_ms);
+    }
+
+    /// Audio sent to a realtime model.
+    pub fn on_realtime_audio_input(&self, bytes: u64, duration_ms: u64) {
+        self.add(Counter::RealtimeAudioInputBytes, bytes);
+        self.add(Counter::RealtimeAudioInputDurationMs, duration_ms);
+    }
+
+    /// Audio received from a realtime model.
+    pub fn on_realtime_audio_output(&self, bytes: u64, duration_ms: u64) {
+        self.add(Counter::RealtimeAudioOutputBytes, bytes);
+        self.add(Counter::RealtimeAudioOutputDurationMs, duration_ms);
+    }
+
+    /// A user transcription from a realtime model.
+    pub fn on_realtime_user_transcription(&self) {
+        self.add(Counter::RealtimeUserTranscriptions, 1);
+    }
+
+    /// An agent transcription from a realtime model.
+    pub fn on_realtime_agent_transcription(&self) {
+        self.add(Counter::RealtimeAgentTranscriptions, 1);
+    }
+
+    /// A vision-language model inference.
+    pub fn on_vlm_inference(&self, latency_ms: f64, input_tokens: u64, output_tokens: u64) {
+        self.add(Counter::VlmInferences, 1);
+        self.record(Latency::VlmInferenceLatencyMs, latency_ms);
+        self.add(Counter::VlmInputTokens, input_tokens);
+        self.add(Counter::VlmOutputTokens, output_tokens);
+    }
+
+    /// One processed video frame.
+    pub fn on_video_frame_processed(&self, latency_ms: f64) {
+        self.add(Counter::VideoFramesProcessed, 1);
+        self.record(Latency::VideoProcessingLatencyMs, latency_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn there_are_25_anchor_names_and_70_in_all() {
+        let anchor = anchor_metric_names();
+        assert_eq!(anchor.len(), 25);
+        for name in [
+            "stt_latency_ms__avg",
+            "llm_time_to_first_token_ms__avg",
+            "realtime_audio_output_duration_ms__total",
+            "video_processing_latency_ms__avg",
+            "vlm_output_tokens__total",
+        ] {
+            assert!(anchor.contains(&name.to_owned()), "{name}");
+        }
+        let all = all_metric_names();
+        assert_eq!(all.len(), 70);
+        let map = AgentMetrics::default().to_map();
+        assert_eq!(
+            map.keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            all.into_iter().collect()
+        );
+    }
+
+    #[test]
+    fn empty_snapshot_has_null_averages_and_zero_totals() {
+        let map = AgentMetrics::default().to_map();
+        assert_eq!(map["llm_latency_ms__avg"], Value::Null);
+        assert_eq!(map["llm_latency_ms__p99"], Value::Null);
+        assert_eq!(map["llm_latency_ms__count"], Value::from(0));
+        assert_eq!(map["llm_input_tokens__total"], Value::from(0));
+    }
+
+    #[test]
+    fn every_event_reaches_its_metrics() {
+        let r = MetricsRecorder::new();
+        r.on_llm_response(250.0, Some(120.0), 1500, 800);
+        r.on_tool_call(12.0);
+        r.on_stt_transcript(85.0, 1000);
+        r.on_tts_synthesis(95.0, 2000, 42);
+        r.on_turn_ended(3000.0, 400.0);
+        r.on_realtime_audio_input(3200, 100);
+        r.on_realtime_audio_output(6400, 200);
+        r.on_realtime_user_transcription();
+        r.on_realtime_agent_transcription();
+        r.on_vlm_inference(300.0, 10, 20);
+        r.on_video_frame_processed(4.0);
+        let m = r.snapshot();
+        for c in Counter::ALL {
+            assert!(m.total(*c) > 0, "{} never recorded", c.name());
+        }
+        for l in Latency::ALL {
+            assert_eq!(m.latency(*l).count, 1, "{} never recorded", l.name());
+        }
+        let map = m.to_map();
+        assert_eq!(map["llm_latency_ms__avg"], Value::from(250.0));
+        assert_eq!(map["llm_input_tokens__total"], Value::from(1500));
+        assert_eq!(map["tts_characters__total"], Value::from(42));
+    }
+
+    #[test]
+    fn version_moves_only_on_change() {
+        let r = MetricsRecorder::new();
+        let v0 = r.version();
+        r.add(Counter::LlmToolCalls, 0);
+        assert_eq!(r.version(), v0);
+        r.add(Counter::LlmToolCalls, 1);
+        assert!(r.version() > v0);
+    }
+
+    #[test]
+    fn wire_map_round_trips() {
+        let r = MetricsRecorder::new();
+        r.on_llm_response(100.0, Some(50.0), 3, 4);
+        r.on_llm_response(300.0, None, 1, 1);
+        let m = r.snapshot();
+        let back = AgentMetrics::from_map(&m.to_map());
+        assert_eq!(back.to_map(), m.to_map());
+        assert_eq!(back.latency(Latency::LlmLatencyMs).avg_ms(), Some(200.0));
+    }
+}
