@@ -1,0 +1,660 @@
+//! [`AgentLauncher`]: the anchor's AgentLauncher in Rust, and [`InProcessLauncher`], the
+//! [`TaskLauncher`] that runs each session's agent as a supervised tokio task here.
+//!
+//! Starts never serialize: admission is one atomic registry operation, and each agent is
+//! created inside its own supervisor task (the anchor holds one lock across `create_agent` and
+//! warmup, so one slow factory blocks every start).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use switchboard_core::registry::{EndGuard, EndRequest};
+use switchboard_core::service::{self, StartSession};
+use switchboard_core::{
+    CallId, CallType, Clock, EndReason, Error, LaunchError, LimitOptions, Limits, MemoryRegistry,
+    Metadata, Result, Session, SessionId, SessionRegistry, SystemClock, TaskLauncher, Timestamp,
+};
+use tokio::sync::{OnceCell, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::agent::{Agent, CreateContext, JoinContext, WarmupCache};
+use crate::supervisor::supervise;
+
+type CreateFn<A> =
+    Arc<dyn Fn(CreateContext) -> BoxFuture<'static, anyhow::Result<A>> + Send + Sync>;
+type JoinFn<A> =
+    Arc<dyn Fn(Arc<A>, JoinContext) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// How long `Agent::close` may take before the session is ended anyway.
+pub const DEFAULT_AGENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a session ended, as its supervisor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnd {
+    /// Why.
+    pub reason: EndReason,
+    /// Operator detail (an error message).
+    pub detail: Option<String>,
+    /// When the supervisor finished.
+    pub at: Timestamp,
+    /// Whether the end was written to the registry by this supervisor (false when it had
+    /// already ended elsewhere, or the registry was unreachable until the lease expired).
+    pub recorded: bool,
+}
+
+/// A session running on this node (the anchor's `AgentSession`). Cheap to clone.
+pub struct AgentSession<A> {
+    id: SessionId,
+    call_id: CallId,
+    call_type: CallType,
+    started_at: Timestamp,
+    agent: Arc<OnceLock<Arc<A>>>,
+    stop: Arc<watch::Sender<Option<EndReason>>>,
+    done: watch::Receiver<Option<SessionEnd>>,
+}
+
+impl<A> Clone for AgentSession<A> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            call_id: self.call_id.clone(),
+            call_type: self.call_type.clone(),
+            started_at: self.started_at,
+            agent: self.agent.clone(),
+            stop: self.stop.clone(),
+            done: self.done.clone(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for AgentSession<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentSession")
+            .field("id", &self.id)
+            .field("call_id", &self.call_id)
+            .field("started_at", &self.started_at)
+            .field("finished", &self.finished())
+            .finish()
+    }
+}
+
+impl<A> AgentSession<A> {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+    /// The call.
+    pub fn call_id(&self) -> &CallId {
+        &self.call_id
+    }
+    /// The call's type.
+    pub fn call_type(&self) -> &CallType {
+        &self.call_type
+    }
+    /// When the session was admitted.
+    pub fn started_at(&self) -> Timestamp {
+        self.started_at
+    }
+    /// The agent, once created.
+    pub fn agent(&self) -> Option<Arc<A>> {
+        self.agent.get().cloned()
+    }
+    /// Whether the session has ended.
+    pub fn finished(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+    /// How it ended, once it has.
+    pub fn end(&self) -> Option<SessionEnd> {
+        self.done.borrow().clone()
+    }
+    /// Waits for the end.
+    pub async fn wait(&self) -> SessionEnd {
+        let mut done = self.done.clone();
+        match done.wait_for(Option::is_some).await {
+            Ok(end) => end
+                .clone()
+                .unwrap_or_else(|| unreachable!("waited for Some")),
+            // The supervisor vanished without reporting (it cannot panic by design; a runtime
+            // shutdown drops it). The registry's lease sweep ends the session.
+            Err(_) => SessionEnd {
+                reason: EndReason::Shutdown,
+                detail: Some("supervisor stopped without reporting".into()),
+                at: self.started_at,
+                recorded: false,
+            },
+        }
+    }
+    /// Asks the supervisor to close for `reason`; false if a close was already asked.
+    pub(crate) fn request_stop(&self, reason: EndReason) -> bool {
+        self.stop.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        })
+    }
+    pub(crate) fn agent_slot(&self) -> &OnceLock<Arc<A>> {
+        &self.agent
+    }
+}
+
+/// State shared by the launcher, its sessions' supervisors and the maintenance loop.
+pub(crate) struct Shared<A> {
+    pub(crate) create_agent: CreateFn<A>,
+    pub(crate) join_call: JoinFn<A>,
+    pub(crate) limits: Limits,
+    pub(crate) registry: Arc<dyn SessionRegistry>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cache: WarmupCache,
+    pub(crate) agent_close_timeout: Duration,
+    sessions: Mutex<HashMap<SessionId, AgentSession<A>>>,
+    warmed_up: OnceCell<()>,
+    running: AtomicBool,
+    draining: AtomicBool,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<A> Shared<A> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, AgentSession<A>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn forget(&self, id: SessionId) {
+        self.sessions().remove(&id);
+    }
+
+    fn local(&self, id: SessionId) -> Option<AgentSession<A>> {
+        self.sessions().get(&id).cloned()
+    }
+}
+
+impl<A: Agent> Shared<A> {
+    /// Registers the local session and spawns its supervisor; returns once the agent exists.
+    async fn spawn_session(
+        self: &Arc<Self>,
+        session: &Session,
+    ) -> Result<AgentSession<A>, LaunchError> {
+        if !self.running.load(Ordering::SeqCst) || self.draining.load(Ordering::SeqCst) {
+            return Err(LaunchError::NoCapacity {
+                retry_after: Duration::from_secs(1),
+                source: anyhow::anyhow!("the launcher is not running"),
+            });
+        }
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (done_tx, done_rx) = watch::channel(None);
+        let handle = AgentSession {
+            id: session.id,
+            call_id: session.call_id.clone(),
+            call_type: session.call_type.clone(),
+            started_at: session.created_at,
+            agent: Arc::new(OnceLock::new()),
+            stop: Arc::new(stop_tx),
+            done: done_rx,
+        };
+        self.sessions().insert(session.id, handle.clone());
+        let (created_tx, created_rx) = oneshot::channel();
+        tokio::spawn(supervise(
+            self.clone(),
+            session.clone(),
+            handle.clone(),
+            stop_rx,
+            done_tx,
+            created_tx,
+        ));
+        match created_rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(e)) => Err(LaunchError::Rejected(e)),
+            Err(_) => Err(LaunchError::Rejected(anyhow::anyhow!(
+                "the session's supervisor exited before the agent was created"
+            ))),
+        }
+    }
+
+    /// Ends sessions whose lease expired (their node or supervisor is gone).
+    async fn sweep(&self) {
+        loop {
+            let expired = match self.registry.expired_leases(100).await {
+                Ok(expired) => expired,
+                Err(e) => {
+                    warn!(error = %e, "lease sweep could not list expired leases");
+                    return;
+                }
+            };
+            let batch = expired.len();
+            for session in expired {
+                let request = EndRequest::new(EndReason::LeaseExpired)
+                    .guard(EndGuard::LeaseExpired)
+                    .retention(self.limits.session_retention());
+                match self
+                    .registry
+                    .end(&session.call_id, session.id, request)
+                    .await
+                {
+                    Ok(_) => {
+                        info!(session_id = %session.id, call_id = %session.call_id, "ended a session whose lease expired")
+                    }
+                    // Renewed or ended meanwhile: nothing to do.
+                    Err(Error::Conflict(_) | Error::NotFound) => {}
+                    Err(e) => {
+                        warn!(session_id = %session.id, error = %e, "lease sweep could not end a session");
+                        return;
+                    }
+                }
+            }
+            if batch < 100 {
+                return;
+            }
+        }
+    }
+}
+
+/// Builds an [`AgentLauncher`].
+pub struct AgentLauncherBuilder<A> {
+    create_agent: CreateFn<A>,
+    join_call: JoinFn<A>,
+    options: LimitOptions,
+    registry: Option<Arc<dyn SessionRegistry>>,
+    clock: Option<Arc<dyn Clock>>,
+    agent_close_timeout: Duration,
+}
+
+impl<A> fmt::Debug for AgentLauncherBuilder<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentLauncherBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Agent> AgentLauncherBuilder<A> {
+    /// All launcher options at once (validated by [`build`](Self::build)).
+    pub fn options(mut self, options: LimitOptions) -> Self {
+        self.options = options;
+        self
+    }
+    /// `max_concurrent_sessions` (None = unlimited).
+    pub fn max_concurrent_sessions(mut self, value: impl Into<Option<i64>>) -> Self {
+        self.options.max_concurrent_sessions = value.into();
+        self
+    }
+    /// `max_sessions_per_call` (None = unlimited).
+    pub fn max_sessions_per_call(mut self, value: impl Into<Option<i64>>) -> Self {
+        self.options.max_sessions_per_call = value.into();
+        self
+    }
+    /// `max_session_duration_seconds` (None = unlimited).
+    pub fn max_session_duration_seconds(mut self, value: impl Into<Option<f64>>) -> Self {
+        self.options.max_session_duration_seconds = value.into();
+        self
+    }
+    /// `agent_idle_timeout` in seconds (0 disables).
+    pub fn agent_idle_timeout(mut self, seconds: f64) -> Self {
+        self.options.agent_idle_timeout = seconds;
+        self
+    }
+    /// `maintenance_interval` in seconds.
+    pub fn maintenance_interval(mut self, seconds: f64) -> Self {
+        self.options.maintenance_interval = seconds;
+        self
+    }
+    /// `session_lease_seconds` (None = max(30, 3 × interval)).
+    pub fn session_lease_seconds(mut self, value: impl Into<Option<f64>>) -> Self {
+        self.options.session_lease_seconds = value.into();
+        self
+    }
+    /// The registry (default: a [`MemoryRegistry`] on the launcher's clock).
+    pub fn registry(mut self, registry: Arc<dyn SessionRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+    /// The clock (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+    /// How long `Agent::close` may take (default 10 s).
+    pub fn agent_close_timeout(mut self, timeout: Duration) -> Self {
+        self.agent_close_timeout = timeout;
+        self
+    }
+
+    /// Validates the options (with the anchor's messages) and builds the launcher.
+    pub fn build(self) -> Result<AgentLauncher<A>> {
+        let limits = Limits::new(self.options)?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let registry = self
+            .registry
+            .unwrap_or_else(|| Arc::new(MemoryRegistry::new(clock.clone())));
+        Ok(AgentLauncher {
+            shared: Arc::new(Shared {
+                create_agent: self.create_agent,
+                join_call: self.join_call,
+                limits,
+                registry,
+                clock,
+                cache: WarmupCache::default(),
+                agent_close_timeout: self.agent_close_timeout,
+                sessions: Mutex::new(HashMap::new()),
+                warmed_up: OnceCell::new(),
+                running: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                maintenance: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Runs agents on demand: admission under the limits, one supervised task per session, and a
+/// maintenance loop that ends sessions whose lease expired.
+pub struct AgentLauncher<A> {
+    shared: Arc<Shared<A>>,
+}
+
+impl<A> Clone for AgentLauncher<A> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<A> fmt::Debug for AgentLauncher<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentLauncher")
+            .field("limits", &self.shared.limits)
+            .field("registry", &self.shared.registry)
+            .field("sessions", &self.shared.sessions().len())
+            .finish()
+    }
+}
+
+impl<A: Agent> AgentLauncher<A> {
+    /// A builder from the two user functions: `create_agent` makes an agent for a session
+    /// (or a throw-away one for the process warmup, see [`CreateContext::is_warmup`]), and
+    /// `join_call` runs it in its call until it is done.
+    pub fn builder<C, CF, J, JF>(create_agent: C, join_call: J) -> AgentLauncherBuilder<A>
+    where
+        C: Fn(CreateContext) -> CF + Send + Sync + 'static,
+        CF: Future<Output = anyhow::Result<A>> + Send + 'static,
+        J: Fn(Arc<A>, JoinContext) -> JF + Send + Sync + 'static,
+        JF: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        AgentLauncherBuilder {
+            create_agent: Arc::new(move |ctx| Box::pin(create_agent(ctx))),
+            join_call: Arc::new(move |agent, ctx| Box::pin(join_call(agent, ctx))),
+            options: LimitOptions::default(),
+            registry: None,
+            clock: None,
+            agent_close_timeout: DEFAULT_AGENT_CLOSE_TIMEOUT,
+        }
+    }
+
+    /// The validated options.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// The registry sessions are recorded in.
+    pub fn registry(&self) -> Arc<dyn SessionRegistry> {
+        self.shared.registry.clone()
+    }
+
+    /// The clock every rule reads.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.shared.clock.clone()
+    }
+
+    /// The [`TaskLauncher`] to hand to the HTTP API.
+    pub fn task_launcher(&self) -> Arc<dyn TaskLauncher> {
+        Arc::new(InProcessLauncher {
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Whether the process warmup has succeeded.
+    pub fn warmed_up(&self) -> bool {
+        self.shared.warmed_up.initialized()
+    }
+
+    /// Whether [`start`](Self::start) ran and [`stop`](Self::stop) did not.
+    pub fn running(&self) -> bool {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Warmed up, running and not draining: new sessions can start (`/ready`).
+    pub fn ready(&self) -> bool {
+        self.warmed_up() && self.running() && !self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// Warms up the process once: creates a throw-away agent and runs its warmup against the
+    /// shared cache, so models load before the first session. Concurrent callers wait for the
+    /// same warmup; a failed warmup can be retried.
+    pub async fn warmup(&self) -> Result<()> {
+        let shared = &self.shared;
+        shared
+            .warmed_up
+            .get_or_try_init(|| async {
+                let agent = (shared.create_agent)(CreateContext {
+                    session: None,
+                    metadata: None,
+                })
+                .await
+                .map_err(|e| Error::Unexpected(e.context("create_agent failed during warmup")))?;
+                let result = agent.warmup(&shared.cache).await;
+                agent.close().await;
+                result.map_err(|e| Error::Unexpected(e.context("agent warmup failed")))
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Warms up, then starts the maintenance loop. Errors if already running or if the warmup
+    /// fails (and then stays stopped).
+    pub async fn start(&self) -> Result<()> {
+        if self.running() {
+            return Err(Error::Conflict("AgentLauncher is already running".into()));
+        }
+        self.warmup().await?;
+        if self.shared.running.swap(true, Ordering::SeqCst) {
+            return Err(Error::Conflict("AgentLauncher is already running".into()));
+        }
+        self.shared.draining.store(false, Ordering::SeqCst);
+        let shared = self.shared.clone();
+        let interval = shared.limits.maintenance_interval();
+        let loop_handle = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                shared.sweep().await;
+            }
+        });
+        *self
+            .shared
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(loop_handle);
+        info!(limits = ?self.shared.limits, "agent launcher started");
+        Ok(())
+    }
+
+    /// Stops accepting sessions, closes every local session with `shutdown` and waits for
+    /// them to end, then stops the maintenance loop.
+    pub async fn stop(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let sessions: Vec<_> = self.shared.sessions().values().cloned().collect();
+        for session in &sessions {
+            session.request_stop(EndReason::Shutdown);
+        }
+        futures::future::join_all(sessions.iter().map(AgentSession::wait)).await;
+        if let Some(handle) = self
+            .shared
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            handle.abort();
+        }
+        self.shared.running.store(false, Ordering::SeqCst);
+        info!(closed = sessions.len(), "agent launcher stopped");
+    }
+
+    /// Marks the launcher as draining: `/ready` turns false and new starts are refused, while
+    /// running sessions continue until [`stop`](Self::stop).
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts a session: admission under the limits (cluster-wide with a shared registry),
+    /// then the agent is created and warmed up in its own task. Returns once the agent exists;
+    /// `join_call` runs in the background.
+    pub async fn start_session(
+        &self,
+        call_id: CallId,
+        call_type: CallType,
+        metadata: Option<Metadata>,
+    ) -> Result<AgentSession<A>> {
+        let capture = Capture {
+            shared: self.shared.clone(),
+            handle: Mutex::new(None),
+        };
+        let started = service::start_session(
+            &*self.shared.registry,
+            &capture,
+            &self.shared.limits,
+            call_id,
+            StartSession {
+                call_type,
+                metadata,
+                idempotency_key: None,
+            },
+        )
+        .await?;
+        let handle = capture
+            .handle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        handle.ok_or_else(|| {
+            Error::Unexpected(anyhow::anyhow!(
+                "session {} started without a local agent",
+                started.receipt.session_id
+            ))
+        })
+    }
+
+    /// Closes a session running on this node now (the anchor's local `close_session`), ending
+    /// it `requested`. Returns false if it does not run here. With `wait`, returns after the
+    /// agent has closed and the end is recorded.
+    pub async fn close_session(&self, session_id: SessionId, wait: bool) -> bool {
+        let Some(session) = self.shared.local(session_id) else {
+            return false;
+        };
+        session.request_stop(EndReason::Requested);
+        if wait {
+            session.wait().await;
+        }
+        true
+    }
+
+    /// A session running on this node.
+    pub fn get_session(&self, session_id: SessionId) -> Option<AgentSession<A>> {
+        self.shared.local(session_id)
+    }
+
+    /// The sessions running on this node.
+    pub fn local_sessions(&self) -> Vec<AgentSession<A>> {
+        self.shared.sessions().values().cloned().collect()
+    }
+
+    /// A session from the registry (any node; ended sessions within retention included).
+    pub async fn get_session_info(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+    ) -> Result<Option<Session>> {
+        self.shared.registry.get(call_id, session_id).await
+    }
+
+    /// Sets a session's close flag (any node). A local agent closes at once; a remote one at
+    /// its next heartbeat. A missing or ended session is [`Error::NotFound`].
+    pub async fn request_close_session(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+    ) -> Result<()> {
+        let launcher = InProcessLauncher {
+            shared: self.shared.clone(),
+        };
+        service::request_close(&*self.shared.registry, &launcher, call_id, session_id).await?;
+        Ok(())
+    }
+
+    /// Runs one lease sweep now (the maintenance loop does this every interval).
+    pub async fn sweep_expired_leases(&self) {
+        self.shared.sweep().await;
+    }
+}
+
+/// The [`TaskLauncher`] that runs agents in this process, each under its own supervisor.
+pub struct InProcessLauncher<A> {
+    shared: Arc<Shared<A>>,
+}
+
+impl<A> fmt::Debug for InProcessLauncher<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessLauncher")
+            .field("sessions", &self.shared.sessions().len())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl<A: Agent> TaskLauncher for InProcessLauncher<A> {
+    async fn launch(&self, session: &Session) -> Result<(), LaunchError> {
+        self.shared.spawn_session(session).await.map(|_| ())
+    }
+
+    async fn notify_close(&self, session: &Session) {
+        if let Some(local) = self.shared.local(session.id) {
+            local.request_stop(EndReason::Requested);
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.warmed_up.initialized()
+            && self.shared.running.load(Ordering::SeqCst)
+            && !self.shared.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// A launcher that keeps the handle of the session it launched, for `start_session`.
+struct Capture<A> {
+    shared: Arc<Shared<A>>,
+    handle: Mutex<Option<AgentSession<A>>>,
+}
+
+impl<A> fmt::Debug for Capture<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Capture")
+    }
+}
+
+#[async_trait]
+impl<A: Agent> TaskLauncher for Capture<A> {
+    async fn launch(&self, session: &Session) -> Result<(), LaunchError> {
+        let handle = self.shared.spawn_session(session).await?;
+        *self.handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! The `Llm` port: a model that streams a response and may call registered functions (tools).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde_json::Value;
+
+/// Who said a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions.
+    System,
+    /// A participant.
+    User,
+    /// The agent.
+    Assistant,
+    /// A tool's result.
+    Tool,
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// Who said it.
+    pub role: Role,
+    /// What was said (a tool's result for [`Role::Tool`]).
+    pub content: String,
+    /// For [`Role::Tool`]: the call it answers. For [`Role::Assistant`]: the calls it made.
+    pub tool_call_id: Option<String>,
+    /// The tool calls an assistant message made.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl ChatMessage {
+    /// A message with no tool calls.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_call_id: None,
+            tool_calls: Vec::new(),
+        }
+    }
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// Its name.
+    pub name: String,
+    /// What it does (shown to the model).
+    pub description: String,
+    /// JSON Schema of its arguments.
+    pub parameters: Value,
+}
+
+/// The model asking to call a function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// The call's id, echoed in the tool's result message.
+    pub id: String,
+    /// The function.
+    pub name: String,
+    /// Its arguments.
+    pub arguments: Value,
+}
+
+/// Token usage of one response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+/// One item of a streamed response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LlmEvent {
+    /// More text.
+    TextDelta(String),
+    /// A function call request.
+    ToolCall(ToolCall),
+    /// The end of the response.
+    Done(Usage),
+}
+
+/// A model.
+#[async_trait]
+pub trait Llm: Send + Sync {
+    /// Streams the response to `messages`, offering `tools`.
+    async fn stream(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolSpec],
+    ) -> anyhow::Result<BoxStream<'static, anyhow::Result<LlmEvent>>>;
+}
+
+type Handler = Arc<
+    dyn Fn(Value) -> Pin<Box<dyn Future<Output = anyhow::Result<String>> + Send>> + Send + Sync,
+>;
+
+/// The functions an agent registers for its model (the anchor's `llm.register_function`).
+#[derive(Clone, Default)]
+pub struct FunctionRegistry {
+    functions: BTreeMap<String, (ToolSpec, Handler)>,
+}
+
+impl fmt::Debug for FunctionRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.functions.keys()).finish()
+    }
+}
+
+impl FunctionRegistry {
+    /// No functions.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` under `spec.name` (replacing any previous one).
+    pub fn register<F, Fut>(&mut self, spec: ToolSpec, handler: F)
+    where
+        F: Fn(Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<String>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |args| Box::pin(handler(args)));
+        self.functions.insert(spec.name.clone(), (spec, handler));
+    }
+
+    /// The specs to offer the model.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.functions.values().map(|(s, _)| s.clone()).collect()
+    }
+
+    /// Runs the function a tool call names. An unknown name is an error the caller can hand
+    /// back to the model.
+    pub async fn call(&self, call: &ToolCall) -> anyhow::Result<String> {
+        let (_, handler) = self
+            .functions
+            .get(&call.name)
+            .ok_or_else(|| anyhow::anyhow!("unknown function '{}'", call.name))?;
+        handler(call.arguments.clone()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn registered_functions_are_offered_and_called() {
+        let mut fns = FunctionRegistry::new();
+        fns.register(
+            ToolSpec {
+                name: "get_weather".into(),
+                description: "Get the current weather for a location".into(),
+                parameters: serde_json::json!({"type": "object", "properties": {"location": {"type": "string"}}}),
+            },
+            |args| async move {
+                let location = args["location"].as_str().unwrap_or("nowhere").to_owned();
+                Ok(format!("The weather in {location} is sunny and 72°F."))
+            },
+        );
+        assert_eq!(fns.specs()[0].name, "get_weather");
+        let out = fns
+            .call(&ToolCall {
+                id: "1".into(),
+                name: "get_weather".into(),
+                arguments: serde_json::json!({"location": "Paris"}),
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, "The weather in Paris is sunny and 72°F.");
+        let unknown = ToolCall {
+            id: "2".into(),
+            name: "nope".into(),
+            arguments: Value::Null,
+        };
+        assert!(fns.call(&unknown).await.is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! The supervisor: one tokio task per session that owns it from admission to its end.
+//!
+//! It creates and warms up the agent, runs `join_call`, and ends the session exactly once:
+//! - at once when a close is requested in-process (`requested`), or at the next heartbeat when
+//!   the flag was set elsewhere (within one maintenance interval);
+//! - when the agent has been alone for `agent_idle_timeout` (`idle`) or on the call for
+//!   `max_session_duration` (`max_duration`), on precise timers rather than a polling tick;
+//! - when `join_call` returns (`agent_finished`) or fails or panics (`agent_failed`);
+//! - when the launcher stops (`shutdown`).
+//!
+//! Lease: one heartbeat per interval renews it and returns the close flag, and the metrics are
+//! flushed when they changed. While the registry is unreachable the agent keeps running and
+//! the heartbeat is retried, but one interval before the lease would expire the agent is
+//! stopped, so a sweep that frees the slot after expiry never frees a slot still in use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_core::registry::{EndRequest, SessionRegistry};
+use switchboard_core::{
+    CallId, Clock, EndReason, Error, Limits, MetricsRecorder, Session, SessionId, Timestamp,
+};
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinError, JoinHandle};
+use tracing::{debug, info, warn};
+
+use crate::agent::{Agent, CreateContext, JoinContext, SessionRef};
+use crate::launcher::{AgentSession, SessionEnd, Shared};
+
+/// Why the supervisor leaves its main loop.
+#[derive(Debug)]
+enum Exit {
+    /// Close for this reason (requested, idle, max duration, shutdown).
+    Stop(EndReason),
+    /// `join_call` completed.
+    Finished(Result<anyhow::Result<()>, JoinError>),
+    /// The session already ended elsewhere (a sweep, the reaper, another writer).
+    EndedElsewhere,
+    /// The lease could not be renewed in time.
+    LeaseLost,
+}
+
+/// Lease renewal, close-flag polling and metrics flushes, one heartbeat per interval.
+struct Maintenance {
+    registry: Arc<dyn SessionRegistry>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    call_id: CallId,
+    session_id: SessionId,
+    lease_expires_at: Timestamp,
+    next_heartbeat: Timestamp,
+    flushed_version: u64,
+}
+
+impl Maintenance {
+    /// Stop the agent one interval before the lease would expire (≥ 2 intervals of retries).
+    fn lease_deadline(&self) -> Timestamp {
+        self.lease_expires_at - self.limits.maintenance_interval()
+    }
+
+    fn retry_delay(&self) -> Duration {
+        (self.limits.maintenance_interval() / 5).max(Duration::from_millis(50))
+    }
+
+    /// Heartbeats when due; flushes metrics after a successful heartbeat.
+    async fn tick(&mut self, metrics: Option<&MetricsRecorder>) -> Option<Exit> {
+        let now = self.clock.now();
+        if now >= self.next_heartbeat {
+            let lease = self.limits.session_lease();
+            match self
+                .registry
+                .heartbeat(&self.call_id, self.session_id, lease)
+                .await
+            {
+                Ok(hb) => {
+                    self.lease_expires_at = hb.lease_expires_at;
+                    self.next_heartbeat = now + self.limits.maintenance_interval();
+                    if hb.close_requested {
+                        return Some(Exit::Stop(EndReason::Requested));
+                    }
+                    if let Some(metrics) = metrics {
+                        self.flush(metrics).await;
+                    }
+                }
+                Err(Error::NotFound | Error::Conflict(_)) => return Some(Exit::EndedElsewhere),
+                Err(e) => {
+                    warn!(session_id = %self.session_id, error = %e, "heartbeat failed; retrying");
+                    self.next_heartbeat = now + self.retry_delay();
+                }
+            }
+        }
+        (self.clock.now() >= self.lease_deadline()).then_some(Exit::LeaseLost)
+    }
+
+    async fn flush(&mut self, metrics: &MetricsRecorder) {
+        let version = metrics.version();
+        if version == self.flushed_version {
+            return;
+        }
+        let snapshot = metrics.snapshot();
+        match self
+            .registry
+            .flush_metrics(&self.call_id, self.session_id, &snapshot)
+            .await
+        {
+            Ok(()) => self.flushed_version = version,
+            Err(e) => {
+                debug!(session_id = %self.session_id, error = %e, "metrics flush failed; next interval")
+            }
+        }
+    }
+}
+
+/// The idle and duration clocks, fed by presence changes.
+#[derive(Debug, Default)]
+struct CallClock {
+    joined_at: Option<Timestamp>,
+    alone_since: Option<Timestamp>,
+}
+
+impl CallClock {
+    /// Returns true when the agent has just joined for the first time.
+    fn observe(&mut self, state: &crate::PresenceState, now: Timestamp) -> bool {
+        let first_join = state.joined && self.joined_at.is_none();
+        if first_join {
+            self.joined_at = Some(now);
+        }
+        if state.is_alone() {
+            self.alone_since.get_or_insert(now);
+        } else {
+            self.alone_since = None;
+        }
+        first_join
+    }
+
+    fn idle_deadline(&self, limits: &Limits) -> Option<Timestamp> {
+        Some(self.alone_since? + limits.agent_idle_timeout()?)
+    }
+
+    fn duration_deadline(&self, limits: &Limits) -> Option<Timestamp> {
+        Some(self.joined_at? + limits.max_session_duration()?)
+    }
+}
+
+async fn stop_requested(rx: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
+    let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| *r);
+    match reason {
+        Some(reason) => reason,
+        // Every handle is gone: nobody can ask any more.
+        None => std::future::pending().await,
+    }
+}
+
+fn sleep_until(clock: &dyn Clock, at: Timestamp) -> tokio::time::Sleep {
+    tokio::time::sleep(at.saturating_since(clock.now()))
+}
+
+/// Runs one session. `created` is answered once the agent exists (or definitely cannot).
+pub(crate) async fn supervise<A: Agent>(
+    shared: Arc<Shared<A>>,
+    session: Session,
+    handle: AgentSession<A>,
+    mut stop_rx: watch::Receiver<Option<EndReason>>,
+    done_tx: watch::Sender<Option<SessionEnd>>,
+    created: oneshot::Sender<anyhow::Result<()>>,
+) {
+    let limits = shared.limits;
+    let mut maintenance = Maintenance {
+        registry: shared.registry.clone(),
+        clock: shared.clock.clone(),
+        limits,
+        call_id: session.call_id.clone(),
+        session_id: session.id,
+        lease_expires_at: session.lease_expires_at,
+        next_heartbeat: shared.clock.now() + limits.maintenance_interval(),
+        flushed_version: 0,
+    };
+    let finisher = Finisher {
+        shared: shared.clone(),
+        session: &session,
+        done_tx,
+    };
+
+    // Phase 1: create and warm up the agent, renewing the lease meanwhile.
+    let metadata = match shared
+        .registry
+        .get_metadata(&session.call_id, session.id)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            let err = anyhow::Error::new(e).context("could not read the session's metadata");
+            let detail = format!("{err:#}");
+            let _ = created.send(Err(err));
+            return finisher
+                .finish(
+                    None,
+                    None,
+                    EndReason::StartFailed,
+                    Some(detail),
+                    &maintenance,
+                    true,
+                )
+                .await;
+        }
+    };
+    let create = {
+        let shared = shared.clone();
+        let ctx = CreateContext {
+            session: Some(SessionRef {
+                session_id: session.id,
+                call_id: session.call_id.clone(),
+                call_type: session.call_type.clone(),
+            }),
+            metadata: metadata.clone(),
+        };
+        async move {
+            let agent = (shared.create_agent)(ctx)
+                .await
+                .map_err(|e| e.context("create_agent failed"))?;
+            if let Err(e) = agent.warmup(&shared.cache).await {
+                agent.close().await;
+                return Err(e.context("agent warmup failed"));
+            }
+            Ok::<_, anyhow::Error>(Arc::new(agent))
+        }
+    };
+    tokio::pin!(create);
+    let agent = loop {
+        let wake = maintenance.next_heartbeat.min(maintenance.lease_deadline());
+        tokio::select! {
+            biased;
+            reason = stop_requested(&mut stop_rx) => {
+                let _ = created.send(Ok(()));
+                return finisher.finish(None, None, reason, None, &maintenance, true).await;
+            }
+            result = &mut create => match result {
+                Ok(agent) => break agent,
+                Err(err) => {
+                    let detail = format!("{err:#}");
+                    warn!(session_id = %session.id, error = %detail, "agent could not be started");
+                    let _ = created.send(Err(err));
+                    return finisher.finish(None, None, EndReason::StartFailed, Some(detail), &maintenance, true).await;
+                }
+            },
+            () = sleep_until(&*shared.clock, wake) => {
+                if let Some(exit) = maintenance.tick(None).await {
+                    let _ = created.send(Ok(()));
+                    let (reason, write) = exit_reason(&exit);
+                    return finisher.finish(None, None, reason, None, &maintenance, write).await;
+                }
+            }
+        }
+    };
+    let _ = handle.agent_slot().set(agent.clone());
+    let _ = created.send(Ok(()));
+    info!(session_id = %session.id, call_id = %session.call_id, "agent created; joining the call");
+
+    // Phase 2: join the call and watch it.
+    let join_ctx = JoinContext {
+        session_id: session.id,
+        call_id: session.call_id.clone(),
+        call_type: session.call_type.clone(),
+        metadata,
+    };
+    let mut join = tokio::spawn((shared.join_call)(agent.clone(), join_ctx));
+    let mut presence_rx = agent.presence().subscribe();
+    let mut presence_open = true;
+    let mut call_clock = CallClock::default();
+    let mut running_marked = false;
+    let mut joined = call_clock.observe(&presence_rx.borrow_and_update(), shared.clock.now());
+
+    let exit = loop {
+        if joined && !running_marked {
+            match shared
+                .registry
+                .mark_running(&session.call_id, session.id)
+                .await
+            {
+                Ok(_) => {
+                    running_marked = true;
+                    info!(session_id = %session.id, "agent joined the call");
+                }
+                // Closing or ended: leave rather than run unaccounted.
+                Err(Error::Conflict(_) | Error::NotFound) => {
+                    break Exit::Stop(EndReason::Requested);
+                }
+                Err(e) => {
+                    warn!(session_id = %session.id, error = %e, "could not mark the session running; retrying at the next heartbeat")
+                }
+            }
+        }
+        let deadlines = [
+            Some(maintenance.next_heartbeat),
+            Some(maintenance.lease_deadline()),
+            call_clock.idle_deadline(&limits),
+            call_clock.duration_deadline(&limits),
+        ];
+        let wake = deadlines
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(maintenance.next_heartbeat);
+        tokio::select! {
+            biased;
+            reason = stop_requested(&mut stop_rx) => break Exit::Stop(reason),
+            result = &mut join => break Exit::Finished(result),
+            changed = presence_rx.changed(), if presence_open => {
+                match changed {
+                    Ok(()) => {
+                        let state = presence_rx.borrow_and_update().clone();
+                        joined |= call_clock.observe(&state, shared.clock.now());
+                    }
+                    Err(_) => presence_open = false,
+                }
+            }
+            () = sleep_until(&*shared.clock, wake) => {
+                let now = shared.clock.now();
+                if call_clock.idle_deadline(&limits).is_some_and(|d| now >= d) {
+                    break Exit::Stop(EndReason::Idle);
+                }
+                if call_clock.duration_deadline(&limits).is_some_and(|d| now >= d) {
+                    break Exit::Stop(EndReason::MaxDuration);
+                }
+                if let Some(exit) = maintenance.tick(Some(agent.metrics())).await {
+                    break exit;
+                }
+            }
+        }
+    };
+
+    let (reason, detail, write) = match &exit {
+        Exit::Finished(Ok(Ok(()))) => (EndReason::AgentFinished, None, true),
+        Exit::Finished(Ok(Err(e))) => (EndReason::AgentFailed, Some(format!("{e:#}")), true),
+        Exit::Finished(Err(e)) if e.is_panic() => (
+            EndReason::AgentFailed,
+            Some("join_call panicked".to_owned()),
+            true,
+        ),
+        Exit::Finished(Err(_)) => (
+            EndReason::AgentFailed,
+            Some("join_call was cancelled".to_owned()),
+            true,
+        ),
+        other => {
+            let (reason, write) = exit_reason(other);
+            (reason, None, write)
+        }
+    };
+    if let Exit::LeaseLost = exit {
+        warn!(session_id = %session.id, "lease could not be renewed; stopping the agent before it expires");
+    }
+    let join = (!matches!(exit, Exit::Finished(_))).then_some(join);
+    finisher
+        .finish(Some(agent), join, reason, detail, &maintenance, write)
+        .await;
+}
+
+fn exit_reason(exit: &Exit) -> (EndReason, bool) {
+    match exit {
+        Exit::Stop(reason) => (*reason, true),
+        Exit::EndedElsewhere => (EndReason::Requested, false),
+        Exit::LeaseLost => (EndReason::LeaseExpired, true),
+        Exit::Finished(_) => (EndReason::AgentFinished, true),
+    }
+}
+
+/// Stops the agent and records the end exactly once.
+struct Finisher<'a, A: Agent> {
+    shared: Arc<Shared<A>>,
+    session: &'a Session,
+    done_tx: watch::Sender<Option<SessionEnd>>,
+}
+
+impl<A: Agent> Finisher<'_, A> {
+    async fn finish(
+        self,
+        agent: Option<Arc<A>>,
+        join: Option<JoinHandle<anyhow::Result<()>>>,
+        reason: EndReason,
+        detail: Option<String>,
+        maintenance: &Maintenance,
+        write_end: bool,
+    ) {
+        let session = self.session;
+        if let Some(join) = join {
+            join.abort();
+            let _ = join.await;
+        }
+        let mut final_metrics = None;
+        if let Some(agent) = &agent {
+            let timeout = self.shared.agent_close_timeout;
+            if tokio::time::timeout(timeout, agent.close()).await.is_err() {
+                warn!(session_id = %session.id, ?timeout, "agent.close() timed out");
+            }
+            final_metrics = Some(agent.metrics().snapshot());
+        }
+        let recorded = if write_end {
+            self.end_with_retry(
+                reason,
+                detail.clone(),
+                final_metrics,
+                maintenance.lease_expires_at,
+            )
+            .await
+        } else {
+            false
+        };
+        info!(session_id = %session.id, call_id = %session.call_id, end_reason = %reason, recorded, "session ended");
+        self.shared.forget(session.id);
+        let end = SessionEnd {
+            reason,
+            detail,
+            at: self.shared.clock.now(),
+            recorded,
+        };
+        self.done_tx.send_replace(Some(end));
+    }
+
+    /// Ends the session in the registry, retrying transient failures until the lease expires
+    /// (after which a sweep ends it `lease_expired`).
+    async fn end_with_retry(
+        &self,
+        reason: EndReason,
+        detail: Option<String>,
+        metrics: Option<switchboard_core::AgentMetrics>,
+        lease_expires_at: Timestamp,
+    ) -> bool {
+        let session = self.session;
+        let mut request = EndRequest::new(reason).retention(self.shared.limits.session_retention());
+        request.detail = detail;
+        request.final_metrics = metrics;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .shared
+                .registry
+                .end(&session.call_id, session.id, request.clone())
+                .await
+            {
+                Ok(_) => return true,
+                Err(Error::NotFound | Error::Conflict(_)) => return false,
+                Err(e) => {
+                    let clock = &*self.shared.clock;
+                    if clock.now() + backoff >= lease_expires_at {
+                        warn!(session_id = %session.id, error = %e, "could not record the end; a sweep will end it after the lease expires");
+                        return false;
+                    }
+                    warn!(session_id = %session.id, error = %e, "could not record the end; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.shared.limits.maintenance_interval());
+                }
+            }
+        }
+    }
+}
