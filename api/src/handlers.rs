@@ -1,0 +1,319 @@
+//! The endpoint handlers. Each follows the contract's order of checks:
+//! 413 → permission hook (401/403) → 422 → 404.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use switchboard_core::registry::ListQuery;
+use switchboard_core::service::{self, StartSession};
+use switchboard_core::{Error, SessionId};
+
+use crate::error::{ApiError, ErrorBody, ValidationErrorBody};
+use crate::hooks::{self, CallFilter};
+use crate::models::{
+    SessionListItem, SessionListResponse, SessionMetricsResponse, SessionResponse,
+    StartSessionRequest, StartSessionResponse,
+};
+use crate::request::{
+    call_id_issue, fail_if_any, idempotency_key, list_params, parse_call_id, path_params,
+    read_body, start_body,
+};
+use crate::state::AppState;
+
+fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(raw).map_err(|_| ApiError::SessionNotFound(raw.to_owned()))
+}
+
+/// Start an agent for a call.
+#[utoipa::path(
+    post,
+    path = "/calls/{call_id}/sessions",
+    tag = "sessions",
+    params(
+        ("call_id" = String, Path, description = "The call (1–256 bytes, no control characters, no '/')"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays return the first response for 24 h (per call)"),
+    ),
+    request_body(content = Option<StartSessionRequest>, content_type = "application/json", description = "Optional; an empty body means the defaults"),
+    responses(
+        (status = 201, description = "The session was admitted and its agent launched", body = StartSessionResponse),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 422, description = "Invalid call id, body or header", body = ValidationErrorBody),
+        (status = 429, description = "A session limit was reached", body = ErrorBody),
+        (status = 500, description = "Failed to start agent", body = ErrorBody),
+        (status = 503, description = "Capacity or the store is transiently unavailable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    )
+)]
+pub(crate) async fn start_session(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let raw = path_params(&mut parts).await?;
+    let bytes = read_body(&parts, body).await?;
+    hooks::check(app.hooks.can_start_session.as_ref(), &raw.call_id, &parts).await?;
+    let mut issues = Vec::new();
+    let call_id = call_id_issue(&raw.call_id).map_err(|i| issues.push(i)).ok();
+    let body = start_body(&parts, &bytes, &mut issues);
+    let idempotency_key = idempotency_key(&parts, &mut issues);
+    fail_if_any(issues)?;
+    let (Some(call_id), Some(body)) = (call_id, body) else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "validation passed without values"
+        )));
+    };
+    let call_type = body.call_type.clone();
+    let request = StartSession {
+        call_type: body.call_type,
+        metadata: body.metadata,
+        idempotency_key,
+    };
+    // Run the start in its own task: a client that disconnects mid-launch must not leave a
+    // half-started session behind.
+    let started = tokio::spawn(async move {
+        service::start_session(
+            &*app.registry,
+            &*app.launcher,
+            &app.limits,
+            call_id,
+            request,
+        )
+        .await
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("start task failed")))?
+    .map_err(|e| ApiError::from_domain(e, ""))?;
+    let receipt = started.receipt;
+    let response = StartSessionResponse {
+        session_id: receipt.session_id.to_string(),
+        call_id: receipt.call_id.to_string(),
+        session_started_at: receipt.created_at.to_rfc3339(),
+        call_type: call_type.to_string(),
+        status: "starting".into(),
+    };
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+/// Get a session.
+#[utoipa::path(
+    get,
+    path = "/calls/{call_id}/sessions/{session_id}",
+    tag = "sessions",
+    params(("call_id" = String, Path), ("session_id" = String, Path)),
+    responses(
+        (status = 200, description = "OK", body = SessionResponse),
+        (status = 404, description = "No such session under this call, or it has ended", body = ErrorBody),
+        (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody),
+    )
+)]
+pub(crate) async fn get_session(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _) = request.into_parts();
+    let raw = path_params(&mut parts).await?;
+    hooks::check(app.hooks.can_view_session.as_ref(), &raw.call_id, &parts).await?;
+    let call_id = parse_call_id(&raw.call_id)?;
+    let id = session_id(&raw.session_id)?;
+    match app.registry.get(&call_id, id).await {
+        Ok(Some(session)) if !session.is_ended() => {
+            Ok(Json(SessionResponse::from(&session)).into_response())
+        }
+        Ok(_) => Err(ApiError::SessionNotFound(raw.session_id)),
+        Err(e) => Err(ApiError::from_domain(e, &raw.session_id)),
+    }
+}
+
+/// Get a session's metrics (all 25 anchor names plus percentiles, always present).
+#[utoipa::path(
+    get,
+    path = "/calls/{call_id}/sessions/{session_id}/metrics",
+    tag = "sessions",
+    params(("call_id" = String, Path), ("session_id" = String, Path)),
+    responses(
+        (status = 200, description = "OK", body = SessionMetricsResponse),
+        (status = 404, description = "No such session under this call, or it has ended", body = ErrorBody),
+        (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody),
+    )
+)]
+pub(crate) async fn get_session_metrics(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _) = request.into_parts();
+    let raw = path_params(&mut parts).await?;
+    hooks::check(app.hooks.can_view_metrics.as_ref(), &raw.call_id, &parts).await?;
+    let call_id = parse_call_id(&raw.call_id)?;
+    let id = session_id(&raw.session_id)?;
+    match app.registry.get_metrics(&call_id, id).await {
+        Ok(Some(m)) if !m.session.is_ended() => {
+            Ok(Json(SessionMetricsResponse::new(&m.session, m.report.as_ref())).into_response())
+        }
+        Ok(_) => Err(ApiError::SessionNotFound(raw.session_id)),
+        Err(e) => Err(ApiError::from_domain(e, &raw.session_id)),
+    }
+}
+
+async fn close(app: AppState, request: Request) -> Result<Response, ApiError> {
+    let (mut parts, _) = request.into_parts();
+    let raw = path_params(&mut parts).await?;
+    hooks::check(app.hooks.can_close_session.as_ref(), &raw.call_id, &parts).await?;
+    let call_id = parse_call_id(&raw.call_id)?;
+    let id = session_id(&raw.session_id)?;
+    service::request_close(&*app.registry, &*app.launcher, &call_id, id)
+        .await
+        .map_err(|e| ApiError::from_domain(e, &raw.session_id))?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Request a session's close. Asynchronous: the agent leaves at once in-process, within one
+/// maintenance interval across nodes.
+#[utoipa::path(
+    delete,
+    path = "/calls/{call_id}/sessions/{session_id}",
+    tag = "sessions",
+    params(("call_id" = String, Path), ("session_id" = String, Path)),
+    responses(
+        (status = 202, description = "Close requested"),
+        (status = 404, description = "No such session under this call, or it has ended", body = ErrorBody),
+        (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody),
+    )
+)]
+pub(crate) async fn close_session(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    close(app, request).await
+}
+
+/// Request a session's close with `navigator.sendBeacon` (POST; any body is ignored).
+#[utoipa::path(
+    post,
+    path = "/calls/{call_id}/sessions/{session_id}/close",
+    tag = "sessions",
+    params(("call_id" = String, Path), ("session_id" = String, Path)),
+    responses(
+        (status = 202, description = "Close requested"),
+        (status = 404, description = "No such session under this call, or it has ended", body = ErrorBody),
+        (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody),
+    )
+)]
+pub(crate) async fn close_session_beacon(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    close(app, request).await
+}
+
+async fn list(
+    app: &AppState,
+    call_id: Option<switchboard_core::CallId>,
+    params: crate::request::ListParams,
+    filter: &CallFilter,
+) -> Result<Response, ApiError> {
+    let query = ListQuery {
+        call_id,
+        include_ended: params.include_ended,
+        limit: params.limit,
+        next_token: params.next_token,
+    };
+    let page = app.registry.list(query).await.map_err(|e| match e {
+        Error::Invalid(msg) => ApiError::invalid(&["query", "next_token"], msg, "value_error"),
+        other => ApiError::from_domain(other, ""),
+    })?;
+    let sessions = page
+        .sessions
+        .iter()
+        .filter(|l| filter.allows(&l.session.call_id))
+        .map(SessionListItem::from)
+        .collect();
+    Ok(Json(SessionListResponse {
+        sessions,
+        next_token: page.next_token,
+    })
+    .into_response())
+}
+
+/// List a call's sessions (live by default), in creation order.
+#[utoipa::path(
+    get,
+    path = "/calls/{call_id}/sessions",
+    tag = "sessions",
+    params(
+        ("call_id" = String, Path),
+        ("include_ended" = Option<bool>, Query, description = "Also list ended sessions (kept for the retention period)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1–500 (default 50)"),
+        ("next_token" = Option<String>, Query, description = "The previous page's next_token"),
+    ),
+    responses((status = 200, description = "OK", body = SessionListResponse), (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody))
+)]
+pub(crate) async fn list_call_sessions(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, _) = request.into_parts();
+    let raw = path_params(&mut parts).await?;
+    hooks::check(app.hooks.can_view_session.as_ref(), &raw.call_id, &parts).await?;
+    let mut issues = Vec::new();
+    let call_id = call_id_issue(&raw.call_id).map_err(|i| issues.push(i)).ok();
+    let params = list_params(&parts, &mut issues);
+    fail_if_any(issues)?;
+    list(&app, call_id, params, &CallFilter::All).await
+}
+
+/// List sessions across all calls (for dashboards), in call then creation order.
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "sessions",
+    params(
+        ("include_ended" = Option<bool>, Query, description = "Also list ended sessions"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1–500 (default 50)"),
+        ("next_token" = Option<String>, Query, description = "The previous page's next_token"),
+    ),
+    responses((status = 200, description = "OK", body = SessionListResponse), (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody))
+)]
+pub(crate) async fn list_sessions(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let filter = match &app.hooks.can_list_sessions {
+        Some(hook) => hook.check(&parts).await?,
+        None => CallFilter::All,
+    };
+    let mut issues = Vec::new();
+    let params = list_params(&parts, &mut issues);
+    fail_if_any(issues)?;
+    list(&app, None, params, &filter).await
+}
+
+/// Liveness: 200 while the process serves requests.
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "Alive")))]
+pub(crate) async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+/// Readiness: 200 when new agents can be started; 503 while starting up or draining.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready", body = ErrorBody))
+)]
+pub(crate) async fn ready(State(app): State<AppState>) -> Result<StatusCode, ApiError> {
+    if app.is_ready().await {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::NotReady)
+    }
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

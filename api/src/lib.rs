@@ -1,0 +1,109 @@
+//! The HTTP API: one axum [`Router`] that every mode serves, `serve` locally and the `api`
+//! Lambda function in AWS, with the wire contract of SPEC.md §1.
+//!
+//! # Layout
+//! - [`router`]: builds the router from an [`AppState`] and [`ServeOptions`].
+//! - [`state`]: [`AppState`], the ports the handlers use (`SessionRegistry`, `TaskLauncher`).
+//! - [`hooks`]: permission hooks (`can_start_session`, ...) run before any lookup.
+//! - [`cors`]: CORS with the anchor's defaults and origin mirroring for `*` + credentials.
+//! - [`error`]: [`ApiError`], the single status table; every error body is `{"detail": ...}`.
+//! - [`models`]: request and response bodies (with their OpenAPI schemas).
+//! - [`openapi`]: the OpenAPI 3.1 document, served at `/openapi.json`, and `/docs`.
+//!
+//! # Must not depend on
+//! No `aws-*` or `lambda_*` crate and no agent runtime: the API talks to the ports only, so the
+//! same router runs in-process and behind API Gateway.
+
+pub mod cors;
+pub mod error;
+mod handlers;
+pub mod hooks;
+pub mod models;
+pub mod openapi;
+mod request;
+pub mod state;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+pub use cors::CorsOptions;
+pub use error::ApiError;
+pub use hooks::{CallFilter, ListPermission, Permission, PermissionHooks, Rejection, RequestInfo};
+pub use state::{AppState, ReadinessCheck};
+
+/// The largest request body accepted (16 KiB); larger is 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How the router is assembled (the anchor's `ServeOptions`).
+#[derive(Default)]
+pub struct ServeOptions {
+    /// CORS; defaults to the anchor's `*`/`*`/`*` with credentials (mirrored).
+    pub cors: CorsOptions,
+    /// Permission hooks; every hook defaults to allow-all, as the anchor.
+    pub hooks: PermissionHooks,
+    /// A router to serve as-is instead of the default one: no default routes, no CORS, no
+    /// hooks (the anchor's `ServeOptions(fast_api=app)`).
+    pub custom_router: Option<Router>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("cors", &self.cors)
+            .field("hooks", &self.hooks)
+            .field("custom_router", &self.custom_router.is_some())
+            .finish()
+    }
+}
+
+/// Invalid router configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A CORS value is not a valid header value, method or origin.
+    #[error("invalid CORS option {option}: '{value}'")]
+    Cors {
+        /// Which option.
+        option: &'static str,
+        /// The offending value.
+        value: String,
+    },
+}
+
+/// Builds the router: every endpoint of SPEC.md §1, `/openapi.json` and `/docs`, CORS and a
+/// trace layer. Add routes and middleware to the result like to any axum router.
+pub fn router(state: AppState, options: ServeOptions) -> Result<Router, ConfigError> {
+    if let Some(custom) = options.custom_router {
+        tracing::warn!("a custom router was given; serving it as-is without the default routes");
+        return Ok(custom);
+    }
+    let cors = options.cors.layer()?;
+    let state = state.with_hooks(options.hooks);
+    let api = Router::new()
+        .route(
+            "/calls/{call_id}/sessions",
+            post(handlers::start_session).get(handlers::list_call_sessions),
+        )
+        .route(
+            "/calls/{call_id}/sessions/{session_id}",
+            get(handlers::get_session).delete(handlers::close_session),
+        )
+        .route(
+            "/calls/{call_id}/sessions/{session_id}/close",
+            post(handlers::close_session_beacon),
+        )
+        .route(
+            "/calls/{call_id}/sessions/{session_id}/metrics",
+            get(handlers::get_session_metrics),
+        )
+        .route("/sessions", get(handlers::list_sessions))
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .with_state(state);
+    Ok(api
+        .merge(openapi::docs_router())
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(cors)
+        .layer(TraceLayer::new_for_http()))
+}

@@ -1,0 +1,71 @@
+//! [`AppState`]: what the handlers need, behind the core ports.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use switchboard_core::{Limits, SessionRegistry, TaskLauncher};
+
+use crate::hooks::PermissionHooks;
+
+/// An extra readiness condition (e.g. the DynamoDB table answers), checked by `/ready` on top
+/// of the launcher's own readiness.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// The handlers' shared state. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) registry: Arc<dyn SessionRegistry>,
+    pub(crate) launcher: Arc<dyn TaskLauncher>,
+    pub(crate) limits: Limits,
+    pub(crate) hooks: Arc<PermissionHooks>,
+    pub(crate) readiness: Option<ReadinessCheck>,
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("registry", &self.registry)
+            .field("launcher", &self.launcher)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over a registry and a launcher, enforcing `limits`.
+    pub fn new(
+        registry: Arc<dyn SessionRegistry>,
+        launcher: Arc<dyn TaskLauncher>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            registry,
+            launcher,
+            limits,
+            hooks: Arc::new(PermissionHooks::default()),
+            readiness: None,
+        }
+    }
+
+    /// Adds a readiness condition.
+    pub fn with_readiness(mut self, check: ReadinessCheck) -> Self {
+        self.readiness = Some(check);
+        self
+    }
+
+    pub(crate) fn with_hooks(mut self, hooks: PermissionHooks) -> Self {
+        self.hooks = Arc::new(hooks);
+        self
+    }
+
+    pub(crate) async fn is_ready(&self) -> bool {
+        if !self.launcher.is_ready() {
+            return false;
+        }
+        match &self.readiness {
+            Some(check) => check().await,
+            None => true,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The HTTP API's tests, one binary: the anchor's contract tests (§9.3) ported one for one,
+//! the rest of SPEC.md §1 (lists, idempotency, metadata, metrics, readiness), bad input,
+//! CORS, and the OpenAPI document with `/docs`.
+#![allow(unreachable_pub)]
+
+mod anchor_contract;
+mod bad_input;
+mod contract;
+mod cors;
+mod docs;
+mod support;
