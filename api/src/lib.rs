@@ -42,6 +42,10 @@ pub struct ServeOptions {
     pub cors: CorsOptions,
     /// Permission hooks; every hook defaults to allow-all, as the anchor.
     pub hooks: PermissionHooks,
+    /// Your own routes, served beside the default ones and under the same CORS and trace
+    /// layers (the anchor's `runner.fast_api.add_api_route`). Middleware for everything goes
+    /// on the returned router with `.layer(..)`.
+    pub extra_routes: Option<Router>,
     /// A router to serve as-is instead of the default one: no default routes, no CORS, no
     /// hooks (the anchor's `ServeOptions(fast_api=app)`).
     pub custom_router: Option<Router>,
@@ -52,6 +56,7 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("cors", &self.cors)
             .field("hooks", &self.hooks)
+            .field("extra_routes", &self.extra_routes.is_some())
             .field("custom_router", &self.custom_router.is_some())
             .finish()
     }
@@ -100,6 +105,10 @@ pub fn router(state: AppState, options: ServeOptions) -> Result<Router, ConfigEr
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
         .with_state(state);
+    let api = match options.extra_routes {
+        Some(extra) => api.merge(extra),
+        None => api,
+    };
     Ok(api
         .merge(openapi::docs_router())
         .fallback(handlers::not_found)

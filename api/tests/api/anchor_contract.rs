@@ -406,3 +406,44 @@ async fn test_start_session_max_sessions_per_call_exceeded() {
         "Reached maximum number of sessions for this call"
     );
 }
+
+#[tokio::test]
+async fn custom_routes_and_middleware_join_the_default_app() {
+    use axum::middleware::map_response;
+    let extra = Router::new().route("/custom", get(|| async { "custom" }));
+    let app = spawn_app_with(
+        |b| b,
+        ServeOptions {
+            extra_routes: Some(extra),
+            ..Default::default()
+        },
+    )
+    .await;
+    let router =
+        app.router
+            .clone()
+            .layer(map_response(|mut r: axum::response::Response| async move {
+                r.headers_mut()
+                    .insert("x-served-by", http::HeaderValue::from_static("switchboard"));
+                r
+            }));
+    let app = crate::support::TestApp { router, ..app };
+    let request = http::Request::builder()
+        .uri("/custom")
+        .header("origin", "https://a.example")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let r = app.send(request).await;
+    assert_eq!(r.text(), "custom");
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://a.example"),
+        "under the CORS layer"
+    );
+    assert_eq!(r.header("x-served-by"), Some("switchboard"));
+    assert_eq!(
+        app.get("/health").await.header("x-served-by"),
+        Some("switchboard"),
+        "middleware covers default routes"
+    );
+}
