@@ -179,6 +179,8 @@ pub struct CreateContext {
     pub session: Option<SessionRef>,
     /// The metadata the client attached to the session.
     pub metadata: Option<Metadata>,
+    /// A local video file to play instead of incoming video (`run --video-track-override`).
+    pub video_track_override: Option<std::path::PathBuf>,
 }
 
 impl CreateContext {

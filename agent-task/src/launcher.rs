@@ -149,6 +149,8 @@ impl<A> AgentSession<A> {
 
 /// State shared by the launcher, its sessions' supervisors and the maintenance loop.
 pub(crate) struct Shared<A> {
+    pub(crate) options: LimitOptions,
+    pub(crate) video_track_override: Option<std::path::PathBuf>,
     pub(crate) create_agent: CreateFn<A>,
     pub(crate) join_call: JoinFn<A>,
     pub(crate) limits: Limits,
@@ -329,13 +331,15 @@ impl<A: Agent> AgentLauncherBuilder<A> {
 
     /// Validates the options (with the anchor's messages) and builds the launcher.
     pub fn build(self) -> Result<AgentLauncher<A>> {
-        let limits = Limits::new(self.options)?;
+        let limits = Limits::new(self.options.clone())?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = self
             .registry
             .unwrap_or_else(|| Arc::new(MemoryRegistry::new(clock.clone())));
         Ok(AgentLauncher {
             shared: Arc::new(Shared {
+                options: self.options,
+                video_track_override: None,
                 create_agent: self.create_agent,
                 join_call: self.join_call,
                 limits,
@@ -398,6 +402,52 @@ impl<A: Agent> AgentLauncher<A> {
         }
     }
 
+    /// A launcher like this one (same functions, registry and clock) with its options changed
+    /// by `change`, validated again. For command lines that override options set in code;
+    /// call it before [`start`](Self::start).
+    pub fn reconfigure(&self, change: impl FnOnce(&mut LimitOptions)) -> Result<Self> {
+        let mut options = self.shared.options.clone();
+        change(&mut options);
+        self.rebuild(options, self.shared.video_track_override.clone())
+    }
+
+    /// A launcher like this one whose agents play `path` instead of incoming video (the
+    /// anchor's `--video-track-override`; agents find it in [`CreateContext`]).
+    pub fn with_video_track_override(&self, path: Option<std::path::PathBuf>) -> Result<Self> {
+        self.rebuild(self.shared.options.clone(), path)
+    }
+
+    fn rebuild(
+        &self,
+        options: LimitOptions,
+        video_track_override: Option<std::path::PathBuf>,
+    ) -> Result<Self> {
+        let old = &self.shared;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                limits: Limits::new(options.clone())?,
+                options,
+                video_track_override,
+                create_agent: old.create_agent.clone(),
+                join_call: old.join_call.clone(),
+                registry: old.registry.clone(),
+                clock: old.clock.clone(),
+                cache: WarmupCache::default(),
+                agent_close_timeout: old.agent_close_timeout,
+                sessions: Mutex::new(HashMap::new()),
+                warmed_up: OnceCell::new(),
+                running: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                maintenance: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The options as given (before validation).
+    pub fn options(&self) -> &LimitOptions {
+        &self.shared.options
+    }
+
     /// The validated options.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
@@ -446,6 +496,7 @@ impl<A: Agent> AgentLauncher<A> {
                 let agent = (shared.create_agent)(CreateContext {
                     session: None,
                     metadata: None,
+                    video_track_override: None,
                 })
                 .await
                 .map_err(|e| Error::Unexpected(e.context("create_agent failed during warmup")))?;

@@ -149,6 +149,74 @@ impl FunctionRegistry {
     }
 }
 
+/// How many tool-call rounds one response may take before giving up.
+pub const MAX_TOOL_ROUNDS: usize = 5;
+
+/// Answers the conversation in `history` with `llm`, running the tool calls it asks for,
+/// and records what really happened in `metrics`: per model call its latency, time to first
+/// token and token usage (`on_llm_response`), per tool call its run time (`on_tool_call`).
+/// Appends the assistant's (and tools') messages to `history` and returns the final text.
+pub async fn respond(
+    llm: &dyn Llm,
+    functions: &FunctionRegistry,
+    history: &mut Vec<ChatMessage>,
+    metrics: &switchboard_core::MetricsRecorder,
+) -> anyhow::Result<String> {
+    use futures::StreamExt;
+    let specs = functions.specs();
+    for _ in 0..MAX_TOOL_ROUNDS {
+        let started = std::time::Instant::now();
+        let mut stream = llm.stream(history, &specs).await?;
+        let mut first_token = None;
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        let mut usage = Usage::default();
+        while let Some(event) = stream.next().await {
+            match event? {
+                LlmEvent::TextDelta(delta) => {
+                    first_token.get_or_insert_with(|| started.elapsed());
+                    text.push_str(&delta);
+                }
+                LlmEvent::ToolCall(call) => calls.push(call),
+                LlmEvent::Done(u) => usage = u,
+            }
+        }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        metrics.on_llm_response(
+            ms(started.elapsed()),
+            first_token.map(ms),
+            usage.input_tokens,
+            usage.output_tokens,
+        );
+        if calls.is_empty() {
+            history.push(ChatMessage::new(Role::Assistant, text.clone()));
+            return Ok(text);
+        }
+        history.push(ChatMessage {
+            role: Role::Assistant,
+            content: text,
+            tool_call_id: None,
+            tool_calls: calls.clone(),
+        });
+        for call in calls {
+            let started = std::time::Instant::now();
+            // A failing tool is reported to the model, which can recover; it does not end the turn.
+            let result = functions
+                .call(&call)
+                .await
+                .unwrap_or_else(|e| format!("error: {e:#}"));
+            metrics.on_tool_call(ms(started.elapsed()));
+            history.push(ChatMessage {
+                role: Role::Tool,
+                content: result,
+                tool_call_id: Some(call.id.clone()),
+                tool_calls: Vec::new(),
+            });
+        }
+    }
+    anyhow::bail!("the model kept calling tools after {MAX_TOOL_ROUNDS} rounds")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

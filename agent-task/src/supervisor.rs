@@ -213,6 +213,7 @@ pub(crate) async fn supervise<A: Agent>(
                 call_type: session.call_type.clone(),
             }),
             metadata: metadata.clone(),
+            video_track_override: shared.video_track_override.clone(),
         };
         async move {
             let agent = (shared.create_agent)(ctx)

@@ -67,7 +67,7 @@ fn bucket_value(index: usize) -> f64 {
 pub struct LatencyStats {
     /// Number of samples.
     pub count: u64,
-    /// Sum of samples (ms), at microsecond resolution.
+    /// Sum of samples (ms), at nanosecond resolution (wraps after 584 years of summed latency).
     pub sum_ms: f64,
     /// Smallest sample (ms), when any.
     pub min_ms: Option<f64>,
@@ -92,7 +92,7 @@ impl LatencyStats {
 #[derive(Debug, Default)]
 pub struct LatencySketch {
     count: AtomicU64,
-    sum_micros: AtomicU64,
+    sum_nanos: AtomicU64,
     min_bits: AtomicU64,
     max_bits: AtomicU64,
     zeros: AtomicU64,
@@ -118,8 +118,8 @@ impl LatencySketch {
         let bits = value_ms.to_bits();
         self.max_bits.fetch_max(bits, Relaxed);
         self.min_bits.fetch_min(bits, Relaxed);
-        self.sum_micros
-            .fetch_add((value_ms * 1000.0).round() as u64, Relaxed);
+        self.sum_nanos
+            .fetch_add((value_ms * 1e6).round() as u64, Relaxed);
         if value_ms < MIN_VALUE {
             self.zeros.fetch_add(1, Relaxed);
         } else if value_ms > MAX_VALUE {
@@ -160,7 +160,7 @@ impl LatencySketch {
         let q = |q| Self::quantile_from(&counts, q, min?, max?);
         LatencyStats {
             count,
-            sum_ms: self.sum_micros.load(Relaxed) as f64 / 1000.0,
+            sum_ms: self.sum_nanos.load(Relaxed) as f64 / 1e6,
             min_ms: min,
             max_ms: max,
             p50_ms: q(0.50),

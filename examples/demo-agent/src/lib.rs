@@ -1,0 +1,226 @@
+//! The demo agent: the Basic Example of Vision Agents' HTTP server docs, in Rust.
+//!
+//! An assistant with instructions and a registered `get_weather` tool greets the call on join
+//! and answers until it is closed. Its call and its model are local, in-memory stand-ins
+//! ([`edge::LocalEdge`], [`llm::LocalLlm`]) because no network service is reachable from the
+//! build machines; a real integration implements the same `Edge` and `Llm` ports. Its metrics
+//! go through the `MetricsRecorder` and are measured from what it really does.
+//!
+//! Environment: `DEMO_PARTICIPANT_SECONDS` (default 30) is how long the scripted participant
+//! stays before leaving the agent alone (then the idle timeout closes the session); the
+//! session's metadata may set `participant_seconds` too.
+
+pub mod edge;
+pub mod llm;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, User};
+use switchboard_agent_task::llm::{ChatMessage, FunctionRegistry, Llm, Role, ToolSpec, respond};
+use switchboard_agent_task::{Agent, CreateContext, JoinContext, Presence, WarmupCache};
+use switchboard_core::{CallId, CallType, MetricsRecorder};
+use tokio::sync::Mutex;
+use tracing::info;
+
+use crate::edge::{LocalEdge, ParticipantScript};
+use crate::llm::LocalLlm;
+
+/// The greeting the agent says when it joins.
+pub const GREETING: &str = "Hello! How can I help you today?";
+/// The agent's instructions.
+pub const INSTRUCTIONS: &str = "You are a helpful voice assistant.";
+
+/// An agent with a call transport, a model and registered functions.
+pub struct DemoAgent {
+    edge: Arc<dyn Edge>,
+    llm: Arc<dyn Llm>,
+    functions: FunctionRegistry,
+    user: User,
+    presence: Presence,
+    metrics: MetricsRecorder,
+    connection: Mutex<Option<Box<dyn Connection>>>,
+    history: Mutex<Vec<ChatMessage>>,
+    said: std::sync::Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for DemoAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoAgent")
+            .field("user", &self.user)
+            .field("functions", &self.functions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DemoAgent {
+    /// An agent on `edge` with `llm`, following `instructions`.
+    pub fn new(edge: Arc<dyn Edge>, llm: Arc<dyn Llm>, instructions: &str) -> Self {
+        Self {
+            edge,
+            llm,
+            functions: FunctionRegistry::new(),
+            user: User::new("agent", "Assistant"),
+            presence: Presence::new(),
+            metrics: MetricsRecorder::new(),
+            connection: Mutex::new(None),
+            history: Mutex::new(vec![ChatMessage::new(Role::System, instructions)]),
+            said: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Registers a function the model may call (the anchor's `llm.register_function`).
+    pub fn register_function<F, Fut>(&mut self, spec: ToolSpec, handler: F)
+    where
+        F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<String>> + Send + 'static,
+    {
+        self.functions.register(spec, handler);
+    }
+
+    /// Creates the call.
+    pub async fn create_call(
+        &self,
+        call_type: &CallType,
+        call_id: &CallId,
+    ) -> anyhow::Result<Call> {
+        self.edge.create_call(call_type, call_id).await
+    }
+
+    /// Joins `call`; presence then follows who comes and goes.
+    pub async fn join(&self, call: &Call) -> anyhow::Result<()> {
+        let connection = self
+            .edge
+            .join(call, &self.user, self.presence.clone())
+            .await?;
+        *self.connection.lock().await = Some(connection);
+        Ok(())
+    }
+
+    /// Answers `text` (as if a participant said it) through the model, calling tools as
+    /// needed, and says the answer in the call.
+    pub async fn simple_response(&self, text: &str) -> anyhow::Result<String> {
+        let answer = {
+            let mut history = self.history.lock().await;
+            history.push(ChatMessage::new(Role::User, text));
+            respond(&*self.llm, &self.functions, &mut history, &self.metrics).await?
+        };
+        if let Some(connection) = self.connection.lock().await.as_ref() {
+            connection.send_message(&answer).await?;
+        }
+        if let Ok(mut said) = self.said.lock() {
+            said.push(answer.clone());
+        }
+        Ok(answer)
+    }
+
+    /// Converses until the call ends: answers every message.
+    pub async fn finish(&self) -> anyhow::Result<()> {
+        loop {
+            let event = match self.connection.lock().await.as_mut() {
+                Some(connection) => connection.next_event().await,
+                None => None,
+            };
+            match event {
+                Some(CallEvent::Message { from, text }) => {
+                    info!(from = %from.id, %text, "participant said");
+                    let answer = self.simple_response(&text).await?;
+                    info!(%answer, "agent answered");
+                }
+                Some(CallEvent::ParticipantJoined(user)) => {
+                    info!(participant = %user.id, "participant joined")
+                }
+                Some(CallEvent::ParticipantLeft(user)) => {
+                    info!(participant = %user.id, "participant left")
+                }
+                Some(CallEvent::Ended) | None => return Ok(()),
+            }
+        }
+    }
+
+    /// Everything the agent said, in order.
+    pub fn said(&self) -> Vec<String> {
+        self.said.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Agent for DemoAgent {
+    async fn warmup(&self, cache: &WarmupCache) -> anyhow::Result<()> {
+        // A real model would load weights or open a connection pool here, once per process.
+        cache
+            .get_or_try_init("local-llm", || async { Ok(LocalLlm) })
+            .await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        if let Some(mut connection) = self.connection.lock().await.take() {
+            connection.leave().await;
+        }
+    }
+
+    fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    fn metrics(&self) -> &MetricsRecorder {
+        &self.metrics
+    }
+}
+
+fn participant_seconds(ctx: &CreateContext) -> f64 {
+    ctx.metadata
+        .as_ref()
+        .and_then(|m| m.as_map().get("participant_seconds"))
+        .and_then(serde_json::Value::as_f64)
+        .or_else(|| {
+            std::env::var("DEMO_PARTICIPANT_SECONDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+        .unwrap_or(30.0)
+}
+
+/// The anchor's `create_agent`: an assistant with a `get_weather` tool.
+pub async fn create_agent(ctx: CreateContext) -> anyhow::Result<DemoAgent> {
+    let script = ParticipantScript {
+        stay_for: Duration::from_secs_f64(participant_seconds(&ctx)),
+        ..Default::default()
+    };
+    let mut agent = DemoAgent::new(
+        Arc::new(LocalEdge::new(script)),
+        Arc::new(LocalLlm),
+        INSTRUCTIONS,
+    );
+    agent.register_function(
+        ToolSpec {
+            name: "get_weather".into(),
+            description: "Get the current weather for a location".into(),
+            parameters: json!({
+                "type": "object",
+                "properties": {"location": {"type": "string"}},
+                "required": ["location"]
+            }),
+        },
+        |args| async move {
+            let location = args["location"]
+                .as_str()
+                .unwrap_or("an unknown place")
+                .to_owned();
+            Ok(format!("The weather in {location} is sunny and 72°F."))
+        },
+    );
+    Ok(agent)
+}
+
+/// The anchor's `join_call`: create the call, join it, greet, and converse until it ends.
+pub async fn join_call(agent: Arc<DemoAgent>, ctx: JoinContext) -> anyhow::Result<()> {
+    let call = agent.create_call(&ctx.call_type, &ctx.call_id).await?;
+    agent.join(&call).await?;
+    agent.simple_response(GREETING).await?;
+    agent.finish().await
+}

@@ -1,0 +1,18 @@
+//! `demo-agent`: the example agent as a program (`serve`, `run`).
+
+use std::process::ExitCode;
+
+use switchboard_agent_task::AgentLauncher;
+use switchboard_runner::Runner;
+
+fn main() -> ExitCode {
+    let launcher =
+        match AgentLauncher::builder(demo_agent::create_agent, demo_agent::join_call).build() {
+            Ok(launcher) => launcher,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    Runner::new(launcher).cli()
+}

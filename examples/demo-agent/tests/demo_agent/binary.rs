@@ -1,0 +1,196 @@
+//! The real `demo-agent` binary: `serve` drains on SIGTERM and exits 0 with every session
+//! ended `shutdown`; `run` runs one agent to its end; structured JSON logs.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_demo-agent");
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SWITCHBOARD_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// Reads JSON log lines until one matches `pred`; returns it and every line read.
+async fn read_until(
+    lines: &mut tokio::io::Lines<BufReader<ChildStderr>>,
+    log: &mut Vec<Value>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("stderr") {
+            if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                log.push(value.clone());
+                if pred(&value) {
+                    return Some(value);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .expect("timed out reading the logs");
+    found
+        .unwrap_or_else(|| panic!("the process ended before the expected log line; logs: {log:#?}"))
+}
+
+async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+async fn sigterm(child: &Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_drains_on_sigterm_and_exits_0_with_sessions_ended_shutdown() {
+    let mut child = command(&[
+        "serve",
+        "--port",
+        "0",
+        "--log-format",
+        "json",
+        "--no-splash",
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let listening = read_until(&mut lines, &mut log, |v| v["message"] == "listening").await;
+    let addr = listening["address"].as_str().unwrap().to_owned();
+    read_until(&mut lines, &mut log, |v| v["message"] == "ready").await;
+    assert_eq!(http(&addr, "GET", "/ready").await.0, 200);
+
+    let mut ids = Vec::new();
+    for call in ["call-a", "call-b"] {
+        let (status, body) = http(&addr, "POST", &format!("/calls/{call}/sessions")).await;
+        assert_eq!(status, 201, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        ids.push(body["session_id"].as_str().unwrap().to_owned());
+    }
+
+    sigterm(&child).await;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            rest.push(v);
+        }
+    }
+    log.extend(rest);
+    assert!(status.success(), "exit status {status:?}; logs: {log:#?}");
+    for id in &ids {
+        let ended = log
+            .iter()
+            .find(|v| v["message"] == "session ended" && v["session_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no end for {id}: {log:#?}"));
+        assert_eq!(ended["end_reason"], "shutdown");
+        assert_eq!(ended["recorded"], true);
+    }
+    assert!(
+        log.iter()
+            .any(|v| v["message"] == "shutting down" && v["signal"] == "SIGTERM")
+    );
+    assert!(log.iter().any(|v| v["message"] == "stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_runs_one_agent_until_it_is_left_alone() {
+    let mut cmd = command(&[
+        "run",
+        "--call-id",
+        "console-call",
+        "--no-demo",
+        "--no-splash",
+        "--log-format",
+        "json",
+        "--agent-idle-timeout",
+        "0.3",
+    ]);
+    cmd.env("DEMO_PARTICIPANT_SECONDS", "0.2");
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .expect("run ends")
+        .unwrap();
+    let log: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(out.status.success(), "{log:#?}");
+    let ended = log
+        .iter()
+        .find(|v| v["message"] == "session ended")
+        .expect("the session ended");
+    assert_eq!(ended["end_reason"], "idle");
+    assert_eq!(ended["call_id"], "console-call");
+}
+
+#[tokio::test]
+async fn a_missing_video_file_is_refused_before_anything_starts() {
+    let out = command(&["run", "--video-track-override", "/nope/video.mp4"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("File '/nope/video.mp4' does not exist."),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = command(&["serve", "--port", &port, "--no-splash"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("could not listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

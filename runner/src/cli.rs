@@ -1,0 +1,362 @@
+//! The command line: `serve` (the local server) and `run` (one agent in the console).
+//!
+//! Launcher options resolve as flag > `SWITCHBOARD_*` environment variable > the value set in
+//! code on the `AgentLauncher` builder > the anchor's default.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_api::ServeOptions;
+use switchboard_core::{CallId, CallType, LimitOptions, Limits};
+use tracing::{error, info};
+
+use crate::telemetry::{self, LogFormat, LogLevel};
+
+/// An agent program.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Run AI agents in calls: a local HTTP server that spawns agents on demand, or one agent in the console."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API: start, inspect, measure and close agent sessions on demand.
+    Serve(ServeArgs),
+    /// Run one agent in one call, in the console, until it ends or Ctrl-C.
+    Run(RunArgs),
+}
+
+/// The launcher options (SPEC.md §2). Absent flags fall back to the environment, then to
+/// the values set in code.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LauncherArgs {
+    /// Maximum concurrent sessions across all calls.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONCURRENT_SESSIONS")]
+    pub max_concurrent_sessions: Option<i64>,
+    /// Maximum concurrent sessions per call.
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_CALL")]
+    pub max_sessions_per_call: Option<i64>,
+    /// Seconds after joining before a session is closed (`max_duration`).
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSION_DURATION_SECONDS")]
+    pub max_session_duration_seconds: Option<f64>,
+    /// Seconds an agent may stay alone in its call before it is closed (`idle`); 0 disables.
+    #[arg(long, env = "SWITCHBOARD_AGENT_IDLE_TIMEOUT")]
+    pub agent_idle_timeout: Option<f64>,
+    /// Seconds between heartbeats, metrics flushes and lease sweeps.
+    #[arg(long, env = "SWITCHBOARD_MAINTENANCE_INTERVAL")]
+    pub maintenance_interval: Option<f64>,
+    /// Seconds a session's lease lasts without a heartbeat (≥ 3 × the interval).
+    #[arg(long, env = "SWITCHBOARD_SESSION_LEASE_SECONDS")]
+    pub session_lease_seconds: Option<f64>,
+}
+
+impl LauncherArgs {
+    /// Overrides `options` with what was given.
+    pub fn apply(&self, options: &mut LimitOptions) {
+        if let Some(v) = self.max_concurrent_sessions {
+            options.max_concurrent_sessions = Some(v);
+        }
+        if let Some(v) = self.max_sessions_per_call {
+            options.max_sessions_per_call = Some(v);
+        }
+        if let Some(v) = self.max_session_duration_seconds {
+            options.max_session_duration_seconds = Some(v);
+        }
+        if let Some(v) = self.agent_idle_timeout {
+            options.agent_idle_timeout = v;
+        }
+        if let Some(v) = self.maintenance_interval {
+            options.maintenance_interval = v;
+        }
+        if let Some(v) = self.session_lease_seconds {
+            options.session_lease_seconds = Some(v);
+        }
+    }
+}
+
+/// `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the log says which).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Log level for agents.
+    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
+    pub agents_log_level: LogLevel,
+    /// Log level for the HTTP server.
+    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
+    pub http_log_level: LogLevel,
+    /// Debug mode: every log at DEBUG.
+    #[arg(long)]
+    pub debug: bool,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Do not show the splash screen (it only shows on a terminal anyway).
+    #[arg(long)]
+    pub no_splash: bool,
+    /// Print the effective configuration as JSON and exit (exit code 2 if it is invalid).
+    #[arg(long)]
+    pub print_config: bool,
+    /// Launcher options.
+    #[command(flatten)]
+    pub launcher: LauncherArgs,
+}
+
+fn existing_file(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => std::fs::canonicalize(&path)
+            .map_err(|e| format!("File '{value}' cannot be resolved: {e}")),
+        Ok(_) => Err(format!("File '{value}' is a directory.")),
+        Err(_) => Err(format!("File '{value}' does not exist.")),
+    }
+}
+
+/// `run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Call type for the call.
+    #[arg(long, default_value = "default")]
+    pub call_type: String,
+    /// Call id (generated when absent).
+    #[arg(long)]
+    pub call_id: Option<String>,
+    /// Debug mode: every log at DEBUG.
+    #[arg(long)]
+    pub debug: bool,
+    /// Log level.
+    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
+    pub log_level: LogLevel,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        env = "SWITCHBOARD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Do not open the demo page (the page comes with the local call transport).
+    #[arg(long)]
+    pub no_demo: bool,
+    /// A local video file to play instead of incoming video (must exist).
+    #[arg(long, value_parser = existing_file)]
+    pub video_track_override: Option<PathBuf>,
+    /// Do not show the splash screen.
+    #[arg(long)]
+    pub no_splash: bool,
+    /// Print the effective configuration as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Launcher options.
+    #[command(flatten)]
+    pub launcher: LauncherArgs,
+}
+
+fn limits_json(limits: &Limits) -> serde_json::Value {
+    json!({
+        "max_concurrent_sessions": limits.max_concurrent_sessions(),
+        "max_sessions_per_call": limits.max_sessions_per_call(),
+        "max_session_duration_seconds": limits.max_session_duration().map(|d| d.as_secs_f64()),
+        "agent_idle_timeout": limits.agent_idle_timeout().map_or(0.0, |d| d.as_secs_f64()),
+        "maintenance_interval": limits.maintenance_interval().as_secs_f64(),
+        "session_lease_seconds": limits.session_lease().as_secs_f64(),
+        "session_retention": limits.session_retention().as_secs_f64(),
+    })
+}
+
+fn print_json(value: &serde_json::Value) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{value}");
+}
+
+fn fail(code: u8, err: &anyhow::Error) -> u8 {
+    error!(error = %format!("{err:#}"), "exiting");
+    eprintln!("error: {err:#}");
+    code
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the tokio runtime")
+}
+
+/// Parses `args` and runs the chosen sub-command; returns the process exit code (0 success,
+/// 1 runtime failure, 2 invalid command line or configuration).
+pub fn main<A, I, T>(launcher: AgentLauncher<A>, options: ServeOptions, args: I) -> u8
+where
+    A: Agent,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => serve(launcher, options, args),
+        Command::Run(args) => run(launcher, args),
+    }
+}
+
+fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: ServeArgs) -> u8 {
+    let (agents, http) = if args.debug {
+        (LogLevel::Debug, LogLevel::Debug)
+    } else {
+        (args.agents_log_level, args.http_log_level)
+    };
+    telemetry::init(&telemetry::filter(agents, http), args.log_format);
+    let launcher = match launcher.reconfigure(|o| args.launcher.apply(o)) {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                2,
+                &anyhow::Error::new(e).context("invalid launcher options"),
+            );
+        }
+    };
+    if args.print_config {
+        print_json(&json!({
+            "command": "serve",
+            "host": args.host,
+            "port": args.port,
+            "agents_log_level": agents.directive(),
+            "http_log_level": http.directive(),
+            "log_format": format!("{:?}", args.log_format).to_lowercase(),
+            "limits": limits_json(launcher.limits()),
+        }));
+        return 0;
+    }
+    crate::splash::show(
+        args.no_splash,
+        &format!(
+            "serving on http://{}:{} (docs at /docs)",
+            args.host, args.port
+        ),
+    );
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let addr = tokio::net::lookup_host((args.host.as_str(), args.port))
+                .await
+                .with_context(|| format!("could not resolve host '{}'", args.host))?
+                .next()
+                .with_context(|| format!("host '{}' has no address", args.host))?;
+            crate::serve::serve(launcher, options, addr, crate::serve::shutdown_signal()).await
+        })
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(1, &e),
+    }
+}
+
+fn run<A: Agent>(launcher: AgentLauncher<A>, args: RunArgs) -> u8 {
+    let level = if args.debug {
+        LogLevel::Debug
+    } else {
+        args.log_level
+    };
+    telemetry::init(&telemetry::filter(level, level), args.log_format);
+    let launcher = match launcher
+        .reconfigure(|o| args.launcher.apply(o))
+        .and_then(|l| l.with_video_track_override(args.video_track_override.clone()))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                2,
+                &anyhow::Error::new(e).context("invalid launcher options"),
+            );
+        }
+    };
+    let call_id = args
+        .call_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let parsed = CallId::parse(&call_id).and_then(|c| Ok((c, CallType::parse(&args.call_type)?)));
+    let (call_id, call_type) = match parsed {
+        Ok(ids) => ids,
+        Err(e) => return fail(2, &anyhow::Error::new(e).context("invalid call")),
+    };
+    if args.print_config {
+        print_json(&json!({
+            "command": "run",
+            "call_id": call_id.as_str(),
+            "call_type": call_type.as_str(),
+            "log_level": level.directive(),
+            "no_demo": args.no_demo,
+            "video_track_override": args.video_track_override,
+            "limits": limits_json(launcher.limits()),
+        }));
+        return 0;
+    }
+    crate::splash::show(
+        args.no_splash,
+        &format!("running one agent in call {call_type}:{call_id}"),
+    );
+    let result =
+        runtime().and_then(|rt| rt.block_on(run_one(launcher, call_id, call_type, args.no_demo)));
+    match result {
+        Ok(()) => 0,
+        Err(e) => fail(1, &e),
+    }
+}
+
+async fn run_one<A: Agent>(
+    launcher: AgentLauncher<A>,
+    call_id: CallId,
+    call_type: CallType,
+    no_demo: bool,
+) -> anyhow::Result<()> {
+    launcher
+        .start()
+        .await
+        .context("the agent launcher could not start")?;
+    let session = match launcher
+        .start_session(call_id.clone(), call_type, None)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            launcher.stop().await;
+            return Err(anyhow::Error::new(e).context("the agent could not start"));
+        }
+    };
+    info!(session_id = %session.id(), %call_id, "agent started");
+    if !no_demo {
+        info!(
+            "no demo page yet: it arrives with the local call transport (use --no-demo to silence this)"
+        );
+    }
+    tokio::select! {
+        end = session.wait() => info!(end_reason = %end.reason, detail = ?end.detail, "the agent's session ended"),
+        () = crate::serve::shutdown_signal() => {}
+    }
+    launcher.stop().await;
+    Ok(())
+}

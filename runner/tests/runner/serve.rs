@@ -1,0 +1,110 @@
+//! `serve_on`: `/ready` is 503 while warming up and while draining; shutdown closes every
+//! session with `shutdown` before the server stops.
+
+use std::sync::Arc;
+
+use switchboard_api::ServeOptions;
+use switchboard_core::{CallId, EndReason, SessionId, SessionStatus};
+use switchboard_runner::serve::serve_on;
+use tokio::net::TcpListener;
+
+use crate::support::{Gates, gated_launcher, http, until_status};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_warming_up_then_200() {
+    let gates = Arc::new(Gates {
+        hold_warmup: true,
+        ..Default::default()
+    });
+    let launcher = gated_launcher(gates.clone()).build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(
+        launcher,
+        ServeOptions::default(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    assert_eq!(
+        http(addr, "GET", "/health", None).await.0,
+        200,
+        "alive while warming up"
+    );
+    let (status, body) = http(addr, "GET", "/ready", None).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("Server is not ready to accept requests"));
+    gates.warmup.add_permits(1);
+    until_status(addr, "/ready", 200).await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_turns_ready_503_closes_sessions_with_shutdown_then_stops() {
+    let gates = Arc::new(Gates {
+        hold_close: true,
+        ..Default::default()
+    });
+    let launcher = gated_launcher(gates.clone()).build().unwrap();
+    let registry = launcher.registry();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(
+        launcher,
+        ServeOptions::default(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    until_status(addr, "/ready", 200).await;
+    let (status, body) = http(addr, "POST", "/calls/call-1/sessions", Some("{}")).await;
+    assert_eq!(status, 201, "{body}");
+    let id: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = SessionId::parse(id["session_id"].as_str().unwrap()).unwrap();
+
+    stop.send(()).unwrap();
+    // The agent's close is held: the server is draining.
+    until_status(addr, "/ready", 503).await;
+    let (status, _) = http(addr, "POST", "/calls/call-2/sessions", Some("{}")).await;
+    assert_eq!(status, 503, "no new sessions while draining");
+    assert!(!server.is_finished());
+    gates.close.add_permits(1);
+    server.await.unwrap().unwrap();
+
+    let row = registry
+        .get(&CallId::parse("call-1").unwrap(), id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, SessionStatus::Ended);
+    assert_eq!(row.end_reason, Some(EndReason::Shutdown));
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_warmup_stops_the_server_with_an_error() {
+    let launcher = switchboard_agent_task::AgentLauncher::builder(
+        |_| async { anyhow::bail!("no model") },
+        |_: Arc<crate::support::GatedAgent>, _| async { Ok(()) },
+    )
+    .build()
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = serve_on(
+        launcher,
+        ServeOptions::default(),
+        listener,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("no model"), "{err:#}");
+}
