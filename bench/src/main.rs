@@ -1,0 +1,641 @@
+//! `switchboard-bench`: measures a running Switchboard server the way users compare servers.
+//!
+//! It starts the server itself (`demo-agent serve` on a free port, by default the release
+//! binary next to this one) so it can read the server's CPU time and RSS from `/proc`, then:
+//! - `lifecycles`: C clients loop create → get → metrics → close; lifecycles per second and
+//!   p50/p95/p99/max per endpoint;
+//! - `held`: N sessions held open at once; server RSS before and after, bytes per session;
+//! - `close`: DELETE → 404 latency, polled.
+//!
+//! It prints a table and writes JSON (`--json`). The client's own CPU share is reported so
+//! a saturated client is visible. A binary, never a test: figures are reported, not asserted.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use switchboard_core::metrics::LatencySketch;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Measure a Switchboard server: lifecycles/s, held sessions with RSS, close latency."
+)]
+struct Cli {
+    /// The server binary to start (`<binary> serve --port 0`); default: `demo-agent` next to this binary.
+    #[arg(long, global = true)]
+    server: Option<PathBuf>,
+    /// Extra arguments for `serve`.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+    /// Write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create → get → metrics → close, in a loop, from concurrent clients.
+    Lifecycles {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds of measurement (after 2 s of warm-up).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Hold N sessions open and measure the server's memory per session.
+    Held {
+        /// Sessions to hold.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+    },
+    /// DELETE → 404 latency.
+    Close {
+        /// Samples.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
+    /// All three, in order.
+    All {
+        /// Concurrent clients for `lifecycles`.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds for `lifecycles`.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Sessions for `held`.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Samples for `close`.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Server {
+    child: Child,
+    base: String,
+    pid: u32,
+}
+
+impl Server {
+    async fn start(binary: &PathBuf, extra: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(binary)
+            .args([
+                "serve",
+                "--port",
+                "0",
+                "--no-splash",
+                "--log-format",
+                "json",
+            ])
+            .args(extra)
+            // Startup lines only: per-session logs would cost the server CPU under load.
+            .env("RUST_LOG", "warn,switchboard_runner=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("could not start {}", binary.display()))?;
+        let pid = child.id().context("server exited at once")?;
+        let mut lines = BufReader::new(child.stderr.take().context("no stderr")?).lines();
+        let address = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "listening"
+                {
+                    return Ok::<_, anyhow::Error>(
+                        v["address"].as_str().unwrap_or_default().to_owned(),
+                    );
+                }
+            }
+            bail!("the server exited before listening")
+        })
+        .await
+        .context("the server did not start listening within 30 s")??;
+        // Keep draining its logs so the pipe never fills.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let server = Self {
+            child,
+            base: format!("http://{address}"),
+            pid,
+        };
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while call(&client, &server.base, Method::GET, "/ready", None)
+            .await
+            .ok()
+            .map(|r| r.0)
+            != Some(StatusCode::OK)
+        {
+            if Instant::now() > deadline {
+                bail!("the server was not ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(server)
+    }
+
+    fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")?;
+        Ok(kb * 1024)
+    }
+
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.pid))
+    }
+
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn cpu_seconds_of(stat_path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(stat_path)?;
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / clock_ticks())
+}
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http()
+}
+
+async fn call(
+    client: &HttpClient,
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    let bytes = match body {
+        Some(b) => {
+            request = request.header("content-type", "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let response = client.request(request.body(Full::new(bytes))?).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+fn session_id(body: &Bytes) -> anyhow::Result<String> {
+    let v: Value = serde_json::from_slice(body)?;
+    Ok(v["session_id"]
+        .as_str()
+        .context("no session_id")?
+        .to_owned())
+}
+
+#[derive(Default)]
+struct Endpoint {
+    latency: LatencySketch,
+    errors: AtomicU64,
+}
+
+fn summary(name: &str, e: &Endpoint) -> Value {
+    let s = e.latency.stats();
+    json!({
+        "endpoint": name,
+        "count": s.count,
+        "errors": e.errors.load(Ordering::Relaxed),
+        "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms, "max_ms": s.max_ms,
+    })
+}
+
+async fn timed(
+    endpoint: &Endpoint,
+    expect: StatusCode,
+    fut: impl std::future::Future<Output = anyhow::Result<(StatusCode, Bytes)>>,
+) -> Option<Bytes> {
+    let start = Instant::now();
+    let result = fut.await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok((status, body)) if status == expect => {
+            endpoint.latency.record(ms);
+            Some(body)
+        }
+        _ => {
+            endpoint.errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+async fn lifecycles(server: &Server, clients: usize, duration: f64) -> anyhow::Result<Value> {
+    let endpoints: Arc<[Endpoint; 4]> = Arc::new(Default::default());
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let client = client();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, base) = (client.clone(), server.base.clone());
+        let (endpoints, measuring, stop, done) = (
+            endpoints.clone(),
+            measuring.clone(),
+            stop.clone(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let scratch: [Endpoint; 4] = Default::default();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let e: &[Endpoint; 4] = if measuring.load(Ordering::Relaxed) {
+                    &endpoints
+                } else {
+                    &scratch
+                };
+                i += 1;
+                let call_id = format!("bench-{c}-{i}");
+                let Some(body) = timed(
+                    &e[0],
+                    StatusCode::CREATED,
+                    call(
+                        &client,
+                        &base,
+                        Method::POST,
+                        &format!("/calls/{call_id}/sessions"),
+                        Some(&json!({})),
+                    ),
+                )
+                .await
+                else {
+                    continue;
+                };
+                let Ok(id) = session_id(&body) else { continue };
+                let path = format!("/calls/{call_id}/sessions/{id}");
+                timed(
+                    &e[1],
+                    StatusCode::OK,
+                    call(&client, &base, Method::GET, &path, None),
+                )
+                .await;
+                timed(
+                    &e[2],
+                    StatusCode::OK,
+                    call(
+                        &client,
+                        &base,
+                        Method::GET,
+                        &format!("{path}/metrics"),
+                        None,
+                    ),
+                )
+                .await;
+                if timed(
+                    &e[3],
+                    StatusCode::ACCEPTED,
+                    call(&client, &base, Method::DELETE, &path, None),
+                )
+                .await
+                .is_some()
+                    && measuring.load(Ordering::Relaxed)
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (server_cpu0, client_cpu0, t0) = (
+        server.cpu_seconds()?,
+        cpu_seconds_of("/proc/self/stat")?,
+        Instant::now(),
+    );
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let wall = t0.elapsed().as_secs_f64();
+    let (server_cpu, client_cpu) = (
+        server.cpu_seconds()? - server_cpu0,
+        cpu_seconds_of("/proc/self/stat")? - client_cpu0,
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let count = done.load(Ordering::Relaxed);
+    let names = [
+        "POST /calls/{c}/sessions",
+        "GET  …/{s}",
+        "GET  …/{s}/metrics",
+        "DELETE …/{s}",
+    ];
+    Ok(json!({
+        "clients": clients,
+        "seconds": wall,
+        "lifecycles": count,
+        "lifecycles_per_second": count as f64 / wall,
+        "server_cpu_cores": server_cpu / wall,
+        "client_cpu_cores": client_cpu / wall,
+        "endpoints": names.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
+    }))
+}
+
+async fn held(server: &Server, sessions: usize) -> anyhow::Result<Value> {
+    let client = client();
+    // Warm up the allocator and every code path once, then measure from there.
+    for i in 0..200 {
+        let (_, body) = call(
+            &client,
+            &server.base,
+            Method::POST,
+            &format!("/calls/warm-{i}/sessions"),
+            Some(&json!({"metadata": {"participant_seconds": 3600}})),
+        )
+        .await?;
+        let id = session_id(&body)?;
+        call(
+            &client,
+            &server.base,
+            Method::DELETE,
+            &format!("/calls/warm-{i}/sessions/{id}"),
+            None,
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_bytes()?;
+    let started = Instant::now();
+    let ids = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(sessions)));
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (client, base, ids, next) = (
+            client.clone(),
+            server.base.clone(),
+            ids.clone(),
+            next.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= sessions {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let call_id = format!("held-{i}");
+                let (status, body) = call(
+                    &client,
+                    &base,
+                    Method::POST,
+                    &format!("/calls/{call_id}/sessions"),
+                    Some(&json!({"metadata": {"participant_seconds": 3600}})),
+                )
+                .await?;
+                if status != StatusCode::CREATED {
+                    bail!("start {i}: {status}");
+                }
+                ids.lock().await.push((call_id, session_id(&body)?));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let create_seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = server.rss_bytes()?;
+    let ids = ids.lock().await.clone();
+    for chunk in ids.chunks(32) {
+        let handles: Vec<_> = chunk
+            .iter()
+            .cloned()
+            .map(|(c, s)| {
+                let (client, base) = (client.clone(), server.base.clone());
+                tokio::spawn(async move {
+                    call(
+                        &client,
+                        &base,
+                        Method::DELETE,
+                        &format!("/calls/{c}/sessions/{s}"),
+                        None,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await??;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let released = server.rss_bytes()?;
+    Ok(json!({
+        "sessions": sessions,
+        "create_seconds": create_seconds,
+        "rss_before_bytes": before,
+        "rss_held_bytes": after,
+        "rss_after_close_bytes": released,
+        "bytes_per_session": after.saturating_sub(before) as f64 / sessions as f64,
+    }))
+}
+
+async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value> {
+    let client = client();
+    let sketch = LatencySketch::new();
+    let mut polls = 0u64;
+    for i in 0..samples {
+        let call_id = format!("close-{i}");
+        let (_, body) = call(
+            &client,
+            &server.base,
+            Method::POST,
+            &format!("/calls/{call_id}/sessions"),
+            Some(&json!({})),
+        )
+        .await?;
+        let path = format!("/calls/{call_id}/sessions/{}", session_id(&body)?);
+        let start = Instant::now();
+        let (status, _) = call(&client, &server.base, Method::DELETE, &path, None).await?;
+        if status != StatusCode::ACCEPTED {
+            bail!("close {i}: {status}");
+        }
+        loop {
+            polls += 1;
+            if call(&client, &server.base, Method::GET, &path, None)
+                .await?
+                .0
+                == StatusCode::NOT_FOUND
+            {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("{path} still there after 30 s");
+            }
+        }
+        sketch.record(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let s = sketch.stats();
+    Ok(
+        json!({"samples": samples, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "max_ms": s.max_ms, "polls": polls}),
+    )
+}
+
+fn print_report(report: &Value) {
+    let mut out = String::new();
+    if let Some(l) = report.get("lifecycles") {
+        out += &format!(
+            "lifecycles: {} clients, {:.1} s: {} lifecycles, {:.0}/s; server CPU {:.2} cores, client CPU {:.2} cores\n",
+            l["clients"],
+            l["seconds"].as_f64().unwrap_or(0.0),
+            l["lifecycles"],
+            l["lifecycles_per_second"].as_f64().unwrap_or(0.0),
+            l["server_cpu_cores"].as_f64().unwrap_or(0.0),
+            l["client_cpu_cores"].as_f64().unwrap_or(0.0)
+        );
+        out += &format!(
+            "  {:<26} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
+            "endpoint", "count", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms"
+        );
+        for e in l["endpoints"].as_array().into_iter().flatten() {
+            let f = |k: &str| e[k].as_f64().map_or("-".to_owned(), |v| format!("{v:.3}"));
+            out += &format!(
+                "  {:<26} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
+                e["endpoint"].as_str().unwrap_or(""),
+                e["count"],
+                e["errors"],
+                f("p50_ms"),
+                f("p95_ms"),
+                f("p99_ms"),
+                f("max_ms")
+            );
+        }
+    }
+    if let Some(h) = report.get("held") {
+        let mib = |k: &str| h[k].as_f64().unwrap_or(0.0) / 1048576.0;
+        out += &format!(
+            "held: {} sessions created in {:.2} s; RSS {:.1} MiB → {:.1} MiB held → {:.1} MiB after closing; {:.0} bytes/session\n",
+            h["sessions"],
+            h["create_seconds"].as_f64().unwrap_or(0.0),
+            mib("rss_before_bytes"),
+            mib("rss_held_bytes"),
+            mib("rss_after_close_bytes"),
+            h["bytes_per_session"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(c) = report.get("close") {
+        out += &format!(
+            "close (DELETE → 404): {} samples, p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms\n",
+            c["samples"],
+            c["p50_ms"].as_f64().unwrap_or(0.0),
+            c["p95_ms"].as_f64().unwrap_or(0.0),
+            c["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+    });
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "os": std::env::consts::OS,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let binary = match cli.server.clone() {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory")?
+            .join("demo-agent"),
+    };
+    let mut report = json!({ "machine": machine(), "server": binary.display().to_string(), "server_args": cli.server_arg });
+    let (lc, held_n, close_n) = match cli.command {
+        Cmd::Lifecycles { clients, duration } => (Some((clients, duration)), None, None),
+        Cmd::Held { sessions } => (None, Some(sessions), None),
+        Cmd::Close { samples } => (None, None, Some(samples)),
+        Cmd::All {
+            clients,
+            duration,
+            sessions,
+            samples,
+        } => (Some((clients, duration)), Some(sessions), Some(samples)),
+    };
+    // Each scenario gets a fresh server so they do not disturb each other.
+    if let Some((clients, duration)) = lc {
+        let server = Server::start(&binary, &cli.server_arg).await?;
+        report["lifecycles"] = lifecycles(&server, clients, duration).await?;
+        server.stop().await;
+    }
+    if let Some(sessions) = held_n {
+        let server = Server::start(&binary, &cli.server_arg).await?;
+        report["held"] = held(&server, sessions).await?;
+        server.stop().await;
+    }
+    if let Some(samples) = close_n {
+        let server = Server::start(&binary, &cli.server_arg).await?;
+        report["close"] = close_latency(&server, samples).await?;
+        server.stop().await;
+    }
+    print_report(&report);
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}
