@@ -20,7 +20,7 @@ use switchboard_core::{
     CallId, CallType, Clock, EndReason, Error, LaunchError, LimitOptions, Limits, MemoryRegistry,
     Metadata, Result, Session, SessionId, SessionRegistry, SystemClock, TaskLauncher, Timestamp,
 };
-use tokio::sync::{OnceCell, oneshot, watch};
+use tokio::sync::{Notify, OnceCell, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -49,15 +49,60 @@ pub struct SessionEnd {
     pub recorded: bool,
 }
 
+/// What a session's handles and its supervisor share: the agent once created, the first
+/// stop request, and the end. One small allocation per session (no channels).
+pub(crate) struct SessionSignals<A> {
+    agent: OnceLock<Arc<A>>,
+    stop: Mutex<Option<EndReason>>,
+    stop_notify: Notify,
+    done: Mutex<Option<SessionEnd>>,
+    done_notify: Notify,
+}
+
+impl<A> SessionSignals<A> {
+    fn new() -> Self {
+        Self {
+            agent: OnceLock::new(),
+            stop: Mutex::new(None),
+            stop_notify: Notify::new(),
+            done: Mutex::new(None),
+            done_notify: Notify::new(),
+        }
+    }
+
+    /// Resolves with the first stop request (only the supervisor waits here).
+    pub(crate) async fn stop_requested(&self) -> EndReason {
+        loop {
+            if let Some(reason) = *lock(&self.stop) {
+                return reason;
+            }
+            // `notify_one` stores a permit, so a request between the check and here is kept.
+            self.stop_notify.notified().await;
+        }
+    }
+
+    /// Records the end and wakes every waiter.
+    pub(crate) fn finish(&self, end: SessionEnd) {
+        *lock(&self.done) = Some(end);
+        self.done_notify.notify_waiters();
+    }
+
+    pub(crate) fn set_agent(&self, agent: Arc<A>) {
+        let _ = self.agent.set(agent);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A session running on this node (the anchor's `AgentSession`). Cheap to clone.
 pub struct AgentSession<A> {
     id: SessionId,
     call_id: CallId,
     call_type: CallType,
     started_at: Timestamp,
-    agent: Arc<OnceLock<Arc<A>>>,
-    stop: Arc<watch::Sender<Option<EndReason>>>,
-    done: watch::Receiver<Option<SessionEnd>>,
+    signals: Arc<SessionSignals<A>>,
 }
 
 impl<A> Clone for AgentSession<A> {
@@ -67,9 +112,7 @@ impl<A> Clone for AgentSession<A> {
             call_id: self.call_id.clone(),
             call_type: self.call_type.clone(),
             started_at: self.started_at,
-            agent: self.agent.clone(),
-            stop: self.stop.clone(),
-            done: self.done.clone(),
+            signals: self.signals.clone(),
         }
     }
 }
@@ -104,46 +147,38 @@ impl<A> AgentSession<A> {
     }
     /// The agent, once created.
     pub fn agent(&self) -> Option<Arc<A>> {
-        self.agent.get().cloned()
+        self.signals.agent.get().cloned()
     }
     /// Whether the session has ended.
     pub fn finished(&self) -> bool {
-        self.done.borrow().is_some()
+        lock(&self.signals.done).is_some()
     }
     /// How it ended, once it has.
     pub fn end(&self) -> Option<SessionEnd> {
-        self.done.borrow().clone()
+        lock(&self.signals.done).clone()
     }
     /// Waits for the end.
     pub async fn wait(&self) -> SessionEnd {
-        let mut done = self.done.clone();
-        match done.wait_for(Option::is_some).await {
-            Ok(end) => end
-                .clone()
-                .unwrap_or_else(|| unreachable!("waited for Some")),
-            // The supervisor vanished without reporting (it cannot panic by design; a runtime
-            // shutdown drops it). The registry's lease sweep ends the session.
-            Err(_) => SessionEnd {
-                reason: EndReason::Shutdown,
-                detail: Some("supervisor stopped without reporting".into()),
-                at: self.started_at,
-                recorded: false,
-            },
+        loop {
+            let notified = self.signals.done_notify.notified();
+            tokio::pin!(notified);
+            // Register before checking, so an end in between is not missed.
+            notified.as_mut().enable();
+            if let Some(end) = self.end() {
+                return end;
+            }
+            notified.await;
         }
     }
     /// Asks the supervisor to close for `reason`; false if a close was already asked.
     pub(crate) fn request_stop(&self, reason: EndReason) -> bool {
-        self.stop.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason);
-                true
-            } else {
-                false
-            }
-        })
-    }
-    pub(crate) fn agent_slot(&self) -> &OnceLock<Arc<A>> {
-        &self.agent
+        let mut stop = lock(&self.signals.stop);
+        if stop.is_some() {
+            return false;
+        }
+        *stop = Some(reason);
+        self.signals.stop_notify.notify_one();
+        true
     }
 }
 
@@ -191,25 +226,19 @@ impl<A: Agent> Shared<A> {
                 source: anyhow::anyhow!("the launcher is not running"),
             });
         }
-        let (stop_tx, stop_rx) = watch::channel(None);
-        let (done_tx, done_rx) = watch::channel(None);
         let handle = AgentSession {
             id: session.id,
             call_id: session.call_id.clone(),
             call_type: session.call_type.clone(),
             started_at: session.created_at,
-            agent: Arc::new(OnceLock::new()),
-            stop: Arc::new(stop_tx),
-            done: done_rx,
+            signals: Arc::new(SessionSignals::new()),
         };
         self.sessions().insert(session.id, handle.clone());
         let (created_tx, created_rx) = oneshot::channel();
         tokio::spawn(supervise(
             self.clone(),
             session.clone(),
-            handle.clone(),
-            stop_rx,
-            done_tx,
+            handle.signals.clone(),
             created_tx,
         ));
         match created_rx.await {

@@ -108,7 +108,9 @@ type Handler = Arc<
 /// The functions an agent registers for its model (the anchor's `llm.register_function`).
 #[derive(Clone, Default)]
 pub struct FunctionRegistry {
-    functions: BTreeMap<String, (ToolSpec, Handler)>,
+    functions: BTreeMap<String, Handler>,
+    // Kept beside the handlers, in name order, so offering them to the model copies nothing.
+    specs: Vec<ToolSpec>,
 }
 
 impl fmt::Debug for FunctionRegistry {
@@ -130,18 +132,21 @@ impl FunctionRegistry {
         Fut: Future<Output = anyhow::Result<String>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |args| Box::pin(handler(args)));
-        self.functions.insert(spec.name.clone(), (spec, handler));
+        self.functions.insert(spec.name.clone(), handler);
+        self.specs.retain(|s| s.name != spec.name);
+        let at = self.specs.partition_point(|s| s.name < spec.name);
+        self.specs.insert(at, spec);
     }
 
-    /// The specs to offer the model.
-    pub fn specs(&self) -> Vec<ToolSpec> {
-        self.functions.values().map(|(s, _)| s.clone()).collect()
+    /// The specs to offer the model, in name order.
+    pub fn specs(&self) -> &[ToolSpec] {
+        &self.specs
     }
 
     /// Runs the function a tool call names. An unknown name is an error the caller can hand
     /// back to the model.
     pub async fn call(&self, call: &ToolCall) -> anyhow::Result<String> {
-        let (_, handler) = self
+        let handler = self
             .functions
             .get(&call.name)
             .ok_or_else(|| anyhow::anyhow!("unknown function '{}'", call.name))?;
@@ -166,7 +171,7 @@ pub async fn respond(
     let specs = functions.specs();
     for _ in 0..MAX_TOOL_ROUNDS {
         let started = std::time::Instant::now();
-        let mut stream = llm.stream(history, &specs).await?;
+        let mut stream = llm.stream(history, specs).await?;
         let mut first_token = None;
         let mut text = String::new();
         let mut calls = Vec::new();
@@ -251,5 +256,128 @@ mod tests {
             arguments: Value::Null,
         };
         assert!(fns.call(&unknown).await.is_err());
+    }
+
+    /// A model that plays back one scripted response per call.
+    struct Scripted(std::sync::Mutex<std::collections::VecDeque<Vec<LlmEvent>>>);
+
+    #[async_trait]
+    impl Llm for Scripted {
+        async fn stream(
+            &self,
+            _messages: &[ChatMessage],
+            _tools: &[ToolSpec],
+        ) -> anyhow::Result<BoxStream<'static, anyhow::Result<LlmEvent>>> {
+            use futures::StreamExt;
+            let events = self
+                .0
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| vec![LlmEvent::Done(Usage::default())]);
+            Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed())
+        }
+    }
+
+    fn weather() -> FunctionRegistry {
+        let mut fns = FunctionRegistry::new();
+        let spec = ToolSpec {
+            name: "get_weather".into(),
+            description: String::new(),
+            parameters: Value::Null,
+        };
+        fns.register(spec, |_| async { Ok("sunny".to_owned()) });
+        fns
+    }
+
+    fn call(name: &str) -> LlmEvent {
+        LlmEvent::ToolCall(ToolCall {
+            id: "c1".into(),
+            name: name.into(),
+            arguments: Value::Null,
+        })
+    }
+
+    #[tokio::test]
+    async fn respond_runs_tools_then_answers_and_records_what_happened() {
+        use switchboard_core::metrics::{Counter, Latency};
+        let llm = Scripted(std::sync::Mutex::new(
+            [
+                vec![
+                    call("get_weather"),
+                    LlmEvent::Done(Usage {
+                        input_tokens: 5,
+                        output_tokens: 1,
+                    }),
+                ],
+                vec![
+                    LlmEvent::TextDelta("It is ".into()),
+                    LlmEvent::TextDelta("sunny".into()),
+                    LlmEvent::Done(Usage {
+                        input_tokens: 9,
+                        output_tokens: 3,
+                    }),
+                ],
+            ]
+            .into(),
+        ));
+        let metrics = switchboard_core::MetricsRecorder::new();
+        let mut history = vec![ChatMessage::new(Role::User, "weather?")];
+        let answer = respond(&llm, &weather(), &mut history, &metrics)
+            .await
+            .unwrap();
+        assert_eq!(answer, "It is sunny");
+        let roles: Vec<Role> = history.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            vec![Role::User, Role::Assistant, Role::Tool, Role::Assistant]
+        );
+        assert_eq!(history[2].content, "sunny");
+        assert_eq!(history[2].tool_call_id.as_deref(), Some("c1"));
+        let m = metrics.snapshot();
+        assert_eq!(m.latency(Latency::LlmLatencyMs).count, 2);
+        assert_eq!(m.latency(Latency::LlmTimeToFirstTokenMs).count, 1);
+        assert_eq!(m.total(Counter::LlmToolCalls), 1);
+        assert_eq!(
+            (
+                m.total(Counter::LlmInputTokens),
+                m.total(Counter::LlmOutputTokens)
+            ),
+            (14, 4)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_tool_is_reported_to_the_model_and_endless_tool_calls_stop() {
+        let llm = Scripted(std::sync::Mutex::new(
+            [
+                vec![call("nope")],
+                vec![
+                    LlmEvent::TextDelta("sorry".into()),
+                    LlmEvent::Done(Usage::default()),
+                ],
+            ]
+            .into(),
+        ));
+        let metrics = switchboard_core::MetricsRecorder::new();
+        let mut history = Vec::new();
+        assert_eq!(
+            respond(&llm, &weather(), &mut history, &metrics)
+                .await
+                .unwrap(),
+            "sorry"
+        );
+        assert_eq!(history[1].content, "error: unknown function 'nope'");
+
+        let endless = Scripted(std::sync::Mutex::new(
+            (0..10).map(|_| vec![call("get_weather")]).collect(),
+        ));
+        let err = respond(&endless, &weather(), &mut Vec::new(), &metrics)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the model kept calling tools after 5 rounds"
+        );
     }
 }

@@ -20,12 +20,12 @@ use switchboard_core::registry::{EndRequest, SessionRegistry};
 use switchboard_core::{
     CallId, Clock, EndReason, Error, Limits, MetricsRecorder, Session, SessionId, Timestamp,
 };
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::agent::{Agent, CreateContext, JoinContext, SessionRef};
-use crate::launcher::{AgentSession, SessionEnd, Shared};
+use crate::launcher::{SessionEnd, SessionSignals, Shared};
 
 /// Why the supervisor leaves its main loop.
 #[derive(Debug)]
@@ -142,15 +142,6 @@ impl CallClock {
     }
 }
 
-async fn stop_requested(rx: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
-    let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| *r);
-    match reason {
-        Some(reason) => reason,
-        // Every handle is gone: nobody can ask any more.
-        None => std::future::pending().await,
-    }
-}
-
 fn sleep_until(clock: &dyn Clock, at: Timestamp) -> tokio::time::Sleep {
     tokio::time::sleep(at.saturating_since(clock.now()))
 }
@@ -159,9 +150,7 @@ fn sleep_until(clock: &dyn Clock, at: Timestamp) -> tokio::time::Sleep {
 pub(crate) async fn supervise<A: Agent>(
     shared: Arc<Shared<A>>,
     session: Session,
-    handle: AgentSession<A>,
-    mut stop_rx: watch::Receiver<Option<EndReason>>,
-    done_tx: watch::Sender<Option<SessionEnd>>,
+    signals: Arc<SessionSignals<A>>,
     created: oneshot::Sender<anyhow::Result<()>>,
 ) {
     let limits = shared.limits;
@@ -178,7 +167,7 @@ pub(crate) async fn supervise<A: Agent>(
     let finisher = Finisher {
         shared: shared.clone(),
         session: &session,
-        done_tx,
+        signals: signals.clone(),
     };
 
     // Phase 1: create and warm up the agent, renewing the lease meanwhile.
@@ -192,16 +181,15 @@ pub(crate) async fn supervise<A: Agent>(
             let err = anyhow::Error::new(e).context("could not read the session's metadata");
             let detail = format!("{err:#}");
             let _ = created.send(Err(err));
-            return finisher
-                .finish(
-                    None,
-                    None,
-                    EndReason::StartFailed,
-                    Some(detail),
-                    &maintenance,
-                    true,
-                )
-                .await;
+            return Box::pin(finisher.finish(
+                None,
+                None,
+                EndReason::StartFailed,
+                Some(detail),
+                &maintenance,
+                true,
+            ))
+            .await;
         }
     };
     let create = {
@@ -226,14 +214,16 @@ pub(crate) async fn supervise<A: Agent>(
             Ok::<_, anyhow::Error>(Arc::new(agent))
         }
     };
-    tokio::pin!(create);
+    // Boxed: the user's create and warmup futures live only during this phase, so they do
+    // not inflate the supervisor's state for the whole session.
+    let mut create = Box::pin(create);
     let agent = loop {
         let wake = maintenance.next_heartbeat.min(maintenance.lease_deadline());
         tokio::select! {
             biased;
-            reason = stop_requested(&mut stop_rx) => {
+            reason = signals.stop_requested() => {
                 let _ = created.send(Ok(()));
-                return finisher.finish(None, None, reason, None, &maintenance, true).await;
+                return Box::pin(finisher.finish(None, None, reason, None, &maintenance, true)).await;
             }
             result = &mut create => match result {
                 Ok(agent) => break agent,
@@ -241,19 +231,19 @@ pub(crate) async fn supervise<A: Agent>(
                     let detail = format!("{err:#}");
                     warn!(session_id = %session.id, error = %detail, "agent could not be started");
                     let _ = created.send(Err(err));
-                    return finisher.finish(None, None, EndReason::StartFailed, Some(detail), &maintenance, true).await;
+                    return Box::pin(finisher.finish(None, None, EndReason::StartFailed, Some(detail), &maintenance, true)).await;
                 }
             },
             () = sleep_until(&*shared.clock, wake) => {
                 if let Some(exit) = maintenance.tick(None).await {
                     let _ = created.send(Ok(()));
                     let (reason, write) = exit_reason(&exit);
-                    return finisher.finish(None, None, reason, None, &maintenance, write).await;
+                    return Box::pin(finisher.finish(None, None, reason, None, &maintenance, write)).await;
                 }
             }
         }
     };
-    let _ = handle.agent_slot().set(agent.clone());
+    signals.set_agent(agent.clone());
     let _ = created.send(Ok(()));
     info!(session_id = %session.id, call_id = %session.call_id, "agent created; joining the call");
 
@@ -304,7 +294,7 @@ pub(crate) async fn supervise<A: Agent>(
             .unwrap_or(maintenance.next_heartbeat);
         tokio::select! {
             biased;
-            reason = stop_requested(&mut stop_rx) => break Exit::Stop(reason),
+            reason = signals.stop_requested() => break Exit::Stop(reason),
             result = &mut join => break Exit::Finished(result),
             changed = presence_rx.changed(), if presence_open => {
                 match changed {
@@ -352,9 +342,7 @@ pub(crate) async fn supervise<A: Agent>(
         warn!(session_id = %session.id, "lease could not be renewed; stopping the agent before it expires");
     }
     let join = (!matches!(exit, Exit::Finished(_))).then_some(join);
-    finisher
-        .finish(Some(agent), join, reason, detail, &maintenance, write)
-        .await;
+    Box::pin(finisher.finish(Some(agent), join, reason, detail, &maintenance, write)).await;
 }
 
 fn exit_reason(exit: &Exit) -> (EndReason, bool) {
@@ -370,7 +358,7 @@ fn exit_reason(exit: &Exit) -> (EndReason, bool) {
 struct Finisher<'a, A: Agent> {
     shared: Arc<Shared<A>>,
     session: &'a Session,
-    done_tx: watch::Sender<Option<SessionEnd>>,
+    signals: Arc<SessionSignals<A>>,
 }
 
 impl<A: Agent> Finisher<'_, A> {
@@ -415,7 +403,7 @@ impl<A: Agent> Finisher<'_, A> {
             at: self.shared.clock.now(),
             recorded,
         };
-        self.done_tx.send_replace(Some(end));
+        self.signals.finish(end);
     }
 
     /// Ends the session in the registry, retrying transient failures until the lease expires

@@ -88,7 +88,7 @@ pub struct SessionMetricsResponse {
     /// `<name>__total` (integers), `<name>__avg|__p50|__p95|__p99|__max` (numbers or null),
     /// `<name>__count` (integers).
     #[schema(value_type = Object)]
-    pub metrics: BTreeMap<String, Value>,
+    pub metrics: BTreeMap<&'static str, Value>,
 }
 
 impl SessionMetricsResponse {
@@ -123,7 +123,7 @@ pub struct SessionListItem {
     /// The final metrics of an ended session.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub metrics: Option<BTreeMap<String, Value>>,
+    pub metrics: Option<BTreeMap<&'static str, Value>>,
 }
 
 impl From<&ListedSession> for SessionListItem {

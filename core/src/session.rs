@@ -144,10 +144,10 @@ impl Counted {
 }
 
 /// The optional JSON object a client attaches to a session (≤ 4 KiB serialized), handed to
-/// `create_agent`.
+/// `create_agent`. Cheap to clone: the registry, the supervisor and the agent share one copy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Metadata(serde_json::Map<String, serde_json::Value>);
+pub struct Metadata(std::sync::Arc<serde_json::Map<String, serde_json::Value>>);
 
 impl Metadata {
     /// Maximum serialized size in bytes.
@@ -163,7 +163,7 @@ impl Metadata {
 
     /// Accepts a JSON object map, checking its size.
     pub fn from_map(map: serde_json::Map<String, serde_json::Value>) -> Result<Self, Error> {
-        let metadata = Self(map);
+        let metadata = Self(std::sync::Arc::new(map));
         if metadata.to_json().len() > Self::MAX_BYTES {
             return Err(Error::Invalid(format!(
                 "metadata must be at most {} bytes when serialized",
@@ -180,7 +180,7 @@ impl Metadata {
 
     /// Canonical compact JSON (keys sorted).
     pub fn to_json(&self) -> String {
-        serde_json::Value::Object(self.0.clone()).to_string()
+        serde_json::to_string(&*self.0).unwrap_or_default()
     }
 }
 

@@ -105,11 +105,57 @@ pub fn all_metric_names() -> Vec<String> {
     names
 }
 
-/// An immutable snapshot of one session's metrics.
+/// An immutable snapshot of one session's metrics. Compact: latencies without samples take
+/// no space (a registry keeps one snapshot per session).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AgentMetrics {
     totals: [u64; COUNTERS],
-    latencies: [LatencyStats; LATENCIES],
+    /// Only the latencies with samples, by `Latency` index.
+    latencies: Vec<(u8, LatencyStats)>,
+}
+
+static EMPTY_STATS: LatencyStats = LatencyStats {
+    count: 0,
+    sum_ms: 0.0,
+    min_ms: None,
+    max_ms: None,
+    p50_ms: None,
+    p95_ms: None,
+    p99_ms: None,
+};
+
+/// The wire names, built once: `[counter totals]` and per latency
+/// `[avg, p50, p95, p99, max, count]`.
+struct Names {
+    totals: Vec<&'static str>,
+    latencies: Vec<[&'static str; 6]>,
+}
+
+fn names() -> &'static Names {
+    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        Names {
+            totals: Counter::ALL
+                .iter()
+                .map(|c| leak(format!("{}__total", c.name())))
+                .collect(),
+            latencies: Latency::ALL
+                .iter()
+                .map(|l| {
+                    let n = l.name();
+                    [
+                        leak(format!("{n}__avg")),
+                        leak(format!("{n}__p50")),
+                        leak(format!("{n}__p95")),
+                        leak(format!("{n}__p99")),
+                        leak(format!("{n}__max")),
+                        leak(format!("{n}__count")),
+                    ]
+                })
+                .collect(),
+        }
+    })
 }
 
 fn float(value: Option<f64>) -> Value {
@@ -126,52 +172,59 @@ impl AgentMetrics {
 
     /// A latency's summary.
     pub fn latency(&self, latency: Latency) -> &LatencyStats {
-        &self.latencies[latency.index()]
+        let index = latency.index() as u8;
+        self.latencies
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(&EMPTY_STATS, |(_, stats)| stats)
     }
 
     /// Whether nothing was ever recorded.
     pub fn is_empty(&self) -> bool {
-        self.totals.iter().all(|t| *t == 0) && self.latencies.iter().all(|l| l.count == 0)
+        self.totals.iter().all(|t| *t == 0) && self.latencies.iter().all(|(_, l)| l.count == 0)
     }
 
     /// The wire form: every name of [`all_metric_names`] with its value (numbers or null).
-    pub fn to_map(&self) -> BTreeMap<String, Value> {
+    pub fn to_map(&self) -> BTreeMap<&'static str, Value> {
+        let names = names();
         let mut map = BTreeMap::new();
-        for c in Counter::ALL {
-            map.insert(format!("{}__total", c.name()), Value::from(self.total(*c)));
+        for (i, name) in names.totals.iter().enumerate() {
+            map.insert(*name, Value::from(self.totals[i]));
         }
-        for l in Latency::ALL {
+        for (l, n) in Latency::ALL.iter().zip(&names.latencies) {
             let s = self.latency(*l);
-            let name = l.name();
-            map.insert(format!("{name}__avg"), float(s.avg_ms()));
-            map.insert(format!("{name}__p50"), float(s.p50_ms));
-            map.insert(format!("{name}__p95"), float(s.p95_ms));
-            map.insert(format!("{name}__p99"), float(s.p99_ms));
-            map.insert(format!("{name}__max"), float(s.max_ms));
-            map.insert(format!("{name}__count"), Value::from(s.count));
+            map.insert(n[0], float(s.avg_ms()));
+            map.insert(n[1], float(s.p50_ms));
+            map.insert(n[2], float(s.p95_ms));
+            map.insert(n[3], float(s.p99_ms));
+            map.insert(n[4], float(s.max_ms));
+            map.insert(n[5], Value::from(s.count));
         }
         map
     }
 
     /// Rebuilds a snapshot from its wire form (as stored by a registry). Unknown keys are
     /// ignored and missing ones read as empty, so older and newer writers interoperate.
-    pub fn from_map(map: &BTreeMap<String, Value>) -> Self {
-        let num = |key: String| map.get(&key).and_then(Value::as_f64);
+    pub fn from_map<K: std::borrow::Borrow<str> + Ord>(map: &BTreeMap<K, Value>) -> Self {
+        let num = |key: String| map.get(key.as_str()).and_then(Value::as_f64);
         let mut metrics = Self::default();
         for c in Counter::ALL {
             metrics.totals[c.index()] = map
-                .get(&format!("{}__total", c.name()))
+                .get(format!("{}__total", c.name()).as_str())
                 .and_then(Value::as_u64)
                 .unwrap_or(0);
         }
         for l in Latency::ALL {
             let name = l.name();
             let count = map
-                .get(&format!("{name}__count"))
+                .get(format!("{name}__count").as_str())
                 .and_then(Value::as_u64)
                 .unwrap_or(0);
             let avg = num(format!("{name}__avg"));
-            metrics.latencies[l.index()] = LatencyStats {
+            if count == 0 {
+                continue;
+            }
+            let stats = LatencyStats {
                 count,
                 sum_ms: avg.map_or(0.0, |a| a * count as f64),
                 min_ms: None,
@@ -180,6 +233,7 @@ impl AgentMetrics {
                 p95_ms: num(format!("{name}__p95")),
                 p99_ms: num(format!("{name}__p99")),
             };
+            metrics.latencies.push((l.index() as u8, stats));
         }
         metrics
     }
@@ -238,7 +292,14 @@ impl MetricsRecorder {
     pub fn snapshot(&self) -> AgentMetrics {
         AgentMetrics {
             totals: std::array::from_fn(|i| self.0.totals[i].load(Relaxed)),
-            latencies: std::array::from_fn(|i| self.0.latencies[i].stats()),
+            latencies: self
+                .0
+                .latencies
+                .iter()
+                .enumerate()
+                .filter(|(_, sketch)| sketch.count() > 0)
+                .map(|(i, sketch)| (i as u8, sketch.stats()))
+                .collect(),
         }
     }
 
@@ -349,7 +410,7 @@ mod tests {
         let map = AgentMetrics::default().to_map();
         assert_eq!(
             map.keys()
-                .cloned()
+                .map(|k| k.to_string())
                 .collect::<std::collections::BTreeSet<_>>(),
             all.into_iter().collect()
         );

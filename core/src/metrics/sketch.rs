@@ -137,6 +137,11 @@ impl LatencySketch {
         self.count.fetch_add(1, Relaxed);
     }
 
+    /// Number of samples recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
     /// Bytes currently allocated on the heap by this sketch (≤ [`MAX_HEAP_BYTES`]).
     pub fn heap_bytes(&self) -> usize {
         self.table.get().map_or(0, |table| {

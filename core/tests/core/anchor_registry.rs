@@ -170,7 +170,11 @@ async fn test_session_expires_after_ttl() {
 #[tokio::test]
 async fn test_get_ignores_extra_keys() {
     // Stored metrics written by a newer version carry names we do not know: ignored.
-    let mut map: BTreeMap<String, Value> = AgentMetrics::default().to_map();
+    let mut map: BTreeMap<String, Value> = AgentMetrics::default()
+        .to_map()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     map.insert("future_metric__total".into(), json!(9));
     map.insert("llm_input_tokens__total".into(), json!(10));
     let metrics = AgentMetrics::from_map(&map);
@@ -239,7 +243,7 @@ fn test_from_dict_extra_keys_ignored() {
 /// compatible instead: a missing name reads as empty (0 or null), never as an error.
 #[test]
 fn test_from_dict_missing_key_reads_as_empty() {
-    let metrics = AgentMetrics::from_map(&BTreeMap::new());
+    let metrics = AgentMetrics::from_map(&BTreeMap::<String, Value>::new());
     assert!(metrics.is_empty());
     assert_eq!(metrics.to_map()["llm_latency_ms__avg"], Value::Null);
 }

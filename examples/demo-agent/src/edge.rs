@@ -3,13 +3,15 @@
 //! none. A scripted participant joins, asks a question, stays a while and leaves, so the
 //! agent's idle clock is really exercised.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_agent_task::Presence;
 use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, User};
 use switchboard_core::{CallId, CallType};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -65,7 +67,7 @@ impl Edge for LocalEdge {
         agent_user: &User,
         presence: Presence,
     ) -> anyhow::Result<Box<dyn Connection>> {
-        let (events, receiver) = mpsc::channel(16);
+        let events = Arc::new(EventQueue::default());
         presence.agent_joined();
         debug!(call_id = %call.call_id, agent = %agent_user.id, "agent joined the local call");
         let script = tokio::spawn(run_script(
@@ -74,50 +76,67 @@ impl Edge for LocalEdge {
             events.clone(),
         ));
         Ok(Box::new(LocalConnection {
-            events: receiver,
-            open: Some(events),
+            events,
             script,
             presence,
         }))
     }
 }
 
-async fn run_script(
-    script: ParticipantScript,
-    presence: Presence,
-    events: mpsc::Sender<CallEvent>,
-) {
+/// The call's events, from the script to the agent: a few bytes per call (a channel would
+/// allocate a 32-slot block per call).
+#[derive(Debug, Default)]
+struct EventQueue {
+    queue: Mutex<VecDeque<CallEvent>>,
+    notify: Notify,
+}
+
+impl EventQueue {
+    fn send(&self, event: CallEvent) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.push_back(event);
+        }
+        // One consumer: `notify_one` keeps a permit if it is not waiting yet.
+        self.notify.notify_one();
+    }
+
+    async fn recv(&self) -> CallEvent {
+        loop {
+            if let Some(event) = self.queue.lock().ok().and_then(|mut q| q.pop_front()) {
+                return event;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+async fn run_script(script: ParticipantScript, presence: Presence, events: Arc<EventQueue>) {
     let user = User::new("demo-user", "Demo User");
     tokio::time::sleep(script.join_after).await;
     presence.participant_joined(&user.id);
-    let _ = events
-        .send(CallEvent::ParticipantJoined(user.clone()))
-        .await;
+    events.send(CallEvent::ParticipantJoined(user.clone()));
     let mut stayed = Duration::ZERO;
     if let Some(question) = script.question
         && script.ask_after < script.stay_for
     {
         tokio::time::sleep(script.ask_after).await;
         stayed = script.ask_after;
-        let _ = events
-            .send(CallEvent::Message {
-                from: user.clone(),
-                text: question,
-            })
-            .await;
+        events.send(CallEvent::Message {
+            from: user.clone(),
+            text: question,
+        });
     }
     tokio::time::sleep(script.stay_for.saturating_sub(stayed)).await;
     presence.participant_left(&user.id);
-    let _ = events.send(CallEvent::ParticipantLeft(user)).await;
+    events.send(CallEvent::ParticipantLeft(user));
 }
 
-/// The agent's side of a local call.
+/// The agent's side of a local call. The call stays open (`next_event` waits) until the
+/// agent leaves, even after the scripted participant is gone: then the agent is alone and
+/// its idle clock runs.
 #[derive(Debug)]
 pub struct LocalConnection {
-    events: mpsc::Receiver<CallEvent>,
-    // The call stays open (next_event waits) until the agent leaves, even after the scripted
-    // participant is gone: then the agent is alone and its idle clock runs.
-    open: Option<mpsc::Sender<CallEvent>>,
+    events: Arc<EventQueue>,
     script: JoinHandle<()>,
     presence: Presence,
 }
@@ -130,14 +149,12 @@ impl Connection for LocalConnection {
     }
 
     async fn next_event(&mut self) -> Option<CallEvent> {
-        self.events.recv().await
+        Some(self.events.recv().await)
     }
 
     async fn leave(&mut self) {
         self.script.abort();
-        self.open = None;
         self.presence.agent_left();
-        self.events.close();
     }
 }
 

@@ -37,7 +37,7 @@ pub const INSTRUCTIONS: &str = "You are a helpful voice assistant.";
 pub struct DemoAgent {
     edge: Arc<dyn Edge>,
     llm: Arc<dyn Llm>,
-    functions: FunctionRegistry,
+    functions: Arc<FunctionRegistry>,
     user: User,
     presence: Presence,
     metrics: MetricsRecorder,
@@ -61,7 +61,7 @@ impl DemoAgent {
         Self {
             edge,
             llm,
-            functions: FunctionRegistry::new(),
+            functions: Arc::new(FunctionRegistry::new()),
             user: User::new("agent", "Assistant"),
             presence: Presence::new(),
             metrics: MetricsRecorder::new(),
@@ -77,7 +77,13 @@ impl DemoAgent {
         F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = anyhow::Result<String>> + Send + 'static,
     {
-        self.functions.register(spec, handler);
+        Arc::make_mut(&mut self.functions).register(spec, handler);
+    }
+
+    /// Uses an already built set of functions (shared by every agent of the process).
+    pub fn with_functions(mut self, functions: Arc<FunctionRegistry>) -> Self {
+        self.functions = functions;
+        self
     }
 
     /// Creates the call.
@@ -185,35 +191,47 @@ fn participant_seconds(ctx: &CreateContext) -> f64 {
         .unwrap_or(30.0)
 }
 
+/// The functions the demo registers (`get_weather`), built once and shared by every agent.
+pub fn functions() -> Arc<FunctionRegistry> {
+    static FUNCTIONS: std::sync::OnceLock<Arc<FunctionRegistry>> = std::sync::OnceLock::new();
+    FUNCTIONS
+        .get_or_init(|| {
+            let mut functions = FunctionRegistry::new();
+            functions.register(
+                ToolSpec {
+                    name: "get_weather".into(),
+                    description: "Get the current weather for a location".into(),
+                    parameters: json!({
+                        "type": "object",
+                        "properties": {"location": {"type": "string"}},
+                        "required": ["location"]
+                    }),
+                },
+                |args| async move {
+                    let location = args["location"]
+                        .as_str()
+                        .unwrap_or("an unknown place")
+                        .to_owned();
+                    Ok(format!("The weather in {location} is sunny and 72°F."))
+                },
+            );
+            Arc::new(functions)
+        })
+        .clone()
+}
+
 /// The anchor's `create_agent`: an assistant with a `get_weather` tool.
 pub async fn create_agent(ctx: CreateContext) -> anyhow::Result<DemoAgent> {
     let script = ParticipantScript {
         stay_for: Duration::from_secs_f64(participant_seconds(&ctx)),
         ..Default::default()
     };
-    let mut agent = DemoAgent::new(
+    let agent = DemoAgent::new(
         Arc::new(LocalEdge::new(script)),
         Arc::new(LocalLlm),
         INSTRUCTIONS,
-    );
-    agent.register_function(
-        ToolSpec {
-            name: "get_weather".into(),
-            description: "Get the current weather for a location".into(),
-            parameters: json!({
-                "type": "object",
-                "properties": {"location": {"type": "string"}},
-                "required": ["location"]
-            }),
-        },
-        |args| async move {
-            let location = args["location"]
-                .as_str()
-                .unwrap_or("an unknown place")
-                .to_owned();
-            Ok(format!("The weather in {location} is sunny and 72°F."))
-        },
-    );
+    )
+    .with_functions(functions());
     Ok(agent)
 }
 
