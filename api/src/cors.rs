@@ -57,43 +57,65 @@ impl CorsOptions {
     /// The tower-http layer for these options.
     pub fn layer(&self) -> Result<CorsLayer, ConfigError> {
         let creds = self.allow_credentials;
-        let origins = if is_any(&self.allow_origins) {
-            if creds {
-                AllowOrigin::mirror_request()
-            } else {
-                AllowOrigin::any()
-            }
-        } else {
-            AllowOrigin::list(parse("cors_allow_origins", &self.allow_origins, |v| {
-                HeaderValue::from_str(v).ok()
-            })?)
-        };
-        let methods = if is_any(&self.allow_methods) {
-            if creds {
-                AllowMethods::mirror_request()
-            } else {
-                AllowMethods::any()
-            }
-        } else {
-            AllowMethods::list(parse("cors_allow_methods", &self.allow_methods, |v| {
-                Method::from_bytes(v.to_ascii_uppercase().as_bytes()).ok()
-            })?)
-        };
-        let headers = if is_any(&self.allow_headers) {
-            if creds {
-                AllowHeaders::mirror_request()
-            } else {
-                AllowHeaders::any()
-            }
-        } else {
-            AllowHeaders::list(parse("cors_allow_headers", &self.allow_headers, |v| {
-                HeaderName::from_bytes(v.as_bytes()).ok()
-            })?)
-        };
+        let origins = allow(
+            &self.allow_origins,
+            creds,
+            AllowOrigin::mirror_request,
+            AllowOrigin::any,
+            |values| {
+                Ok(AllowOrigin::list(parse(
+                    "cors_allow_origins",
+                    values,
+                    |v| HeaderValue::from_str(v).ok(),
+                )?))
+            },
+        )?;
+        let methods = allow(
+            &self.allow_methods,
+            creds,
+            AllowMethods::mirror_request,
+            AllowMethods::any,
+            |values| {
+                Ok(AllowMethods::list(parse(
+                    "cors_allow_methods",
+                    values,
+                    |v| Method::from_bytes(v.to_ascii_uppercase().as_bytes()).ok(),
+                )?))
+            },
+        )?;
+        let headers = allow(
+            &self.allow_headers,
+            creds,
+            AllowHeaders::mirror_request,
+            AllowHeaders::any,
+            |values| {
+                Ok(AllowHeaders::list(parse(
+                    "cors_allow_headers",
+                    values,
+                    |v| HeaderName::from_bytes(v.as_bytes()).ok(),
+                )?))
+            },
+        )?;
         Ok(CorsLayer::new()
             .allow_origin(origins)
             .allow_methods(methods)
             .allow_headers(headers)
             .allow_credentials(creds))
+    }
+}
+
+/// The rule for one dimension: `*` with credentials mirrors the request, `*` without allows
+/// any, and anything else is the listed values.
+fn allow<T>(
+    values: &[String],
+    credentials: bool,
+    mirror: fn() -> T,
+    any: fn() -> T,
+    list: impl FnOnce(&[String]) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    match (is_any(values), credentials) {
+        (true, true) => Ok(mirror()),
+        (true, false) => Ok(any()),
+        (false, _) => list(values),
     }
 }

@@ -84,21 +84,9 @@ impl LauncherArgs {
     }
 }
 
-/// `serve`.
+/// Options `serve` and `run` share.
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on (0 picks a free one; the log says which).
-    #[arg(long, default_value_t = 8000)]
-    pub port: u16,
-    /// Log level for agents.
-    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
-    pub agents_log_level: LogLevel,
-    /// Log level for the HTTP server.
-    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
-    pub http_log_level: LogLevel,
+pub struct CommonArgs {
     /// Debug mode: every log at DEBUG.
     #[arg(long)]
     pub debug: bool,
@@ -122,6 +110,26 @@ pub struct ServeArgs {
     pub launcher: LauncherArgs,
 }
 
+/// `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the log says which).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Log level for agents.
+    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
+    pub agents_log_level: LogLevel,
+    /// Log level for the HTTP server.
+    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
+    pub http_log_level: LogLevel,
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
 fn existing_file(value: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(value);
     match std::fs::metadata(&path) {
@@ -141,36 +149,18 @@ pub struct RunArgs {
     /// Call id (generated when absent).
     #[arg(long)]
     pub call_id: Option<String>,
-    /// Debug mode: every log at DEBUG.
-    #[arg(long)]
-    pub debug: bool,
     /// Log level.
     #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
     pub log_level: LogLevel,
-    /// Log format.
-    #[arg(
-        long,
-        value_enum,
-        ignore_case = true,
-        env = "SWITCHBOARD_LOG_FORMAT",
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
     /// Do not open the demo page (the page comes with the local call transport).
     #[arg(long)]
     pub no_demo: bool,
     /// A local video file to play instead of incoming video (must exist).
     #[arg(long, value_parser = existing_file)]
     pub video_track_override: Option<PathBuf>,
-    /// Do not show the splash screen.
-    #[arg(long)]
-    pub no_splash: bool,
-    /// Print the effective configuration as JSON and exit.
-    #[arg(long)]
-    pub print_config: bool,
-    /// Launcher options.
+    /// Shared options.
     #[command(flatten)]
-    pub launcher: LauncherArgs,
+    pub common: CommonArgs,
 }
 
 fn limits_json(limits: &Limits) -> serde_json::Value {
@@ -225,13 +215,13 @@ where
 }
 
 fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: ServeArgs) -> u8 {
-    let (agents, http) = if args.debug {
+    let (agents, http) = if args.common.debug {
         (LogLevel::Debug, LogLevel::Debug)
     } else {
         (args.agents_log_level, args.http_log_level)
     };
-    telemetry::init(&telemetry::filter(agents, http), args.log_format);
-    let launcher = match launcher.reconfigure(|o| args.launcher.apply(o)) {
+    telemetry::init(&telemetry::filter(agents, http), args.common.log_format);
+    let launcher = match launcher.reconfigure(|o| args.common.launcher.apply(o)) {
         Ok(l) => l,
         Err(e) => {
             return fail(
@@ -240,20 +230,20 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
             );
         }
     };
-    if args.print_config {
+    if args.common.print_config {
         print_json(&json!({
             "command": "serve",
             "host": args.host,
             "port": args.port,
             "agents_log_level": agents.directive(),
             "http_log_level": http.directive(),
-            "log_format": format!("{:?}", args.log_format).to_lowercase(),
+            "log_format": format!("{:?}", args.common.log_format).to_lowercase(),
             "limits": limits_json(launcher.limits()),
         }));
         return 0;
     }
     crate::splash::show(
-        args.no_splash,
+        args.common.no_splash,
         &format!(
             "serving on http://{}:{} (docs at /docs)",
             args.host, args.port
@@ -276,14 +266,14 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
 }
 
 fn run<A: Agent>(launcher: AgentLauncher<A>, args: RunArgs) -> u8 {
-    let level = if args.debug {
+    let level = if args.common.debug {
         LogLevel::Debug
     } else {
         args.log_level
     };
-    telemetry::init(&telemetry::filter(level, level), args.log_format);
+    telemetry::init(&telemetry::filter(level, level), args.common.log_format);
     let launcher = match launcher
-        .reconfigure(|o| args.launcher.apply(o))
+        .reconfigure(|o| args.common.launcher.apply(o))
         .and_then(|l| l.with_video_track_override(args.video_track_override.clone()))
     {
         Ok(l) => l,
@@ -303,7 +293,7 @@ fn run<A: Agent>(launcher: AgentLauncher<A>, args: RunArgs) -> u8 {
         Ok(ids) => ids,
         Err(e) => return fail(2, &anyhow::Error::new(e).context("invalid call")),
     };
-    if args.print_config {
+    if args.common.print_config {
         print_json(&json!({
             "command": "run",
             "call_id": call_id.as_str(),
@@ -316,7 +306,7 @@ fn run<A: Agent>(launcher: AgentLauncher<A>, args: RunArgs) -> u8 {
         return 0;
     }
     crate::splash::show(
-        args.no_splash,
+        args.common.no_splash,
         &format!("running one agent in call {call_type}:{call_id}"),
     );
     let result =
