@@ -70,8 +70,9 @@ pub(crate) async fn start_session(
         idempotency_key,
     };
     // Run the start in its own task: a client that disconnects mid-launch must not leave a
-    // half-started session behind.
-    let started = tokio::spawn(async move {
+    // half-started session behind, and a launch slower than the deadline goes on without it.
+    let deadline = app.request_deadline;
+    let start = tokio::spawn(async move {
         service::start_session(
             &*app.registry,
             &*app.launcher,
@@ -80,10 +81,20 @@ pub(crate) async fn start_session(
             request,
         )
         .await
-    })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("start task failed")))?
-    .map_err(|e| ApiError::from_domain(e, ""))?;
+    });
+    let started = match tokio::time::timeout(deadline, start).await {
+        Ok(joined) => joined
+            .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("start task failed")))?
+            .map_err(|e| ApiError::from_domain(e, ""))?,
+        Err(_) => {
+            return Err(ApiError::Unavailable {
+                retry_after: std::time::Duration::from_secs(1),
+                source: anyhow::anyhow!(
+                    "the agent was not started within {deadline:?}; the start goes on"
+                ),
+            });
+        }
+    };
     let receipt = started.receipt;
     let response = StartSessionResponse {
         session_id: receipt.session_id.to_string(),

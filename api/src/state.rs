@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use switchboard_core::{Limits, SessionRegistry, TaskLauncher};
@@ -20,7 +21,12 @@ pub struct AppState {
     pub(crate) limits: Limits,
     pub(crate) hooks: Arc<PermissionHooks>,
     pub(crate) readiness: Option<ReadinessCheck>,
+    pub(crate) request_deadline: Duration,
 }
+
+/// How long a start may take before the API answers 503 + `Retry-After` (SPEC §3: 8 s). The
+/// start goes on in the background; the session stays `starting` until its agent exists.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(8);
 
 impl fmt::Debug for AppState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -45,7 +51,14 @@ impl AppState {
             limits,
             hooks: Arc::new(PermissionHooks::default()),
             readiness: None,
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
         }
+    }
+
+    /// Sets the start deadline (default 8 s).
+    pub fn with_request_deadline(mut self, deadline: Duration) -> Self {
+        self.request_deadline = deadline;
+        self
     }
 
     /// Adds a readiness condition.

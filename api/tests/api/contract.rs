@@ -280,3 +280,61 @@ async fn ready_is_503_before_start_and_while_draining_and_starts_are_503_with_re
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_start_slower_than_the_deadline_is_503_and_goes_on_in_the_background() {
+    use switchboard_agent_task::AgentLauncher;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let launcher = AgentLauncher::builder(
+        move |ctx: switchboard_agent_task::CreateContext| {
+            let g = g.clone();
+            async move {
+                if !ctx.is_warmup() {
+                    g.notified().await; // a slow model load
+                }
+                crate::support::create_for_tests(ctx).await
+            }
+        },
+        crate::support::join_for_tests,
+    )
+    .build()
+    .unwrap();
+    launcher.start().await.unwrap();
+    let registry = launcher.registry();
+    let state = switchboard_api::AppState::new(
+        registry.clone(),
+        launcher.task_launcher(),
+        *launcher.limits(),
+    )
+    .with_request_deadline(std::time::Duration::from_secs(8));
+    let router = switchboard_api::router(state, ServeOptions::default()).unwrap();
+    let app = crate::support::TestApp {
+        launcher,
+        registry,
+        router,
+    };
+    let r = app.post("/calls/slow/sessions", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let listed = app.get("/calls/slow/sessions").await.json();
+    assert_eq!(
+        listed["sessions"][0]["status"], "starting",
+        "admitted, still starting"
+    );
+    gate.notify_one();
+    let id = SessionId::parse(listed["sessions"][0]["session_id"].as_str().unwrap()).unwrap();
+    while app
+        .launcher
+        .get_session(id)
+        .and_then(|s| s.agent())
+        .is_none()
+    {
+        tokio::task::yield_now().await;
+    }
+    let got = app.get(&format!("/calls/slow/sessions/{id}")).await.json();
+    assert_eq!(
+        got["status"], "running",
+        "the start went on and the agent joined"
+    );
+}

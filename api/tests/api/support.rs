@@ -34,7 +34,7 @@ impl Agent for ApiAgent {
     }
 }
 
-async fn create(ctx: CreateContext) -> anyhow::Result<ApiAgent> {
+pub async fn create_for_tests(ctx: CreateContext) -> anyhow::Result<ApiAgent> {
     if ctx
         .session
         .as_ref()
@@ -49,7 +49,7 @@ async fn create(ctx: CreateContext) -> anyhow::Result<ApiAgent> {
     })
 }
 
-async fn join(agent: Arc<ApiAgent>, _ctx: JoinContext) -> anyhow::Result<()> {
+pub async fn join_for_tests(agent: Arc<ApiAgent>, _ctx: JoinContext) -> anyhow::Result<()> {
     agent.presence().agent_joined();
     agent.presence().participant_joined("human");
     std::future::pending().await
@@ -90,7 +90,7 @@ pub async fn spawn_app_with(
     configure: impl FnOnce(Builder) -> Builder,
     options: ServeOptions,
 ) -> TestApp {
-    let launcher = configure(AgentLauncher::builder(create, join))
+    let launcher = configure(AgentLauncher::builder(create_for_tests, join_for_tests))
         .build()
         .expect("options");
     launcher.start().await.expect("start");
