@@ -1,0 +1,999 @@
+//! [`DynamoRegistry`]: the `SessionRegistry` on one DynamoDB table, for every node of a
+//! cluster (the `serve` nodes sharing a table, the `api` Lambda and the ECS tasks).
+//!
+//! Items (see `docs/dynamodb.md` for every access pattern with its request and cost):
+//! - session `PK=CALL#<call>`, `SK=SESSION#<id>` (< 1 KB; heartbeats touch no indexed
+//!   attribute), its metadata `SK=META#<id>` and metrics `SK=METRICS#<id>`;
+//! - counters `PK=COUNTER#GLOBAL` and `PK=CALL#<call>`, `SK=COUNTER`;
+//! - Idempotency-Keys `SK=IDEM#<key>` (TTL 24 h);
+//! - the sparse, keys-only live index `live` on `live_pk = LIVE#<shard>` / `live_sk = <id>`,
+//!   removed by the end transaction.
+//!
+//! Every write that must be atomic is one conditional request or one transaction; reads are
+//! strongly consistent on the table and ignore rows past their TTL (deletion is lazy).
+
+mod error;
+mod item;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, Get, KeysAndAttributes, Put, ReturnValue,
+    TransactGetItem, TransactWriteItem, Update,
+};
+use switchboard_core::metrics::AgentMetrics;
+use switchboard_core::registry::{
+    Counts, DEFAULT_PAGE_SIZE, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL,
+    ListQuery, ListedSession, MAX_PAGE_SIZE, MetricsReport, SessionMetrics, SessionPage,
+    SessionReceipt, StartOutcome, StartRequest,
+};
+use switchboard_core::session::Counted;
+use switchboard_core::{
+    CallId, Clock, EndReason, Error, LimitKind, Metadata, Result, Session, SessionId,
+    SessionRegistry, SessionStatus, Timestamp,
+};
+use tracing::instrument;
+
+pub use table::{LIVE_INDEX, create_table};
+
+use error::{Failure, classify, plain};
+use item::{
+    COUNTER_SK, GLOBAL_PK, Item, LIVE_SHARDS, call_pk, expired, get_n, get_s, idem_sk, key,
+    meta_sk, metrics_sk, n, s, session_from_item, session_item, session_sk, ttl_seconds,
+};
+
+/// How long a transaction may be retried (conflicts, throttling) before it is `Unavailable`.
+pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The DynamoDB session registry.
+#[derive(Debug, Clone)]
+pub struct DynamoRegistry {
+    client: Client,
+    table: String,
+    clock: Arc<dyn Clock>,
+    retry_deadline: Duration,
+}
+
+enum Tx {
+    Committed,
+    /// Cancelled with a failed condition: the cancellation code of every item, in order.
+    Cancelled(Vec<String>),
+}
+
+fn is_ccf(codes: &[String], index: usize) -> bool {
+    codes
+        .get(index)
+        .is_some_and(|c| c == "ConditionalCheckFailed")
+}
+
+fn values(pairs: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn built<T>(result: std::result::Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T> {
+    result.map_err(|e| {
+        Error::Unexpected(anyhow::Error::new(e).context("building a DynamoDB request"))
+    })
+}
+
+fn encode_token(pk: &str, sk: &str) -> String {
+    format!("{pk}\n{sk}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_token(token: &str) -> Result<(String, String)> {
+    let invalid = || Error::Invalid("next_token is invalid".into());
+    if !token.len().is_multiple_of(2) || !token.is_ascii() {
+        return Err(invalid());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| invalid())?;
+    let raw = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (pk, sk) = raw.split_once('\n').ok_or_else(invalid)?;
+    if !pk.starts_with("CALL#") || !sk.starts_with("SESSION#") {
+        return Err(invalid());
+    }
+    Ok((pk.to_owned(), sk.to_owned()))
+}
+
+fn metrics_item(
+    call_id: &CallId,
+    id: SessionId,
+    metrics: &AgentMetrics,
+    at: Timestamp,
+) -> Result<Item> {
+    let json = serde_json::to_string(&metrics.to_map())
+        .map_err(|e| Error::Unexpected(anyhow::Error::new(e).context("serializing metrics")))?;
+    let mut item = key(call_pk(call_id), metrics_sk(id));
+    item.insert("metrics".into(), s(json));
+    item.insert("generated_at".into(), n(at.unix_micros()));
+    Ok(item)
+}
+
+fn report_from_item(item: &Item) -> Result<MetricsReport> {
+    let json = get_s(item, "metrics").unwrap_or("{}");
+    let map: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_str(json)
+        .map_err(|e| Error::Unexpected(anyhow::Error::new(e).context("parsing stored metrics")))?;
+    Ok(MetricsReport {
+        metrics: AgentMetrics::from_map(&map),
+        generated_at: Timestamp::from_unix_micros(get_n(item, "generated_at").unwrap_or(0)),
+    })
+}
+
+impl DynamoRegistry {
+    /// A registry on `table` (created by [`create_table`] or the SAM template).
+    pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            clock,
+            retry_deadline: DEFAULT_RETRY_DEADLINE,
+        }
+    }
+
+    /// Sets how long conflicting or throttled transactions are retried (default 2 s).
+    pub fn with_retry_deadline(mut self, deadline: Duration) -> Self {
+        self.retry_deadline = deadline;
+        self
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        token: Option<String>,
+        what: &'static str,
+    ) -> Result<Tx> {
+        let deadline = tokio::time::Instant::now() + self.retry_deadline;
+        let mut attempt: u32 = 0;
+        loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .set_client_request_token(token.clone())
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(Tx::Committed),
+                Err(err) => err,
+            };
+            let retry = match &err {
+                SdkError::ServiceError(service) => match service.err() {
+                    TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+                        let codes: Vec<String> = cancelled
+                            .cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().unwrap_or("None").to_owned())
+                            .collect();
+                        if codes.iter().any(|c| c == "ConditionalCheckFailed") {
+                            return Ok(Tx::Cancelled(codes));
+                        }
+                        let transient = codes.iter().any(|c| {
+                            matches!(
+                                c.as_str(),
+                                "TransactionConflict"
+                                    | "ThrottlingError"
+                                    | "ProvisionedThroughputExceeded"
+                                    | "RequestLimitExceeded"
+                            )
+                        });
+                        if transient {
+                            Some(Error::Unavailable {
+                                retry_after: Duration::from_secs(1),
+                                source: anyhow::anyhow!(
+                                    "{what}: transaction cancelled ({})",
+                                    codes.join(", ")
+                                ),
+                            })
+                        } else {
+                            return Err(Error::Unexpected(anyhow::Error::new(err).context(what)));
+                        }
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let retry = match retry {
+                Some(e) => e,
+                None => match classify(err, what) {
+                    Failure::Transient(e) => e,
+                    Failure::ConditionFailed => return Ok(Tx::Cancelled(Vec::new())),
+                    Failure::Fatal(e) => return Err(e),
+                },
+            };
+            attempt += 1;
+            let cap = 10u64.saturating_mul(1 << attempt.min(5)).min(200);
+            let backoff = Duration::from_millis(rand::random_range(5..=cap.max(6)));
+            if tokio::time::Instant::now() + backoff >= deadline {
+                return Err(retry);
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn get_item(&self, key: Item, what: &'static str) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| plain(e, what))?;
+        Ok(out.item)
+    }
+
+    /// The session row, or `None` if absent or past retention.
+    async fn read_session(&self, call_id: &CallId, id: SessionId) -> Result<Option<Session>> {
+        let now = self.clock.now();
+        match self
+            .get_item(key(call_pk(call_id), session_sk(id)), "GetItem session")
+            .await?
+        {
+            Some(item) if !expired(&item, now) => Ok(Some(session_from_item(&item)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// After a failed condition on a live-only write: `NotFound` or `Conflict`.
+    async fn not_live(&self, call_id: &CallId, id: SessionId) -> Error {
+        match self.read_session(call_id, id).await {
+            Ok(None) => Error::NotFound,
+            Ok(Some(s)) => Error::Conflict(format!("session is {}", s.status)),
+            Err(e) => e,
+        }
+    }
+
+    /// Reads the session and another item of it in one consistent request.
+    async fn session_with(
+        &self,
+        call_id: &CallId,
+        id: SessionId,
+        other_sk: String,
+    ) -> Result<Option<(Session, Option<Item>)>> {
+        let get = |sk: String| -> Result<TransactGetItem> {
+            Ok(TransactGetItem::builder()
+                .get(built(
+                    Get::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key(call_pk(call_id), sk)))
+                        .build(),
+                )?)
+                .build())
+        };
+        let out = self
+            .client
+            .transact_get_items()
+            .transact_items(get(session_sk(id))?)
+            .transact_items(get(other_sk)?)
+            .send()
+            .await
+            .map_err(|e| plain(e, "TransactGetItems"))?;
+        let mut responses = out
+            .responses
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.item);
+        let session_item = responses.next().flatten();
+        let other = responses.next().flatten();
+        let now = self.clock.now();
+        match session_item {
+            Some(item) if !expired(&item, now) => Ok(Some((session_from_item(&item)?, other))),
+            _ => Ok(None),
+        }
+    }
+
+    fn counter_update(
+        &self,
+        pk: String,
+        delta: i64,
+        limit: Option<u32>,
+    ) -> Result<TransactWriteItem> {
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, COUNTER_SK)))
+            .update_expression("ADD #c :d")
+            .set_expression_attribute_names(Some(names(&[("#c", "count")])));
+        let mut vals = vec![(":d", n(delta))];
+        if let Some(limit) = limit {
+            update = update.condition_expression("attribute_not_exists(#c) OR #c < :lim");
+            vals.push((":lim", n(i64::from(limit))));
+        }
+        let update = built(
+            update
+                .set_expression_attribute_values(Some(values(&vals)))
+                .build(),
+        )?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    async fn replay(
+        &self,
+        call_id: &CallId,
+        request: &StartRequest,
+    ) -> Result<Option<StartOutcome>> {
+        let Some(idem) = &request.idempotency else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let Some(item) = self
+            .get_item(
+                key(call_pk(call_id), idem_sk(&idem.key)),
+                "GetItem idempotency",
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        if expired(&item, now) {
+            return Ok(None);
+        }
+        if get_s(&item, "fingerprint") != Some(idem.fingerprint.as_str()) {
+            return Err(Error::IdempotencyMismatch);
+        }
+        let session_id = get_s(&item, "session_id")
+            .and_then(|v| SessionId::parse(v).ok())
+            .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("malformed idempotency item")))?;
+        Ok(Some(StartOutcome::Replayed(SessionReceipt {
+            session_id,
+            call_id: call_id.clone(),
+            created_at: Timestamp::from_unix_micros(get_n(&item, "created_at").unwrap_or(0)),
+        })))
+    }
+
+    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending = HashMap::from([(
+                self.table.clone(),
+                built(
+                    KeysAndAttributes::builder()
+                        .set_keys(Some(chunk.to_vec()))
+                        .consistent_read(true)
+                        .build(),
+                )?,
+            )]);
+            let deadline = tokio::time::Instant::now() + self.retry_deadline;
+            while !pending.is_empty() {
+                let result = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(pending))
+                    .send()
+                    .await
+                    .map_err(|e| plain(e, "BatchGetItem"))?;
+                if let Some(mut responses) = result.responses {
+                    out.extend(responses.remove(&self.table).unwrap_or_default());
+                }
+                pending = result.unprocessed_keys.unwrap_or_default();
+                if !pending.is_empty() {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::unavailable(anyhow::anyhow!(
+                            "BatchGetItem left keys unprocessed"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(10..50))).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SessionRegistry for DynamoRegistry {
+    #[instrument(skip_all, fields(call_id = %request.call_id, session_id = %request.session_id), err(level = "debug"))]
+    async fn start(&self, request: StartRequest) -> Result<StartOutcome> {
+        let call_id = request.call_id.clone();
+        if let Some(replayed) = self.replay(&call_id, &request).await? {
+            return Ok(replayed);
+        }
+        let now = self.clock.now();
+        let session = Session {
+            id: request.session_id,
+            call_id: call_id.clone(),
+            call_type: request.call_type.clone(),
+            status: SessionStatus::Starting,
+            created_at: now,
+            running_at: None,
+            heartbeat_at: None,
+            lease_expires_at: now + request.lease,
+            close_requested_at: None,
+            ended_at: None,
+            end_reason: None,
+            end_detail: None,
+            task_arn: None,
+            counted: Counted::BOTH,
+            idempotency_key: request.idempotency.as_ref().map(|i| i.key.clone()),
+            expires_at: None,
+        };
+        // Order matters: the cancellation reasons come back by index.
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(built(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(session_item(&session)))
+                        .condition_expression("attribute_not_exists(PK)")
+                        .build(),
+                )?)
+                .build(),
+            self.counter_update(GLOBAL_PK.to_owned(), 1, request.max_concurrent_sessions)?,
+            self.counter_update(call_pk(&call_id), 1, request.max_sessions_per_call)?,
+        ];
+        let idem_index = request.idempotency.as_ref().map(|_| items.len());
+        if let Some(idem) = &request.idempotency {
+            let mut item = key(call_pk(&call_id), idem_sk(&idem.key));
+            item.insert("fingerprint".into(), s(idem.fingerprint.clone()));
+            item.insert("session_id".into(), s(session.id.to_string()));
+            item.insert("created_at".into(), n(now.unix_micros()));
+            item.insert("expires_at".into(), n(ttl_seconds(now + IDEMPOTENCY_TTL)));
+            items.push(
+                TransactWriteItem::builder()
+                    .put(built(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .condition_expression("attribute_not_exists(PK) OR expires_at <= :now")
+                            .set_expression_attribute_values(Some(values(&[(
+                                ":now",
+                                n(now.unix_seconds()),
+                            )])))
+                            .build(),
+                    )?)
+                    .build(),
+            );
+        }
+        if let Some(metadata) = &request.metadata {
+            let mut item = key(call_pk(&call_id), meta_sk(session.id));
+            item.insert("metadata".into(), s(metadata.to_json()));
+            items.push(
+                TransactWriteItem::builder()
+                    .put(built(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .set_item(Some(item))
+                            .build(),
+                    )?)
+                    .build(),
+            );
+        }
+        // The session id is the token: a retried transaction that already committed is a no-op.
+        match self
+            .transact(
+                items,
+                Some(session.id.to_string()),
+                "TransactWriteItems start",
+            )
+            .await?
+        {
+            Tx::Committed => Ok(StartOutcome::Created(session)),
+            Tx::Cancelled(codes) => {
+                if idem_index.is_some_and(|i| is_ccf(&codes, i)) {
+                    // A concurrent start with the same key won: replay it (or refuse the mismatch).
+                    return match self.replay(&call_id, &request).await? {
+                        Some(replayed) => Ok(replayed),
+                        None => Err(Error::unavailable(anyhow::anyhow!(
+                            "Idempotency-Key race; retry"
+                        ))),
+                    };
+                }
+                if is_ccf(&codes, 0) {
+                    Err(Error::Conflict("session id already exists".into()))
+                } else if is_ccf(&codes, 1) {
+                    Err(Error::LimitReached(LimitKind::Global))
+                } else if is_ccf(&codes, 2) {
+                    Err(Error::LimitReached(LimitKind::PerCall))
+                } else {
+                    Err(Error::Unexpected(anyhow::anyhow!(
+                        "start cancelled: {codes:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
+    async fn mark_running(&self, call_id: &CallId, session_id: SessionId) -> Result<Session> {
+        let now = self.clock.now();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
+            .update_expression("SET #st = :running, running_at = :now")
+            .condition_expression("#st = :starting")
+            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
+            .set_expression_attribute_values(Some(values(&[
+                (":running", s("running")),
+                (":starting", s("starting")),
+                (":now", n(now.unix_micros())),
+            ])))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => session_from_item(&out.attributes.unwrap_or_default()),
+            Err(err) => match classify(err, "UpdateItem mark_running") {
+                Failure::ConditionFailed => match self.read_session(call_id, session_id).await? {
+                    None => Err(Error::NotFound),
+                    Some(s) if s.status == SessionStatus::Running => Ok(s),
+                    Some(s) => Err(Error::Conflict(format!("session is {}", s.status))),
+                },
+                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
+            },
+        }
+    }
+
+    #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
+    async fn heartbeat(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        lease: Duration,
+    ) -> Result<Heartbeat> {
+        let now = self.clock.now();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
+            .update_expression("SET heartbeat_at = :now, lease_expires_at = :lease")
+            .condition_expression("attribute_exists(PK) AND #st <> :ended")
+            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
+            .set_expression_attribute_values(Some(values(&[
+                (":now", n(now.unix_micros())),
+                (":lease", n((now + lease).unix_micros())),
+                (":ended", s("ended")),
+            ])))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let session = session_from_item(&out.attributes.unwrap_or_default())?;
+                Ok(Heartbeat {
+                    close_requested: session.close_requested_at.is_some(),
+                    lease_expires_at: session.lease_expires_at,
+                    status: session.status,
+                })
+            }
+            Err(err) => match classify(err, "UpdateItem heartbeat") {
+                Failure::ConditionFailed => Err(self.not_live(call_id, session_id).await),
+                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
+            },
+        }
+    }
+
+    #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
+    async fn flush_metrics(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        metrics: &AgentMetrics,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let check = built(
+            ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
+                .condition_expression("attribute_exists(PK) AND #st <> :ended")
+                .set_expression_attribute_names(Some(names(&[("#st", "status")])))
+                .set_expression_attribute_values(Some(values(&[(":ended", s("ended"))])))
+                .build(),
+        )?;
+        let put = built(
+            Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(metrics_item(call_id, session_id, metrics, now)?))
+                .build(),
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().condition_check(check).build(),
+            TransactWriteItem::builder().put(put).build(),
+        ];
+        match self
+            .transact(items, None, "TransactWriteItems flush_metrics")
+            .await?
+        {
+            Tx::Committed => Ok(()),
+            Tx::Cancelled(_) => Err(self.not_live(call_id, session_id).await),
+        }
+    }
+
+    #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
+    async fn request_close(&self, call_id: &CallId, session_id: SessionId) -> Result<Session> {
+        let now = self.clock.now();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
+            .update_expression(
+                "SET close_requested_at = if_not_exists(close_requested_at, :now), #st = :closing",
+            )
+            .condition_expression("attribute_exists(PK) AND #st <> :ended")
+            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
+            .set_expression_attribute_values(Some(values(&[
+                (":now", n(now.unix_micros())),
+                (":closing", s("closing")),
+                (":ended", s("ended")),
+            ])))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => session_from_item(&out.attributes.unwrap_or_default()),
+            Err(err) => match classify(err, "UpdateItem request_close") {
+                Failure::ConditionFailed => Err(self.not_live(call_id, session_id).await),
+                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
+            },
+        }
+    }
+
+    #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id, reason = %request.reason), err(level = "debug"))]
+    async fn end(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        request: EndRequest,
+    ) -> Result<EndOutcome> {
+        let mut release_key = request.reason == EndReason::StartFailed;
+        loop {
+            let Some(session) = self.read_session(call_id, session_id).await? else {
+                return Err(Error::NotFound);
+            };
+            if session.is_ended() {
+                return Ok(EndOutcome::AlreadyEnded(session));
+            }
+            let now = self.clock.now();
+            let expires_at = now + request.retention;
+            let mut condition = "#st <> :ended".to_owned();
+            let mut vals = vec![
+                (":ended", s("ended")),
+                (":now", n(now.unix_micros())),
+                (":reason", s(request.reason.as_str())),
+                (":exp", n(ttl_seconds(expires_at))),
+            ];
+            match request.guard {
+                EndGuard::Always => {}
+                EndGuard::LeaseExpired => condition.push_str(" AND lease_expires_at <= :now"),
+                EndGuard::Starting => {
+                    condition.push_str(" AND #st = :starting");
+                    vals.push((":starting", s("starting")));
+                }
+            }
+            let mut set =
+                "SET #st = :ended, ended_at = :now, end_reason = :reason, expires_at = :exp"
+                    .to_owned();
+            if let Some(detail) = &request.detail {
+                set.push_str(", end_detail = :detail");
+                vals.push((":detail", s(detail.clone())));
+            }
+            let update = built(
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
+                    .update_expression(format!("{set} REMOVE live_pk, live_sk"))
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(Some(names(&[("#st", "status")])))
+                    .set_expression_attribute_values(Some(values(&vals)))
+                    .build(),
+            )?;
+            let mut items = vec![TransactWriteItem::builder().update(update).build()];
+            // Release exactly the counters the start took.
+            if session.counted.global {
+                items.push(self.counter_update(GLOBAL_PK.to_owned(), -1, None)?);
+            }
+            if session.counted.per_call {
+                items.push(self.counter_update(call_pk(call_id), -1, None)?);
+            }
+            if let Some(metrics) = &request.final_metrics {
+                let put = built(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(metrics_item(call_id, session_id, metrics, now)?))
+                        .build(),
+                )?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
+            let idem_index = items.len();
+            let idem_key = session.idempotency_key.as_ref().filter(|_| release_key);
+            if let Some(idem_key) = idem_key {
+                // A start that never happened does not consume its key; only if it is still ours.
+                let delete = built(
+                    Delete::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key(call_pk(call_id), idem_sk(idem_key))))
+                        .condition_expression("session_id = :id")
+                        .set_expression_attribute_values(Some(values(&[(
+                            ":id",
+                            s(session_id.to_string()),
+                        )])))
+                        .build(),
+                )?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
+            }
+            match self.transact(items, None, "TransactWriteItems end").await? {
+                Tx::Committed => {
+                    let mut ended = session;
+                    ended.status = SessionStatus::Ended;
+                    ended.ended_at = Some(now);
+                    ended.end_reason = Some(request.reason);
+                    ended.end_detail = request.detail.clone();
+                    ended.expires_at = Some(Timestamp::from_unix_micros(
+                        ttl_seconds(expires_at) * 1_000_000,
+                    ));
+                    return Ok(EndOutcome::Ended(ended));
+                }
+                Tx::Cancelled(codes) if is_ccf(&codes, 0) || codes.is_empty() => {
+                    return match self.read_session(call_id, session_id).await? {
+                        None => Err(Error::NotFound),
+                        Some(s) if s.is_ended() => Ok(EndOutcome::AlreadyEnded(s)),
+                        Some(s) => Err(Error::Conflict(format!(
+                            "end guard {:?} does not hold (session is {})",
+                            request.guard, s.status
+                        ))),
+                    };
+                }
+                Tx::Cancelled(codes) if idem_key.is_some() && is_ccf(&codes, idem_index) => {
+                    // The key was re-used by another session meanwhile: end without touching it.
+                    release_key = false;
+                }
+                Tx::Cancelled(codes) => {
+                    return Err(Error::Unexpected(anyhow::anyhow!(
+                        "end cancelled: {codes:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn get(&self, call_id: &CallId, session_id: SessionId) -> Result<Option<Session>> {
+        self.read_session(call_id, session_id).await
+    }
+
+    async fn get_metadata(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+    ) -> Result<Option<Metadata>> {
+        match self
+            .session_with(call_id, session_id, meta_sk(session_id))
+            .await?
+        {
+            None => Err(Error::NotFound),
+            Some((_, None)) => Ok(None),
+            Some((_, Some(item))) => {
+                let json = get_s(&item, "metadata").unwrap_or("{}");
+                let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+                    Error::Unexpected(anyhow::Error::new(e).context("parsing stored metadata"))
+                })?;
+                Ok(Some(Metadata::parse(value)?))
+            }
+        }
+    }
+
+    async fn get_metrics(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+    ) -> Result<Option<SessionMetrics>> {
+        match self
+            .session_with(call_id, session_id, metrics_sk(session_id))
+            .await?
+        {
+            None => Ok(None),
+            Some((session, item)) => Ok(Some(SessionMetrics {
+                session,
+                report: item.as_ref().map(report_from_item).transpose()?,
+            })),
+        }
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<SessionPage> {
+        let now = self.clock.now();
+        let limit = match query.limit {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        } as usize;
+        let start = query.next_token.as_deref().map(decode_token).transpose()?;
+        if let (Some((pk, _)), Some(call)) = (&start, &query.call_id)
+            && *pk != call_pk(call)
+        {
+            return Err(Error::Invalid("next_token is invalid".into()));
+        }
+        let mut exclusive_start = start.map(|(pk, sk)| key(pk, sk));
+        // Read one past the page to know whether another page exists.
+        let mut found: Vec<Item> = Vec::with_capacity(limit + 1);
+        loop {
+            let filter = if query.include_ended {
+                None
+            } else {
+                Some("#st <> :ended")
+            };
+            let (items, last) = match &query.call_id {
+                Some(call) => {
+                    let mut vals = vec![(":pk", s(call_pk(call))), (":prefix", s("SESSION#"))];
+                    if filter.is_some() {
+                        vals.push((":ended", s("ended")));
+                    }
+                    let out = self
+                        .client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
+                        .set_filter_expression(filter.map(str::to_owned))
+                        .set_expression_attribute_names(filter.map(|_| names(&[("#st", "status")])))
+                        .set_expression_attribute_values(Some(values(&vals)))
+                        .set_exclusive_start_key(exclusive_start.take())
+                        .consistent_read(true)
+                        .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+                        .send()
+                        .await
+                        .map_err(|e| plain(e, "Query sessions of a call"))?;
+                    (out.items.unwrap_or_default(), out.last_evaluated_key)
+                }
+                None => {
+                    let mut expr = "begins_with(SK, :prefix)".to_owned();
+                    let mut vals = vec![(":prefix", s("SESSION#"))];
+                    if let Some(f) = filter {
+                        expr = format!("{expr} AND {f}");
+                        vals.push((":ended", s("ended")));
+                    }
+                    let out = self
+                        .client
+                        .scan()
+                        .table_name(&self.table)
+                        .filter_expression(expr)
+                        .set_expression_attribute_names(filter.map(|_| names(&[("#st", "status")])))
+                        .set_expression_attribute_values(Some(values(&vals)))
+                        .set_exclusive_start_key(exclusive_start.take())
+                        .consistent_read(true)
+                        .send()
+                        .await
+                        .map_err(|e| plain(e, "Scan sessions"))?;
+                    (out.items.unwrap_or_default(), out.last_evaluated_key)
+                }
+            };
+            found.extend(items.into_iter().filter(|item| !expired(item, now)));
+            if found.len() > limit || last.is_none() {
+                break;
+            }
+            exclusive_start = last;
+        }
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let sessions = found
+            .iter()
+            .map(session_from_item)
+            .collect::<Result<Vec<_>>>()?;
+        let next_token = if more {
+            found
+                .last()
+                .and_then(|i| Some(encode_token(get_s(i, "PK")?, get_s(i, "SK")?)))
+        } else {
+            None
+        };
+        // Ended rows carry their final metrics.
+        let ended_keys: Vec<Item> = sessions
+            .iter()
+            .filter(|s| s.is_ended())
+            .map(|s| key(call_pk(&s.call_id), metrics_sk(s.id)))
+            .collect();
+        let mut reports = HashMap::new();
+        if !ended_keys.is_empty() {
+            for item in self.batch_get(ended_keys).await? {
+                if let (Some(pk), Some(sk)) = (get_s(&item, "PK"), get_s(&item, "SK")) {
+                    reports.insert((pk.to_owned(), sk.to_owned()), report_from_item(&item)?);
+                }
+            }
+        }
+        let sessions = sessions
+            .into_iter()
+            .map(|session| {
+                let final_metrics = session
+                    .is_ended()
+                    .then(|| reports.remove(&(call_pk(&session.call_id), metrics_sk(session.id))))
+                    .flatten();
+                ListedSession {
+                    session,
+                    final_metrics,
+                }
+            })
+            .collect();
+        Ok(SessionPage {
+            sessions,
+            next_token,
+        })
+    }
+
+    async fn expired_leases(&self, limit: usize) -> Result<Vec<Session>> {
+        let now = self.clock.now();
+        let mut keys = Vec::new();
+        for shard in 0..LIVE_SHARDS {
+            let mut start = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(LIVE_INDEX)
+                    .key_condition_expression("live_pk = :shard")
+                    .set_expression_attribute_values(Some(values(&[(
+                        ":shard",
+                        s(format!("LIVE#{shard:02}")),
+                    )])))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| plain(e, "Query live index"))?;
+                keys.extend(out.items.unwrap_or_default().into_iter().filter_map(|i| {
+                    Some(key(
+                        get_s(&i, "PK")?.to_owned(),
+                        get_s(&i, "SK")?.to_owned(),
+                    ))
+                }));
+                start = out.last_evaluated_key;
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        let mut expired_sessions = Vec::new();
+        for item in self.batch_get(keys).await? {
+            let session = session_from_item(&item)?;
+            if !session.is_ended() && session.lease_expires_at <= now {
+                expired_sessions.push(session);
+            }
+        }
+        expired_sessions.sort_by_key(|s| s.id);
+        expired_sessions.truncate(limit);
+        Ok(expired_sessions)
+    }
+
+    async fn counts(&self, call_id: &CallId) -> Result<Counts> {
+        let count = |item: Option<Item>| {
+            item.and_then(|i| get_n(&i, "count"))
+                .map_or(0, |c| u64::try_from(c).unwrap_or(0))
+        };
+        let global = self
+            .get_item(key(GLOBAL_PK, COUNTER_SK), "GetItem global counter")
+            .await?;
+        let per_call = self
+            .get_item(key(call_pk(call_id), COUNTER_SK), "GetItem call counter")
+            .await?;
+        Ok(Counts {
+            global: count(global),
+            per_call: count(per_call),
+        })
+    }
+}
