@@ -49,6 +49,26 @@ use item::{
     meta_sk, metrics_sk, n, s, session_from_item, session_item, session_sk, ttl_seconds,
 };
 
+/// A client from the environment (region, credentials, and `AWS_ENDPOINT_URL` for an
+/// emulator), with a timeout on every call and bounded SDK retries: 1 s to connect, 2 s per
+/// attempt, 5 s per operation, 3 attempts.
+pub async fn client_from_env() -> Client {
+    use aws_config::retry::RetryConfig;
+    use aws_config::timeout::TimeoutConfig;
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_attempt_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(5))
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await;
+    Client::new(&config)
+}
+
 /// How long a transaction may be retried (conflicts, throttling) before it is `Unavailable`.
 pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(2);
 

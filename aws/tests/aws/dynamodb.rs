@@ -14,3 +14,213 @@ async fn make(clock: Arc<ManualClock>) -> Arc<dyn SessionRegistry> {
 }
 
 switchboard_core::registry_conformance!(make);
+
+mod items {
+    //! The table layout the cost model depends on (SPEC §3, docs/dynamodb.md).
+
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use switchboard_aws::DynamoRegistry;
+    use switchboard_aws::dynamodb::LIVE_INDEX;
+    use switchboard_core::conformance::{T0, call, request};
+    use switchboard_core::registry::{EndRequest, StartOutcome};
+    use switchboard_core::{EndReason, ManualClock, Metadata, SessionRegistry};
+
+    use crate::support::{client, table};
+
+    type Item = HashMap<String, AttributeValue>;
+
+    /// DynamoDB's item size: attribute names plus values (numbers counted as their digits).
+    fn size(item: &Item) -> usize {
+        item.iter()
+            .map(|(name, value)| {
+                name.len()
+                    + match value {
+                        AttributeValue::S(s) | AttributeValue::N(s) => s.len(),
+                        AttributeValue::Bool(_) => 1,
+                        _ => 64,
+                    }
+            })
+            .sum()
+    }
+
+    async fn raw(client: &aws_sdk_dynamodb::Client, table: &str, pk: String, sk: String) -> Item {
+        client
+            .get_item()
+            .table_name(table)
+            .key("PK", AttributeValue::S(pk))
+            .key("SK", AttributeValue::S(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("item exists")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heartbeat_rewrites_only_unindexed_attributes_of_an_item_under_1_kb() {
+        let client = client().await;
+        let table = table(&client).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let registry = DynamoRegistry::new(client.clone(), table.clone(), clock.clone());
+        let c = call(&"c".repeat(256));
+        let mut req = request(&c);
+        req.metadata = Some(Metadata::parse(serde_json::json!({"k": "v".repeat(3000)})).unwrap());
+        let StartOutcome::Created(session) = registry.start(req).await.unwrap() else {
+            panic!()
+        };
+        let (pk, sk) = (format!("CALL#{c}"), format!("SESSION#{}", session.id));
+        let before = raw(&client, &table, pk.clone(), sk.clone()).await;
+        assert!(
+            size(&before) < 1024,
+            "session item is {} bytes",
+            size(&before)
+        );
+
+        clock.advance(Duration::from_secs(5));
+        registry
+            .heartbeat(&c, session.id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let after = raw(&client, &table, pk.clone(), sk.clone()).await;
+        let changed: Vec<&str> = after
+            .keys()
+            .filter(|k| before.get(*k) != after.get(*k))
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(changed, vec!["heartbeat_at", "lease_expires_at"]);
+        assert!(size(&after) < 1024);
+        assert_eq!(
+            after.get("live_pk"),
+            before.get("live_pk"),
+            "the index keys never change while live"
+        );
+
+        // The live index finds it, keys only.
+        let live_pk = before["live_pk"].clone();
+        let out = client
+            .query()
+            .table_name(&table)
+            .index_name(LIVE_INDEX)
+            .key_condition_expression("live_pk = :p")
+            .expression_attribute_values(":p", live_pk)
+            .send()
+            .await
+            .unwrap();
+        let found = out.items.unwrap_or_default();
+        assert_eq!(found.len(), 1);
+        assert!(!found[0].contains_key("status"), "keys-only projection");
+
+        // The end leaves the index and sets the TTL.
+        registry
+            .end(
+                &c,
+                session.id,
+                EndRequest::new(EndReason::Requested).retention(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+        let ended = raw(&client, &table, pk, sk).await;
+        assert!(!ended.contains_key("live_pk") && !ended.contains_key("live_sk"));
+        let expires: i64 = ended["expires_at"].as_n().unwrap().parse().unwrap();
+        assert_eq!(expires, T0.unix_seconds() + 5 + 3600);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_sharing_a_table_share_the_limits() {
+        let client = client().await;
+        let table = table(&client).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let a = Arc::new(DynamoRegistry::new(
+            client.clone(),
+            table.clone(),
+            clock.clone(),
+        ));
+        let b = Arc::new(DynamoRegistry::new(
+            super::super::support::client().await,
+            table,
+            clock,
+        ));
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let node: Arc<DynamoRegistry> = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move {
+                    let mut req = request(&call(&format!("call-{i}")));
+                    req.max_concurrent_sessions = Some(5);
+                    node.start(req).await
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 5);
+        assert_eq!(a.counts(&call("call-0")).await.unwrap().global, 5);
+        assert_eq!(b.counts(&call("call-0")).await.unwrap().global, 5);
+    }
+}
+
+#[tokio::test]
+async fn the_create_table_command_makes_the_table_the_registry_uses() {
+    let endpoint = std::env::var("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT").unwrap();
+    let name = format!("switchboard-cli-{}", uuid::Uuid::now_v7().simple());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-dynamodb"))
+        .args(["create-table", &name])
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = client().await;
+    let table = client
+        .describe_table()
+        .table_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap();
+    let index = &table.global_secondary_indexes()[0];
+    assert_eq!(
+        index.index_name(),
+        Some(switchboard_aws::dynamodb::LIVE_INDEX)
+    );
+    assert_eq!(
+        index.projection().and_then(|p| p.projection_type()),
+        Some(&aws_sdk_dynamodb::types::ProjectionType::KeysOnly)
+    );
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(&name)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|d| d.attribute_name()),
+        Some("expires_at")
+    );
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard-dynamodb"))
+        .arg("drop-everything")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -4,4 +4,5 @@
 #![allow(unreachable_pub)]
 
 mod dynamodb;
+mod mocked;
 mod support;

@@ -1,0 +1,111 @@
+//! Error paths moto cannot produce (aws-smithy-mocks): transaction conflicts and throttling
+//! are retried with jitter within the deadline, then `Unavailable` (503 + Retry-After).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::ErrorMetadata;
+use aws_sdk_dynamodb::operation::transact_write_items::{
+    TransactWriteItemsError, TransactWriteItemsOutput,
+};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::CancellationReason;
+use aws_sdk_dynamodb::types::error::{
+    InternalServerError, ProvisionedThroughputExceededException, TransactionCanceledException,
+};
+use aws_smithy_mocks::{RuleMode, mock, mock_client};
+use switchboard_aws::DynamoRegistry;
+use switchboard_core::conformance::{T0, call, request};
+use switchboard_core::registry::StartOutcome;
+use switchboard_core::{Error, ManualClock, SessionId, SessionRegistry};
+
+fn cancelled(code: &str) -> TransactWriteItemsError {
+    let reason = || CancellationReason::builder().code(code).build();
+    TransactWriteItemsError::TransactionCanceledException(
+        TransactionCanceledException::builder()
+            .message("Transaction cancelled")
+            .cancellation_reasons(reason())
+            .cancellation_reasons(reason())
+            .cancellation_reasons(reason())
+            .build(),
+    )
+}
+
+/// Real responses carry their error code in the metadata; so do these.
+fn meta(code: &str) -> ErrorMetadata {
+    ErrorMetadata::builder()
+        .code(code)
+        .message("mocked")
+        .build()
+}
+
+fn registry(client: aws_sdk_dynamodb::Client, deadline: Duration) -> DynamoRegistry {
+    DynamoRegistry::new(client, "table", Arc::new(ManualClock::new(T0)))
+        .with_retry_deadline(deadline)
+}
+
+#[tokio::test]
+async fn a_transaction_conflict_is_retried_and_the_start_commits() {
+    let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .sequence()
+        .error(|| cancelled("TransactionConflict"))
+        .times(2)
+        .output(|| TransactWriteItemsOutput::builder().build())
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+    let outcome = registry(client, Duration::from_secs(5))
+        .start(request(&call("c")))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, StartOutcome::Created(_)));
+    assert_eq!(rule.num_calls(), 3);
+}
+
+#[tokio::test]
+async fn throttling_beyond_the_deadline_is_unavailable() {
+    let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .sequence()
+        .error(|| {
+            TransactWriteItemsError::ProvisionedThroughputExceededException(
+                ProvisionedThroughputExceededException::builder()
+                    .message("slow down")
+                    .meta(meta("ProvisionedThroughputExceededException"))
+                    .build(),
+            )
+        })
+        .repeatedly()
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+    let err = registry(client, Duration::from_millis(300))
+        .start(request(&call("c")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        rule.num_calls() > 1,
+        "retried before giving up ({} calls)",
+        rule.num_calls()
+    );
+}
+
+#[tokio::test]
+async fn a_server_error_on_a_heartbeat_is_unavailable_not_an_end() {
+    let rule = mock!(aws_sdk_dynamodb::Client::update_item)
+        .sequence()
+        .error(|| {
+            UpdateItemError::InternalServerError(
+                InternalServerError::builder()
+                    .message("boom")
+                    .meta(meta("InternalServerError"))
+                    .build(),
+            )
+        })
+        .repeatedly()
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+    let err = registry(client, Duration::from_secs(1))
+        .heartbeat(&call("c"), SessionId::generate(), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
