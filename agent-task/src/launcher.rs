@@ -437,19 +437,38 @@ impl<A: Agent> AgentLauncher<A> {
     pub fn reconfigure(&self, change: impl FnOnce(&mut LimitOptions)) -> Result<Self> {
         let mut options = self.shared.options.clone();
         change(&mut options);
-        self.rebuild(options, self.shared.video_track_override.clone())
+        self.rebuild(
+            options,
+            self.shared.video_track_override.clone(),
+            self.shared.registry.clone(),
+        )
+    }
+
+    /// A launcher like this one on another registry (e.g. a DynamoDB table shared by several
+    /// nodes). Call it before [`start`](Self::start).
+    pub fn with_registry(&self, registry: Arc<dyn SessionRegistry>) -> Result<Self> {
+        self.rebuild(
+            self.shared.options.clone(),
+            self.shared.video_track_override.clone(),
+            registry,
+        )
     }
 
     /// A launcher like this one whose agents play `path` instead of incoming video (the
     /// anchor's `--video-track-override`; agents find it in [`CreateContext`]).
     pub fn with_video_track_override(&self, path: Option<std::path::PathBuf>) -> Result<Self> {
-        self.rebuild(self.shared.options.clone(), path)
+        self.rebuild(
+            self.shared.options.clone(),
+            path,
+            self.shared.registry.clone(),
+        )
     }
 
     fn rebuild(
         &self,
         options: LimitOptions,
         video_track_override: Option<std::path::PathBuf>,
+        registry: Arc<dyn SessionRegistry>,
     ) -> Result<Self> {
         let old = &self.shared;
         Ok(Self {
@@ -459,7 +478,7 @@ impl<A: Agent> AgentLauncher<A> {
                 video_track_override,
                 create_agent: old.create_agent.clone(),
                 join_call: old.join_call.clone(),
-                registry: old.registry.clone(),
+                registry,
                 clock: old.clock.clone(),
                 cache: WarmupCache::default(),
                 agent_close_timeout: old.agent_close_timeout,

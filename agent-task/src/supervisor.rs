@@ -171,11 +171,7 @@ pub(crate) async fn supervise<A: Agent>(
     };
 
     // Phase 1: create and warm up the agent, renewing the lease meanwhile.
-    let metadata = match shared
-        .registry
-        .get_metadata(&session.call_id, session.id)
-        .await
-    {
+    let metadata = match read_metadata(&shared, &session, maintenance.lease_deadline()).await {
         Ok(m) => m,
         Err(e) => {
             let err = anyhow::Error::new(e).context("could not read the session's metadata");
@@ -343,6 +339,30 @@ pub(crate) async fn supervise<A: Agent>(
     }
     let join = (!matches!(exit, Exit::Finished(_))).then_some(join);
     Box::pin(finisher.finish(Some(agent), join, reason, detail, &maintenance, write)).await;
+}
+
+/// The session's metadata, retrying transient store failures until the lease deadline (a
+/// slow store must not fail the start).
+async fn read_metadata<A: Agent>(
+    shared: &Shared<A>,
+    session: &Session,
+    deadline: Timestamp,
+) -> switchboard_core::Result<Option<switchboard_core::Metadata>> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match shared
+            .registry
+            .get_metadata(&session.call_id, session.id)
+            .await
+        {
+            Err(e @ Error::Unavailable { .. }) if shared.clock.now() + backoff < deadline => {
+                debug!(session_id = %session.id, error = %e, "metadata read failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn exit_reason(exit: &Exit) -> (EndReason, bool) {

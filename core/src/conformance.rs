@@ -48,6 +48,7 @@ macro_rules! registry_conformance {
             global_limit_admits_exactly_k_of_200_concurrent_starts,
             per_call_limit_admits_exactly_k_and_spares_other_calls,
             a_limit_configured_later_counts_every_live_session,
+            changing_or_removing_limits_never_over_admits_or_goes_negative,
             end_releases_slots_exactly_once_under_concurrent_enders,
             counts_return_to_zero_after_everything_ends,
             late_heartbeat_on_an_ended_session_changes_nothing,
@@ -65,7 +66,7 @@ macro_rules! registry_conformance {
             idempotency_key_with_a_different_body_is_a_mismatch,
             idempotency_is_scoped_per_call_and_expires_after_24h,
             a_failed_start_releases_its_idempotency_key,
-            a_duplicate_session_id_is_a_conflict,
+            a_start_repeated_with_the_same_id_is_the_same_start,
             invalid_next_token_is_invalid_input
         );
     };
@@ -239,6 +240,57 @@ pub async fn a_limit_configured_later_counts_every_live_session(h: Harness) {
     assert!(matches!(
         h.registry.start(req).await,
         Err(Error::LimitReached(LimitKind::Global))
+    ));
+}
+
+pub async fn changing_or_removing_limits_never_over_admits_or_goes_negative(h: Harness) {
+    let c = call("call-a");
+    let start = |global: Option<u32>, per_call: Option<u32>| {
+        let mut req = request(&c);
+        req.max_concurrent_sessions = global;
+        req.max_sessions_per_call = per_call;
+        h.registry.start(req)
+    };
+    let mut live = Vec::new();
+    for _ in 0..3 {
+        live.push(start(Some(3), Some(3)).await.unwrap());
+    }
+    assert!(matches!(
+        start(Some(3), Some(3)).await,
+        Err(Error::LimitReached(_))
+    ));
+    // Limits removed: more sessions are admitted and counted.
+    for _ in 0..2 {
+        live.push(start(None, None).await.unwrap());
+    }
+    // Limits lowered below the live count: nothing is admitted.
+    assert!(matches!(
+        start(Some(2), None).await,
+        Err(Error::LimitReached(LimitKind::Global))
+    ));
+    assert!(matches!(
+        start(None, Some(2)).await,
+        Err(Error::LimitReached(LimitKind::PerCall))
+    ));
+    for outcome in &live {
+        let StartOutcome::Created(s) = outcome else {
+            panic!("created")
+        };
+        h.end(s, EndReason::Requested).await;
+        h.end(s, EndReason::Requested).await;
+    }
+    let counts = h.registry.counts(&c).await.unwrap();
+    assert_eq!(
+        (counts.global, counts.per_call),
+        (0, 0),
+        "back to zero, never below"
+    );
+    // The lowered limit now admits exactly its size.
+    assert!(start(Some(2), Some(2)).await.is_ok());
+    assert!(start(Some(2), Some(2)).await.is_ok());
+    assert!(matches!(
+        start(Some(2), Some(2)).await,
+        Err(Error::LimitReached(_))
     ));
 }
 
@@ -787,15 +839,26 @@ pub async fn a_failed_start_releases_its_idempotency_key(h: Harness) {
     ));
 }
 
-pub async fn a_duplicate_session_id_is_a_conflict(h: Harness) {
+pub async fn a_start_repeated_with_the_same_id_is_the_same_start(h: Harness) {
     let c = call("call-a");
     let req = request(&c);
-    h.registry.start(req.clone()).await.unwrap();
-    assert!(matches!(
-        h.registry.start(req).await,
-        Err(Error::Conflict(_))
-    ));
-    assert_eq!(h.registry.counts(&c).await.unwrap().per_call, 1);
+    let StartOutcome::Created(first) = h.registry.start(req.clone()).await.unwrap() else {
+        panic!("created")
+    };
+    h.clock.advance(Duration::from_secs(1));
+    let StartOutcome::Created(again) = h.registry.start(req).await.unwrap() else {
+        panic!("the same start")
+    };
+    assert_eq!(again.id, first.id);
+    assert_eq!(
+        again.created_at, first.created_at,
+        "the original row, not a new one"
+    );
+    assert_eq!(
+        h.registry.counts(&c).await.unwrap().per_call,
+        1,
+        "counted once"
+    );
 }
 
 pub async fn invalid_next_token_is_invalid_input(h: Harness) {

@@ -200,8 +200,10 @@ impl SessionRegistry for MemoryRegistry {
             };
         }
         let key = (call_id.clone(), request.session_id);
-        if state.sessions.contains_key(&key) {
-            return Err(Error::Conflict("session id already exists".into()));
+        // A start repeated with the same id is the same start (as DynamoDB answers a
+        // transaction retried with its ClientRequestToken): the session, counted once.
+        if let Some(existing) = state.sessions.get(&key) {
+            return Ok(StartOutcome::Created(existing.session.clone()));
         }
         if let Some(max) = request.max_concurrent_sessions
             && state.live_global >= u64::from(max)

@@ -273,7 +273,8 @@ pub trait SessionRegistry: Send + Sync + std::fmt::Debug {
     /// Admits a session atomically: refuses with `LimitReached(Global)` or `(PerCall)` when a
     /// given limit is reached, otherwise writes the session (`starting`, leased), its metadata,
     /// increments both counters and remembers the Idempotency-Key. A known key with the same
-    /// fingerprint replays; with another fingerprint it is `IdempotencyMismatch`.
+    /// fingerprint replays; with another fingerprint it is `IdempotencyMismatch`. A start
+    /// repeated with the same session id (an internal retry) returns that session, counted once.
     async fn start(&self, request: StartRequest) -> Result<StartOutcome>;
 
     /// `starting → running` when the agent has joined. `Conflict` if the session is not

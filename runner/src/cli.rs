@@ -110,6 +110,16 @@ pub struct CommonArgs {
     pub launcher: LauncherArgs,
 }
 
+/// Where sessions are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum RegistryKind {
+    /// In this process (the embedded default).
+    #[default]
+    Memory,
+    /// A DynamoDB table, shared by every node using it (build with the `aws` feature).
+    Dynamodb,
+}
+
 /// `serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -125,6 +135,19 @@ pub struct ServeArgs {
     /// Log level for the HTTP server.
     #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
     pub http_log_level: LogLevel,
+    /// Where sessions are recorded: `memory`, or `dynamodb` to share a table with other nodes
+    /// (region, credentials and `AWS_ENDPOINT_URL` from the standard AWS settings).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        env = "SWITCHBOARD_REGISTRY",
+        default_value = "memory"
+    )]
+    pub registry: RegistryKind,
+    /// The DynamoDB table (with `--registry dynamodb`).
+    #[arg(long, env = "SWITCHBOARD_TABLE")]
+    pub table: Option<String>,
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -238,6 +261,8 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
             "agents_log_level": agents.directive(),
             "http_log_level": http.directive(),
             "log_format": format!("{:?}", args.common.log_format).to_lowercase(),
+            "registry": format!("{:?}", args.registry).to_lowercase(),
+            "table": args.table,
             "limits": limits_json(launcher.limits()),
         }));
         return 0;
@@ -256,6 +281,7 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
                 .with_context(|| format!("could not resolve host '{}'", args.host))?
                 .next()
                 .with_context(|| format!("host '{}' has no address", args.host))?;
+            let launcher = registry(launcher, args.registry, args.table.as_deref()).await?;
             crate::serve::serve(launcher, options, addr, crate::serve::shutdown_signal()).await
         })
     });
@@ -263,6 +289,41 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
         Ok(()) => 0,
         Err(e) => fail(1, &e),
     }
+}
+
+/// The launcher on the chosen registry.
+async fn registry<A: Agent>(
+    launcher: AgentLauncher<A>,
+    kind: RegistryKind,
+    table: Option<&str>,
+) -> anyhow::Result<AgentLauncher<A>> {
+    match kind {
+        RegistryKind::Memory => Ok(launcher),
+        RegistryKind::Dynamodb => dynamodb(launcher, table).await,
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn dynamodb<A: Agent>(
+    launcher: AgentLauncher<A>,
+    table: Option<&str>,
+) -> anyhow::Result<AgentLauncher<A>> {
+    let table =
+        table.context("--table (SWITCHBOARD_TABLE) is required with --registry dynamodb")?;
+    let client = switchboard_aws::dynamodb::client_from_env().await;
+    let registry = switchboard_aws::DynamoRegistry::new(client, table, launcher.clock());
+    info!(table, "sessions are recorded in DynamoDB");
+    Ok(launcher.with_registry(std::sync::Arc::new(registry))?)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn dynamodb<A: Agent>(
+    _launcher: AgentLauncher<A>,
+    _table: Option<&str>,
+) -> anyhow::Result<AgentLauncher<A>> {
+    anyhow::bail!(
+        "--registry dynamodb needs a binary built with the `aws` feature (e.g. cargo run -p demo-agent --features aws -- serve ...)"
+    )
 }
 
 fn run<A: Agent>(launcher: AgentLauncher<A>, args: RunArgs) -> u8 {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use switchboard_core::Error;
 
@@ -26,18 +27,17 @@ pub(crate) enum Failure {
     Fatal(Error),
 }
 
-/// Classifies an SDK error. `what` names the operation for the error's context.
-pub(crate) fn classify<E, R>(err: SdkError<E, R>, what: &'static str) -> Failure
+/// Classifies an SDK error (a 5xx without a known code is transient too). `what` names the operation for the error's context.
+pub(crate) fn classify<E>(err: SdkError<E, HttpResponse>, what: &'static str) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     match &err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
             if code == "ConditionalCheckFailedException" {
                 Failure::ConditionFailed
-            } else if TRANSIENT_CODES.contains(&code) {
+            } else if TRANSIENT_CODES.contains(&code) || service.raw().status().is_server_error() {
                 Failure::Transient(unavailable(err, what))
             } else {
                 Failure::Fatal(Error::Unexpected(anyhow::Error::new(err).context(what)))
@@ -62,10 +62,9 @@ where
 }
 
 /// Maps a failure of a call that has no condition.
-pub(crate) fn plain<E, R>(err: SdkError<E, R>, what: &'static str) -> Error
+pub(crate) fn plain<E>(err: SdkError<E, HttpResponse>, what: &'static str) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     match classify(err, what) {
         Failure::ConditionFailed => Error::Conflict(format!("{what}: condition failed")),

@@ -527,8 +527,15 @@ impl SessionRegistry for DynamoRegistry {
                     };
                 }
                 if is_ccf(&codes, 0) {
-                    Err(Error::Conflict("session id already exists".into()))
-                } else if is_ccf(&codes, 1) {
+                    // Ids are generated per request, so a row with ours is our own commit whose
+                    // response was lost (the token makes DynamoDB answer such a retry with
+                    // success; this also covers stores that do not honour it).
+                    return match self.read_session(&call_id, session.id).await? {
+                        Some(existing) => Ok(StartOutcome::Created(existing)),
+                        None => Err(Error::Conflict("session id already used".into())),
+                    };
+                }
+                if is_ccf(&codes, 1) {
                     Err(Error::LimitReached(LimitKind::Global))
                 } else if is_ccf(&codes, 2) {
                     Err(Error::LimitReached(LimitKind::PerCall))
@@ -1001,9 +1008,12 @@ impl SessionRegistry for DynamoRegistry {
     }
 
     async fn counts(&self, call_id: &CallId) -> Result<Counts> {
-        let count = |item: Option<Item>| {
-            item.and_then(|i| get_n(&i, "count"))
-                .map_or(0, |c| u64::try_from(c).unwrap_or(0))
+        // A negative counter would mean a slot released twice: report it, never hide it.
+        let count = |item: Option<Item>| -> Result<u64> {
+            let raw = item.and_then(|i| get_n(&i, "count")).unwrap_or(0);
+            u64::try_from(raw).map_err(|_| {
+                Error::Unexpected(anyhow::anyhow!("a session counter is below zero ({raw})"))
+            })
         };
         let global = self
             .get_item(key(GLOBAL_PK, COUNTER_SK), "GetItem global counter")
@@ -1012,8 +1022,8 @@ impl SessionRegistry for DynamoRegistry {
             .get_item(key(call_pk(call_id), COUNTER_SK), "GetItem call counter")
             .await?;
         Ok(Counts {
-            global: count(global),
-            per_call: count(per_call),
+            global: count(global)?,
+            per_call: count(per_call)?,
         })
     }
 }

@@ -109,3 +109,38 @@ async fn a_server_error_on_a_heartbeat_is_unavailable_not_an_end() {
         .unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_start_whose_response_was_lost_is_retried_with_the_same_token() {
+    use std::sync::Mutex;
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let seen = tokens.clone();
+    // The first attempt committed but its response was lost (a 500 with no body); DynamoDB
+    // answers the retry with the same ClientRequestToken as a success without applying it twice.
+    let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .match_requests(move |req| {
+            seen.lock()
+                .unwrap()
+                .push(req.client_request_token().map(str::to_owned));
+            true
+        })
+        .sequence()
+        .http_status(500, None)
+        .output(|| TransactWriteItemsOutput::builder().build())
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+    let req = request(&call("c"));
+    let id = req.session_id.to_string();
+    let outcome = registry(client, Duration::from_secs(5))
+        .start(req)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, StartOutcome::Created(_)));
+    // The SDK's retry re-sends the same input (one match, two responses served).
+    assert_eq!(rule.num_calls(), 2);
+    let tokens = tokens.lock().unwrap().clone();
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|t| t.as_deref() == Some(id.as_str())),
+        "{tokens:?}"
+    );
+}

@@ -10,7 +10,7 @@ use tokio::process::{Child, ChildStderr, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_demo-agent");
 
-fn command(args: &[&str]) -> Command {
+pub fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -18,7 +18,7 @@ fn command(args: &[&str]) -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     for (key, _) in std::env::vars() {
-        if key.starts_with("SWITCHBOARD_") || key == "RUST_LOG" {
+        if key.starts_with("SWITCHBOARD_") || key.starts_with("AWS_") || key == "RUST_LOG" {
             cmd.env_remove(key);
         }
     }
@@ -26,7 +26,7 @@ fn command(args: &[&str]) -> Command {
 }
 
 /// Reads JSON log lines until one matches `pred`; returns it and every line read.
-async fn read_until(
+pub async fn read_until(
     lines: &mut tokio::io::Lines<BufReader<ChildStderr>>,
     log: &mut Vec<Value>,
     pred: impl Fn(&Value) -> bool,
@@ -48,10 +48,15 @@ async fn read_until(
         .unwrap_or_else(|| panic!("the process ended before the expected log line; logs: {log:#?}"))
 }
 
-async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+pub async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, "").await
+}
+
+/// Like [`http`], with extra header lines (each ending in `\r\n`).
+pub async fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: 0\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
@@ -69,7 +74,7 @@ async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     )
 }
 
-async fn sigterm(child: &Child) {
+pub async fn sigterm(child: &Child) {
     let pid = child.id().expect("running").to_string();
     let status = Command::new("kill")
         .args(["-TERM", &pid])

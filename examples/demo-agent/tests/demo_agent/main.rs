@@ -4,4 +4,5 @@
 #![allow(unreachable_pub)]
 
 mod binary;
+mod cluster;
 mod conversation;

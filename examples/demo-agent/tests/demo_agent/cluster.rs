@@ -1,0 +1,197 @@
+//! Two `serve` processes on one DynamoDB table (moto): the limits hold across both, a session
+//! started on A is visible and closable on B, and A closes it within one maintenance interval.
+#![cfg(feature = "aws")]
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::binary::{command, http, http_with, read_until, sigterm};
+
+const ENV: [(&str, &str); 5] = [
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("DEMO_PARTICIPANT_SECONDS", "3600"),
+];
+
+async fn table(endpoint: &str) -> String {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "static",
+        ))
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(config);
+    let name = format!("switchboard-cluster-{}", uuid::Uuid::now_v7().simple());
+    switchboard_aws::dynamodb::create_table(&client, &name)
+        .await
+        .unwrap();
+    name
+}
+
+struct Node {
+    child: tokio::process::Child,
+    addr: String,
+    log: Vec<Value>,
+}
+
+async fn node(endpoint: &str, table: &str) -> Node {
+    let mut cmd = command(&[
+        "serve",
+        "--port",
+        "0",
+        "--no-splash",
+        "--log-format",
+        "json",
+        "--registry",
+        "dynamodb",
+        "--table",
+        table,
+        "--max-concurrent-sessions",
+        "10",
+        "--max-sessions-per-call",
+        "3",
+        "--maintenance-interval",
+        "1",
+    ]);
+    cmd.envs(ENV).env("AWS_ENDPOINT_URL", endpoint);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let listening = read_until(&mut lines, &mut log, |v| v["message"] == "listening").await;
+    read_until(&mut lines, &mut log, |v| v["message"] == "ready").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Node {
+        addr: listening["address"].as_str().unwrap().to_owned(),
+        child,
+        log,
+    }
+}
+
+/// Starts `n` sessions concurrently, alternating nodes, as a careful client does: each
+/// logical start has its own Idempotency-Key and is retried on 503 after `Retry-After`, so a
+/// start that went on in the background is replayed, not duplicated. Returns
+/// (node index, final status, body).
+async fn start_many(
+    nodes: &[&str],
+    calls: impl Fn(usize) -> String,
+    n: usize,
+) -> Vec<(usize, u16, String)> {
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (addr, call) = (nodes[i % nodes.len()].to_owned(), calls(i));
+            let key = format!("Idempotency-Key: {run}-{i}\r\n");
+            tokio::spawn(async move {
+                let path = format!("/calls/{call}/sessions");
+                for _ in 0..20 {
+                    let (status, body) = http_with(&addr, "POST", &path, &key).await;
+                    if status != 503 {
+                        return (i % 2, status, body);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                (i % 2, 503, "still 503 after 20 attempts".to_owned())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_nodes_on_one_table_share_limits_and_close_each_others_sessions() {
+    let endpoint = std::env::var("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT").expect(
+        "SWITCHBOARD_TEST_DYNAMODB_ENDPOINT is not set: run ./scripts/test, which starts moto",
+    );
+    let table = table(&endpoint).await;
+    let mut a = node(&endpoint, &table).await;
+    let mut b = node(&endpoint, &table).await;
+    let nodes = [a.addr.as_str(), b.addr.as_str()];
+
+    // Per-call limit 3, across both nodes.
+    let results = start_many(&nodes, |_| "shared-call".to_owned(), 40).await;
+    let admitted: Vec<_> = results.iter().filter(|r| r.1 == 201).collect();
+    assert_eq!(admitted.len(), 3, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.1 == 201 || (r.1 == 429 && r.2.contains("for this call"))),
+        "{results:?}"
+    );
+
+    // Global limit 10, across both nodes: 7 more.
+    let results = start_many(&nodes, |i| format!("call-{i}"), 200).await;
+    let more = results.iter().filter(|r| r.1 == 201).count();
+    assert_eq!(
+        more,
+        7,
+        "{:?}",
+        results.iter().filter(|r| r.1 != 429).collect::<Vec<_>>()
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.1 == 201 || (r.1 == 429 && r.2.contains("concurrent sessions")))
+    );
+
+    // A session started on A is visible on B, and a close sent to B stops it on A.
+    let (node_index, _, body) = admitted
+        .iter()
+        .find(|r| r.0 == 0)
+        .copied()
+        .cloned()
+        .unwrap_or_else(|| admitted[0].clone());
+    let (owner, other) = if node_index == 0 {
+        (nodes[0], nodes[1])
+    } else {
+        (nodes[1], nodes[0])
+    };
+    let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/calls/shared-call/sessions/{id}");
+    assert_eq!(
+        http(other, "GET", &path).await.0,
+        200,
+        "visible on the other node"
+    );
+    let asked = Instant::now();
+    assert_eq!(http(other, "DELETE", &path).await.0, 202);
+    while http(owner, "GET", &path).await.0 != 404 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "not closed within one interval (1 s) plus slack"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closed_after = asked.elapsed();
+    assert!(
+        closed_after <= Duration::from_millis(2500),
+        "{closed_after:?}"
+    );
+
+    // The freed slot is available again, on either node.
+    assert_eq!(
+        http(other, "POST", "/calls/shared-call/sessions").await.0,
+        201
+    );
+
+    for n in [&mut a, &mut b] {
+        sigterm(&n.child).await;
+        let status = tokio::time::timeout(Duration::from_secs(30), n.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{:?}", n.log);
+    }
+}
