@@ -21,7 +21,6 @@ use crate::registry::{
     ListQuery, ListedSession, MAX_PAGE_SIZE, MetricsReport, SessionMetrics, SessionPage,
     SessionReceipt, StartOutcome, StartRequest,
 };
-use crate::session::Counted;
 use crate::{
     CallId, Clock, EndReason, Error, IdempotencyKey, LimitKind, Metadata, Result, Session,
     SessionId, SessionRegistry, SessionStatus, Timestamp,
@@ -188,7 +187,7 @@ impl SessionRegistry for MemoryRegistry {
         let now = self.clock.now();
         let mut state = self.lock();
         state.purge(now, &self.config);
-        let call_id = request.call_id;
+        let call_id = request.call_id.clone();
         if let Some(idem) = &request.idempotency
             && let Some(existing) = state.idempotency.get(&(call_id.clone(), idem.key.clone()))
             && existing.expires_at > now
@@ -216,24 +215,7 @@ impl SessionRegistry for MemoryRegistry {
         {
             return Err(Error::LimitReached(LimitKind::PerCall));
         }
-        let session = Session {
-            id: request.session_id,
-            call_id: call_id.clone(),
-            call_type: request.call_type,
-            status: SessionStatus::Starting,
-            created_at: now,
-            running_at: None,
-            heartbeat_at: None,
-            lease_expires_at: now + request.lease,
-            close_requested_at: None,
-            ended_at: None,
-            end_reason: None,
-            end_detail: None,
-            task_arn: None,
-            counted: Counted::BOTH,
-            idempotency_key: request.idempotency.as_ref().map(|i| i.key.clone()),
-            expires_at: None,
-        };
+        let session = Session::admitted(&request, now);
         state.live_global += 1;
         *state.live_per_call.entry(call_id.clone()).or_insert(0) += 1;
         if let Some(idem) = request.idempotency {

@@ -83,6 +83,29 @@ pub struct SessionReceipt {
 }
 
 impl Session {
+    /// The row a start admits at `now`: `starting`, leased, counted in both counters. Every
+    /// registry writes exactly this.
+    pub fn admitted(request: &StartRequest, now: Timestamp) -> Session {
+        Session {
+            id: request.session_id,
+            call_id: request.call_id.clone(),
+            call_type: request.call_type.clone(),
+            status: SessionStatus::Starting,
+            created_at: now,
+            running_at: None,
+            heartbeat_at: None,
+            lease_expires_at: now + request.lease,
+            close_requested_at: None,
+            ended_at: None,
+            end_reason: None,
+            end_detail: None,
+            task_arn: None,
+            counted: crate::session::Counted::BOTH,
+            idempotency_key: request.idempotency.as_ref().map(|i| i.key.clone()),
+            expires_at: None,
+        }
+    }
+
     /// The receipt of this session's start.
     pub fn receipt(&self) -> SessionReceipt {
         SessionReceipt {

@@ -34,7 +34,6 @@ use switchboard_core::registry::{
     ListQuery, ListedSession, MAX_PAGE_SIZE, MetricsReport, SessionMetrics, SessionPage,
     SessionReceipt, StartOutcome, StartRequest,
 };
-use switchboard_core::session::Counted;
 use switchboard_core::{
     CallId, Clock, EndReason, Error, LimitKind, Metadata, Result, Session, SessionId,
     SessionRegistry, SessionStatus, Timestamp,
@@ -331,6 +330,40 @@ impl DynamoRegistry {
         }
     }
 
+    /// A conditional `UpdateItem` of a session (never an upsert: every condition requires the
+    /// row) returning the new row, or `None` when the condition did not hold.
+    async fn update_session(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        update: &str,
+        condition: &str,
+        vals: &[(&str, AttributeValue)],
+        what: &'static str,
+    ) -> Result<Option<Session>> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
+            .set_expression_attribute_values(Some(values(vals)))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(session_from_item(
+                &out.attributes.unwrap_or_default(),
+            )?)),
+            Err(err) => match classify(err, what) {
+                Failure::ConditionFailed => Ok(None),
+                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
+            },
+        }
+    }
+
     fn counter_update(
         &self,
         pk: String,
@@ -437,24 +470,7 @@ impl SessionRegistry for DynamoRegistry {
             return Ok(replayed);
         }
         let now = self.clock.now();
-        let session = Session {
-            id: request.session_id,
-            call_id: call_id.clone(),
-            call_type: request.call_type.clone(),
-            status: SessionStatus::Starting,
-            created_at: now,
-            running_at: None,
-            heartbeat_at: None,
-            lease_expires_at: now + request.lease,
-            close_requested_at: None,
-            ended_at: None,
-            end_reason: None,
-            end_detail: None,
-            task_arn: None,
-            counted: Counted::BOTH,
-            idempotency_key: request.idempotency.as_ref().map(|i| i.key.clone()),
-            expires_at: None,
-        };
+        let session = Session::admitted(&request, now);
         // Order matters: the cancellation reasons come back by index.
         let mut items = vec![
             TransactWriteItem::builder()
@@ -551,31 +567,28 @@ impl SessionRegistry for DynamoRegistry {
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
     async fn mark_running(&self, call_id: &CallId, session_id: SessionId) -> Result<Session> {
         let now = self.clock.now();
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
-            .update_expression("SET #st = :running, running_at = :now")
-            .condition_expression("#st = :starting")
-            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
-            .set_expression_attribute_values(Some(values(&[
-                (":running", s("running")),
-                (":starting", s("starting")),
-                (":now", n(now.unix_micros())),
-            ])))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(out) => session_from_item(&out.attributes.unwrap_or_default()),
-            Err(err) => match classify(err, "UpdateItem mark_running") {
-                Failure::ConditionFailed => match self.read_session(call_id, session_id).await? {
-                    None => Err(Error::NotFound),
-                    Some(s) if s.status == SessionStatus::Running => Ok(s),
-                    Some(s) => Err(Error::Conflict(format!("session is {}", s.status))),
-                },
-                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
+        let vals = [
+            (":running", s("running")),
+            (":starting", s("starting")),
+            (":now", n(now.unix_micros())),
+        ];
+        let update = "SET #st = :running, running_at = :now";
+        match self
+            .update_session(
+                call_id,
+                session_id,
+                update,
+                "#st = :starting",
+                &vals,
+                "UpdateItem mark_running",
+            )
+            .await?
+        {
+            Some(session) => Ok(session),
+            None => match self.read_session(call_id, session_id).await? {
+                None => Err(Error::NotFound),
+                Some(s) if s.status == SessionStatus::Running => Ok(s),
+                Some(s) => Err(Error::Conflict(format!("session is {}", s.status))),
             },
         }
     }
@@ -588,35 +601,30 @@ impl SessionRegistry for DynamoRegistry {
         lease: Duration,
     ) -> Result<Heartbeat> {
         let now = self.clock.now();
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
-            .update_expression("SET heartbeat_at = :now, lease_expires_at = :lease")
-            .condition_expression("attribute_exists(PK) AND #st <> :ended")
-            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
-            .set_expression_attribute_values(Some(values(&[
-                (":now", n(now.unix_micros())),
-                (":lease", n((now + lease).unix_micros())),
-                (":ended", s("ended")),
-            ])))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(out) => {
-                let session = session_from_item(&out.attributes.unwrap_or_default())?;
-                Ok(Heartbeat {
-                    close_requested: session.close_requested_at.is_some(),
-                    lease_expires_at: session.lease_expires_at,
-                    status: session.status,
-                })
-            }
-            Err(err) => match classify(err, "UpdateItem heartbeat") {
-                Failure::ConditionFailed => Err(self.not_live(call_id, session_id).await),
-                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
-            },
+        let vals = [
+            (":now", n(now.unix_micros())),
+            (":lease", n((now + lease).unix_micros())),
+            (":ended", s("ended")),
+        ];
+        let update = "SET heartbeat_at = :now, lease_expires_at = :lease";
+        let condition = "attribute_exists(PK) AND #st <> :ended";
+        match self
+            .update_session(
+                call_id,
+                session_id,
+                update,
+                condition,
+                &vals,
+                "UpdateItem heartbeat",
+            )
+            .await?
+        {
+            Some(session) => Ok(Heartbeat {
+                close_requested: session.close_requested_at.is_some(),
+                lease_expires_at: session.lease_expires_at,
+                status: session.status,
+            }),
+            None => Err(self.not_live(call_id, session_id).await),
         }
     }
 
@@ -659,30 +667,27 @@ impl SessionRegistry for DynamoRegistry {
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
     async fn request_close(&self, call_id: &CallId, session_id: SessionId) -> Result<Session> {
         let now = self.clock.now();
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
-            .update_expression(
-                "SET close_requested_at = if_not_exists(close_requested_at, :now), #st = :closing",
+        let vals = [
+            (":now", n(now.unix_micros())),
+            (":closing", s("closing")),
+            (":ended", s("ended")),
+        ];
+        let update =
+            "SET close_requested_at = if_not_exists(close_requested_at, :now), #st = :closing";
+        let condition = "attribute_exists(PK) AND #st <> :ended";
+        match self
+            .update_session(
+                call_id,
+                session_id,
+                update,
+                condition,
+                &vals,
+                "UpdateItem request_close",
             )
-            .condition_expression("attribute_exists(PK) AND #st <> :ended")
-            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
-            .set_expression_attribute_values(Some(values(&[
-                (":now", n(now.unix_micros())),
-                (":closing", s("closing")),
-                (":ended", s("ended")),
-            ])))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match result {
-            Ok(out) => session_from_item(&out.attributes.unwrap_or_default()),
-            Err(err) => match classify(err, "UpdateItem request_close") {
-                Failure::ConditionFailed => Err(self.not_live(call_id, session_id).await),
-                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
-            },
+            .await?
+        {
+            Some(session) => Ok(session),
+            None => Err(self.not_live(call_id, session_id).await),
         }
     }
 
