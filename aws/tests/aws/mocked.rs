@@ -144,3 +144,48 @@ async fn a_start_whose_response_was_lost_is_retried_with_the_same_token() {
         "{tokens:?}"
     );
 }
+
+#[tokio::test]
+async fn a_store_that_never_answers_times_out_as_unavailable() {
+    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    // A server that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(format!("http://{addr}"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "static"))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_millis(100))
+                .operation_timeout(Duration::from_millis(300))
+                .build(),
+        )
+        .build();
+    let registry = registry(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        Duration::from_millis(500),
+    );
+    let started = std::time::Instant::now();
+    let err = registry
+        .get(&call("c"), SessionId::generate())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    let err = registry.start(request(&call("c"))).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    held.abort();
+}
