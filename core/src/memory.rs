@@ -19,7 +19,7 @@ use crate::metrics::AgentMetrics;
 use crate::registry::{
     Counts, DEFAULT_PAGE_SIZE, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL,
     ListQuery, ListedSession, MAX_PAGE_SIZE, MetricsReport, SessionMetrics, SessionPage,
-    SessionReceipt, StartOutcome, StartRequest,
+    SessionReceipt, StartOutcome, StartRequest, page_token,
 };
 use crate::{
     CallId, Clock, EndReason, Error, IdempotencyKey, LimitKind, Metadata, Result, Session,
@@ -160,21 +160,12 @@ fn live_mut(record: &mut Record) -> Result<&mut Session> {
 }
 
 fn encode_token(key: &Key) -> String {
-    let raw = format!("{}/{}", key.0, key.1);
-    raw.bytes().map(|b| format!("{b:02x}")).collect()
+    page_token::encode(&format!("{}/{}", key.0, key.1))
 }
 
 fn decode_token(token: &str) -> Result<Key> {
     let invalid = || Error::Invalid("next_token is invalid".into());
-    if !token.len().is_multiple_of(2) || !token.is_ascii() {
-        return Err(invalid());
-    }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-        .collect::<std::result::Result<Vec<u8>, _>>()
-        .map_err(|_| invalid())?;
-    let raw = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let raw = page_token::decode(token)?;
     let (call, id) = raw.rsplit_once('/').ok_or_else(invalid)?;
     let call = CallId::parse(call).map_err(|_| invalid())?;
     let id = SessionId::parse(id).map_err(|_| invalid())?;

@@ -22,6 +22,31 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// The largest page a list returns.
 pub const MAX_PAGE_SIZE: u32 = 500;
 
+/// Page tokens: opaque to clients (hex of the registry's own position), so a position with
+/// any characters survives a query string, and a mangled token is `Invalid`, never a panic.
+pub mod page_token {
+    use crate::Error;
+
+    /// Encodes a registry's position.
+    pub fn encode(position: &str) -> String {
+        position.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Decodes what [`encode`] made; anything else is `Invalid("next_token is invalid")`.
+    pub fn decode(token: &str) -> Result<String, Error> {
+        let invalid = || Error::Invalid("next_token is invalid".into());
+        if !token.len().is_multiple_of(2) || !token.is_ascii() {
+            return Err(invalid());
+        }
+        let bytes = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| invalid())?;
+        String::from_utf8(bytes).map_err(|_| invalid())
+    }
+}
+
 /// An Idempotency-Key with the fingerprint of the request it came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Idempotency {

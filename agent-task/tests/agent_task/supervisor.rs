@@ -122,7 +122,7 @@ async fn max_duration_closes_within_one_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lease_expires() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let registry = Arc::new(FlakyRegistry::new(clock.clone()));
+    let registry = Arc::new(FlakyRegistry::memory(clock.clone()));
     let (launcher, _) = started(|b| {
         b.clock(clock.clone())
             .registry(registry.clone())
@@ -190,7 +190,7 @@ async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lea
 #[tokio::test(start_paused = true)]
 async fn a_short_outage_does_not_stop_the_agent() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let registry = Arc::new(FlakyRegistry::new(clock.clone()));
+    let registry = Arc::new(FlakyRegistry::memory(clock.clone()));
     let (launcher, _) = started(|b| {
         b.clock(clock.clone())
             .registry(registry.clone())

@@ -8,15 +8,7 @@ use async_trait::async_trait;
 use switchboard_agent_task::{
     Agent, AgentLauncher, AgentLauncherBuilder, CreateContext, JoinContext, Presence, WarmupCache,
 };
-use switchboard_core::metrics::AgentMetrics;
-use switchboard_core::registry::{
-    Counts, EndOutcome, EndRequest, Heartbeat, ListQuery, SessionMetrics, SessionPage,
-    StartOutcome, StartRequest,
-};
-use switchboard_core::{
-    CallId, Clock, Error, MemoryRegistry, Metadata, MetricsRecorder, Result, Session, SessionId,
-    SessionRegistry, Timestamp, TokioClock,
-};
+use switchboard_core::{CallId, Clock, Metadata, MetricsRecorder, Timestamp, TokioClock};
 
 /// What the test agent does in its call, chosen by the call id's prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,93 +182,8 @@ pub fn call(name: &str) -> CallId {
     CallId::parse(name).unwrap()
 }
 
-/// A registry whose every operation fails while `outage` is set (a store that is down).
-#[derive(Debug)]
-pub struct FlakyRegistry {
-    pub inner: MemoryRegistry,
-    pub outage: AtomicBool,
-}
-
-impl FlakyRegistry {
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            inner: MemoryRegistry::new(clock),
-            outage: AtomicBool::new(false),
-        }
-    }
-
-    fn check(&self) -> Result<()> {
-        if self.outage.load(Ordering::SeqCst) {
-            Err(Error::unavailable(anyhow::anyhow!(
-                "injected registry outage"
-            )))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl SessionRegistry for FlakyRegistry {
-    async fn start(&self, request: StartRequest) -> Result<StartOutcome> {
-        self.check()?;
-        self.inner.start(request).await
-    }
-    async fn mark_running(&self, call_id: &CallId, id: SessionId) -> Result<Session> {
-        self.check()?;
-        self.inner.mark_running(call_id, id).await
-    }
-    async fn heartbeat(
-        &self,
-        call_id: &CallId,
-        id: SessionId,
-        lease: Duration,
-    ) -> Result<Heartbeat> {
-        self.check()?;
-        self.inner.heartbeat(call_id, id, lease).await
-    }
-    async fn flush_metrics(&self, call_id: &CallId, id: SessionId, m: &AgentMetrics) -> Result<()> {
-        self.check()?;
-        self.inner.flush_metrics(call_id, id, m).await
-    }
-    async fn request_close(&self, call_id: &CallId, id: SessionId) -> Result<Session> {
-        self.check()?;
-        self.inner.request_close(call_id, id).await
-    }
-    async fn end(
-        &self,
-        call_id: &CallId,
-        id: SessionId,
-        request: EndRequest,
-    ) -> Result<EndOutcome> {
-        self.check()?;
-        self.inner.end(call_id, id, request).await
-    }
-    async fn get(&self, call_id: &CallId, id: SessionId) -> Result<Option<Session>> {
-        self.check()?;
-        self.inner.get(call_id, id).await
-    }
-    async fn get_metadata(&self, call_id: &CallId, id: SessionId) -> Result<Option<Metadata>> {
-        self.check()?;
-        self.inner.get_metadata(call_id, id).await
-    }
-    async fn get_metrics(&self, call_id: &CallId, id: SessionId) -> Result<Option<SessionMetrics>> {
-        self.check()?;
-        self.inner.get_metrics(call_id, id).await
-    }
-    async fn list(&self, query: ListQuery) -> Result<SessionPage> {
-        self.check()?;
-        self.inner.list(query).await
-    }
-    async fn expired_leases(&self, limit: usize) -> Result<Vec<Session>> {
-        self.check()?;
-        self.inner.expired_leases(limit).await
-    }
-    async fn counts(&self, call_id: &CallId) -> Result<Counts> {
-        self.check()?;
-        self.inner.counts(call_id).await
-    }
-}
+/// A registry that is down while `outage` is set.
+pub type FlakyRegistry = switchboard_core::conformance::OutageRegistry;
 
 /// Timestamp difference in seconds.
 pub fn secs_between(a: Timestamp, b: Timestamp) -> f64 {

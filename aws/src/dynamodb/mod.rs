@@ -32,7 +32,7 @@ use switchboard_core::metrics::AgentMetrics;
 use switchboard_core::registry::{
     Counts, DEFAULT_PAGE_SIZE, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL,
     ListQuery, ListedSession, MAX_PAGE_SIZE, MetricsReport, SessionMetrics, SessionPage,
-    SessionReceipt, StartOutcome, StartRequest,
+    SessionReceipt, StartOutcome, StartRequest, page_token,
 };
 use switchboard_core::{
     CallId, Clock, EndReason, Error, LimitKind, Metadata, Result, Session, SessionId,
@@ -113,23 +113,12 @@ fn built<T>(result: std::result::Result<T, aws_sdk_dynamodb::error::BuildError>)
 }
 
 fn encode_token(pk: &str, sk: &str) -> String {
-    format!("{pk}\n{sk}")
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    page_token::encode(&format!("{pk}\n{sk}"))
 }
 
 fn decode_token(token: &str) -> Result<(String, String)> {
     let invalid = || Error::Invalid("next_token is invalid".into());
-    if !token.len().is_multiple_of(2) || !token.is_ascii() {
-        return Err(invalid());
-    }
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16))
-        .collect::<std::result::Result<Vec<u8>, _>>()
-        .map_err(|_| invalid())?;
-    let raw = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let raw = page_token::decode(token)?;
     let (pk, sk) = raw.split_once('\n').ok_or_else(invalid)?;
     if !pk.starts_with("CALL#") || !sk.starts_with("SESSION#") {
         return Err(invalid());

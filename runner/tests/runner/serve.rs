@@ -109,130 +109,11 @@ async fn a_failing_warmup_stops_the_server_with_an_error() {
     assert!(format!("{err:#}").contains("no model"), "{err:#}");
 }
 
-/// A registry that stops answering `counts` (and everything else) while `down` is set.
-#[derive(Debug)]
-struct Switchable {
-    inner: switchboard_core::MemoryRegistry,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Switchable {
-    fn check(&self) -> switchboard_core::Result<()> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(switchboard_core::Error::unavailable(anyhow::anyhow!(
-                "store down"
-            )))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl switchboard_core::SessionRegistry for Switchable {
-    async fn start(
-        &self,
-        r: switchboard_core::registry::StartRequest,
-    ) -> switchboard_core::Result<switchboard_core::registry::StartOutcome> {
-        self.check()?;
-        self.inner.start(r).await
-    }
-    async fn mark_running(
-        &self,
-        c: &CallId,
-        id: SessionId,
-    ) -> switchboard_core::Result<switchboard_core::Session> {
-        self.check()?;
-        self.inner.mark_running(c, id).await
-    }
-    async fn heartbeat(
-        &self,
-        c: &CallId,
-        id: SessionId,
-        l: std::time::Duration,
-    ) -> switchboard_core::Result<switchboard_core::registry::Heartbeat> {
-        self.check()?;
-        self.inner.heartbeat(c, id, l).await
-    }
-    async fn flush_metrics(
-        &self,
-        c: &CallId,
-        id: SessionId,
-        m: &switchboard_core::AgentMetrics,
-    ) -> switchboard_core::Result<()> {
-        self.check()?;
-        self.inner.flush_metrics(c, id, m).await
-    }
-    async fn request_close(
-        &self,
-        c: &CallId,
-        id: SessionId,
-    ) -> switchboard_core::Result<switchboard_core::Session> {
-        self.check()?;
-        self.inner.request_close(c, id).await
-    }
-    async fn end(
-        &self,
-        c: &CallId,
-        id: SessionId,
-        r: switchboard_core::registry::EndRequest,
-    ) -> switchboard_core::Result<switchboard_core::registry::EndOutcome> {
-        self.check()?;
-        self.inner.end(c, id, r).await
-    }
-    async fn get(
-        &self,
-        c: &CallId,
-        id: SessionId,
-    ) -> switchboard_core::Result<Option<switchboard_core::Session>> {
-        self.check()?;
-        self.inner.get(c, id).await
-    }
-    async fn get_metadata(
-        &self,
-        c: &CallId,
-        id: SessionId,
-    ) -> switchboard_core::Result<Option<switchboard_core::Metadata>> {
-        self.check()?;
-        self.inner.get_metadata(c, id).await
-    }
-    async fn get_metrics(
-        &self,
-        c: &CallId,
-        id: SessionId,
-    ) -> switchboard_core::Result<Option<switchboard_core::registry::SessionMetrics>> {
-        self.check()?;
-        self.inner.get_metrics(c, id).await
-    }
-    async fn list(
-        &self,
-        q: switchboard_core::registry::ListQuery,
-    ) -> switchboard_core::Result<switchboard_core::registry::SessionPage> {
-        self.check()?;
-        self.inner.list(q).await
-    }
-    async fn expired_leases(
-        &self,
-        n: usize,
-    ) -> switchboard_core::Result<Vec<switchboard_core::Session>> {
-        self.check()?;
-        self.inner.expired_leases(n).await
-    }
-    async fn counts(
-        &self,
-        c: &CallId,
-    ) -> switchboard_core::Result<switchboard_core::registry::Counts> {
-        self.check()?;
-        self.inner.counts(c).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_while_the_registry_does_not_answer() {
-    let registry = Arc::new(Switchable {
-        inner: switchboard_core::MemoryRegistry::new(Arc::new(switchboard_core::SystemClock)),
-        down: std::sync::atomic::AtomicBool::new(false),
-    });
+    let registry = Arc::new(switchboard_core::conformance::OutageRegistry::memory(
+        Arc::new(switchboard_core::SystemClock),
+    ));
     let launcher = gated_launcher(Arc::new(Gates::default()))
         .registry(registry.clone())
         .build()
@@ -250,7 +131,7 @@ async fn ready_is_503_while_the_registry_does_not_answer() {
     ));
     until_status(addr, "/ready", 200).await;
     registry
-        .down
+        .outage
         .store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(http(addr, "GET", "/ready", None).await.0, 503);
     assert_eq!(
@@ -259,7 +140,7 @@ async fn ready_is_503_while_the_registry_does_not_answer() {
         "alive, just not ready"
     );
     registry
-        .down
+        .outage
         .store(false, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(http(addr, "GET", "/ready", None).await.0, 200);
     stop.send(()).unwrap();
