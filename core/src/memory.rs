@@ -17,9 +17,9 @@ use async_trait::async_trait;
 
 use crate::metrics::AgentMetrics;
 use crate::registry::{
-    Counts, DEFAULT_PAGE_SIZE, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL,
-    ListQuery, ListedSession, MAX_PAGE_SIZE, MetricsReport, SessionMetrics, SessionPage,
-    SessionReceipt, StartOutcome, StartRequest, page_token,
+    Counts, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL, ListQuery, ListedSession,
+    MetricsReport, SessionMetrics, SessionPage, SessionReceipt, StartOutcome, StartRequest,
+    page_token,
 };
 use crate::{
     CallId, Clock, EndReason, Error, IdempotencyKey, LimitKind, Metadata, Result, Session,
@@ -399,10 +399,7 @@ impl SessionRegistry for MemoryRegistry {
 
     async fn list(&self, query: ListQuery) -> Result<SessionPage> {
         let now = self.clock.now();
-        let limit = match query.limit {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        } as usize;
+        let limit = query.page_size();
         let start = query.next_token.as_deref().map(decode_token).transpose()?;
         if let (Some((token_call, _)), Some(call)) = (&start, &query.call_id)
             && token_call != call

@@ -284,6 +284,17 @@ pub struct ListQuery {
     pub next_token: Option<String>,
 }
 
+impl ListQuery {
+    /// The page size to return: `limit` clamped to `1..=MAX_PAGE_SIZE`, 0 meaning the default.
+    pub fn page_size(&self) -> usize {
+        let size = match self.limit {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        size as usize
+    }
+}
+
 /// A listed session; ended ones carry their final metrics.
 #[derive(Debug, Clone)]
 pub struct ListedSession {

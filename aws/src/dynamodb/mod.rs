@@ -30,9 +30,9 @@ use aws_sdk_dynamodb::types::{
 };
 use switchboard_core::metrics::AgentMetrics;
 use switchboard_core::registry::{
-    Counts, DEFAULT_PAGE_SIZE, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL,
-    ListQuery, ListedSession, MAX_PAGE_SIZE, MetricsReport, SessionMetrics, SessionPage,
-    SessionReceipt, StartOutcome, StartRequest, page_token,
+    Counts, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL, ListQuery, ListedSession,
+    MetricsReport, SessionMetrics, SessionPage, SessionReceipt, StartOutcome, StartRequest,
+    page_token,
 };
 use switchboard_core::{
     CallId, Clock, EndReason, Error, LimitKind, Metadata, Result, Session, SessionId,
@@ -842,10 +842,7 @@ impl SessionRegistry for DynamoRegistry {
 
     async fn list(&self, query: ListQuery) -> Result<SessionPage> {
         let now = self.clock.now();
-        let limit = match query.limit {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        } as usize;
+        let limit = query.page_size();
         let start = query.next_token.as_deref().map(decode_token).transpose()?;
         if let (Some((pk, _)), Some(call)) = (&start, &query.call_id)
             && *pk != call_pk(call)
