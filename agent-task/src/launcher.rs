@@ -17,8 +17,9 @@ use futures::future::BoxFuture;
 use switchboard_core::registry::{EndGuard, EndRequest};
 use switchboard_core::service::{self, StartSession};
 use switchboard_core::{
-    CallId, CallType, Clock, EndReason, Error, LaunchError, LimitOptions, Limits, MemoryRegistry,
-    Metadata, Result, Session, SessionId, SessionRegistry, SystemClock, TaskLauncher, Timestamp,
+    CallId, CallType, Clock, EndReason, Error, LaunchError, Launched, LimitOptions, Limits,
+    MemoryRegistry, Metadata, Result, Session, SessionId, SessionRegistry, SystemClock,
+    TaskLauncher, Timestamp,
 };
 use tokio::sync::{Notify, OnceCell, oneshot};
 use tokio::task::JoinHandle;
@@ -720,8 +721,11 @@ impl<A> fmt::Debug for InProcessLauncher<A> {
 
 #[async_trait]
 impl<A: Agent> TaskLauncher for InProcessLauncher<A> {
-    async fn launch(&self, session: &Session) -> Result<(), LaunchError> {
-        self.shared.spawn_session(session).await.map(|_| ())
+    async fn launch(&self, session: &Session) -> Result<Launched, LaunchError> {
+        self.shared
+            .spawn_session(session)
+            .await
+            .map(|_| Launched::default())
     }
 
     async fn notify_close(&self, session: &Session) {
@@ -751,9 +755,9 @@ impl<A> fmt::Debug for Capture<A> {
 
 #[async_trait]
 impl<A: Agent> TaskLauncher for Capture<A> {
-    async fn launch(&self, session: &Session) -> Result<(), LaunchError> {
+    async fn launch(&self, session: &Session) -> Result<Launched, LaunchError> {
         let handle = self.shared.spawn_session(session).await?;
         *self.handle.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        Ok(())
+        Ok(Launched::default())
     }
 }

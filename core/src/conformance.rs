@@ -55,6 +55,7 @@ macro_rules! registry_conformance {
             heartbeat_renews_the_lease_and_returns_the_close_flag,
             request_close_sets_the_flag_once_and_refuses_ended_sessions,
             mark_running_only_from_starting,
+            attach_task_records_the_arn_until_the_session_ends,
             end_guards_hold_atomically,
             expired_leases_lists_only_live_sessions_past_their_lease,
             list_paginates_in_creation_order_and_filters_ended,
@@ -433,6 +434,38 @@ pub async fn mark_running_only_from_starting(h: Harness) {
     assert!(matches!(
         h.registry.mark_running(&closing.call_id, closing.id).await,
         Err(Error::Conflict(_))
+    ));
+}
+
+pub async fn attach_task_records_the_arn_until_the_session_ends(h: Harness) {
+    let s = h.start(&call("call-a")).await;
+    let arn = "arn:aws:ecs:us-east-1:123456789012:task/switchboard/0123456789abcdef";
+    h.registry.attach_task(&s.call_id, s.id, arn).await.unwrap();
+    h.registry.attach_task(&s.call_id, s.id, arn).await.unwrap();
+    let row = h.registry.get(&s.call_id, s.id).await.unwrap().unwrap();
+    assert_eq!(row.task_arn.as_deref(), Some(arn));
+    assert_eq!(
+        row.status,
+        SessionStatus::Starting,
+        "attaching changes no status"
+    );
+    h.registry
+        .end(&s.call_id, s.id, EndRequest::new(EndReason::Requested))
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.registry.attach_task(&s.call_id, s.id, "arn:other").await,
+        Err(Error::Conflict(_))
+    ));
+    let row = h.registry.get(&s.call_id, s.id).await.unwrap().unwrap();
+    assert_eq!(
+        row.task_arn.as_deref(),
+        Some(arn),
+        "the ended row keeps its task"
+    );
+    assert!(matches!(
+        h.registry.attach_task(&call("call-b"), s.id, arn).await,
+        Err(Error::NotFound)
     ));
 }
 
@@ -914,6 +947,10 @@ impl<R: SessionRegistry> SessionRegistry for OutageRegistry<R> {
     async fn mark_running(&self, call_id: &CallId, id: SessionId) -> crate::Result<Session> {
         self.check()?;
         self.inner.mark_running(call_id, id).await
+    }
+    async fn attach_task(&self, call_id: &CallId, id: SessionId, arn: &str) -> crate::Result<()> {
+        self.check()?;
+        self.inner.attach_task(call_id, id, arn).await
     }
     async fn heartbeat(
         &self,

@@ -36,13 +36,20 @@ pub enum LaunchError {
     },
 }
 
+/// What a successful launch produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launched {
+    /// The remote task that hosts the agent (ECS: the task ARN), recorded on the session row.
+    pub task_arn: Option<String>,
+}
+
 /// Runs agents for admitted sessions.
 #[async_trait]
 pub trait TaskLauncher: Send + Sync + std::fmt::Debug {
     /// Launches the agent of `session` (status `starting`). Returns once the agent exists
     /// (in-process: created and warmed up; ECS: the task was accepted). The agent's supervisor
     /// then owns the session until it ends.
-    async fn launch(&self, session: &Session) -> Result<(), LaunchError>;
+    async fn launch(&self, session: &Session) -> Result<Launched, LaunchError>;
 
     /// Tells a local agent at once that a close was requested. The flag in the registry is
     /// the source of truth; this only shortens the path (remote agents see it at their next

@@ -36,7 +36,7 @@ pub mod conformance;
 
 pub use error::{Error, LimitKind, Result};
 pub use ids::{CallId, CallType, IdempotencyKey, SessionId};
-pub use launcher::{LaunchError, TaskLauncher};
+pub use launcher::{LaunchError, Launched, TaskLauncher};
 pub use limits::{LimitOptions, Limits};
 pub use memory::{MemoryRegistry, MemoryRegistryConfig};
 pub use metrics::{AgentMetrics, MetricsRecorder};

@@ -177,6 +177,46 @@ impl Limits {
     }
 }
 
+/// The environment variables that carry the launcher options (the Runner's flags fall back
+/// to them; `EcsLauncher` passes the supervisor settings to each task through them).
+pub mod env {
+    /// [`super::LimitOptions::max_concurrent_sessions`].
+    pub const MAX_CONCURRENT_SESSIONS: &str = "SWITCHBOARD_MAX_CONCURRENT_SESSIONS";
+    /// [`super::LimitOptions::max_sessions_per_call`].
+    pub const MAX_SESSIONS_PER_CALL: &str = "SWITCHBOARD_MAX_SESSIONS_PER_CALL";
+    /// [`super::LimitOptions::max_session_duration_seconds`].
+    pub const MAX_SESSION_DURATION_SECONDS: &str = "SWITCHBOARD_MAX_SESSION_DURATION_SECONDS";
+    /// [`super::LimitOptions::agent_idle_timeout`].
+    pub const AGENT_IDLE_TIMEOUT: &str = "SWITCHBOARD_AGENT_IDLE_TIMEOUT";
+    /// [`super::LimitOptions::maintenance_interval`].
+    pub const MAINTENANCE_INTERVAL: &str = "SWITCHBOARD_MAINTENANCE_INTERVAL";
+    /// [`super::LimitOptions::session_lease_seconds`].
+    pub const SESSION_LEASE_SECONDS: &str = "SWITCHBOARD_SESSION_LEASE_SECONDS";
+    /// [`super::LimitOptions::session_retention`].
+    pub const SESSION_RETENTION_SECONDS: &str = "SWITCHBOARD_SESSION_RETENTION_SECONDS";
+}
+
+impl Limits {
+    /// The settings a remote agent's supervisor needs (not the admission limits, which the
+    /// API enforces), as environment variables that parse back to the same values.
+    pub fn supervisor_env(&self) -> Vec<(&'static str, String)> {
+        let secs = |d: Duration| d.as_secs_f64().to_string();
+        let mut vars = vec![
+            (
+                env::AGENT_IDLE_TIMEOUT,
+                secs(self.agent_idle_timeout.unwrap_or(Duration::ZERO)),
+            ),
+            (env::MAINTENANCE_INTERVAL, secs(self.maintenance_interval)),
+            (env::SESSION_LEASE_SECONDS, secs(self.session_lease)),
+            (env::SESSION_RETENTION_SECONDS, secs(self.session_retention)),
+        ];
+        if let Some(max) = self.max_session_duration {
+            vars.push((env::MAX_SESSION_DURATION_SECONDS, secs(max)));
+        }
+        vars
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -194,6 +234,40 @@ impl Default for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supervisor_env_parses_back_to_the_same_settings() {
+        let limits = Limits::new(LimitOptions {
+            max_concurrent_sessions: Some(4),
+            max_session_duration_seconds: Some(90.5),
+            agent_idle_timeout: 0.0,
+            maintenance_interval: 0.25,
+            session_lease_seconds: Some(3.0),
+            session_retention: 60.0,
+            ..LimitOptions::default()
+        })
+        .unwrap();
+        let vars: std::collections::HashMap<_, _> = limits.supervisor_env().into_iter().collect();
+        let get = |k: &str| vars[k].parse::<f64>().unwrap();
+        let back = Limits::new(LimitOptions {
+            max_session_duration_seconds: Some(get(env::MAX_SESSION_DURATION_SECONDS)),
+            agent_idle_timeout: get(env::AGENT_IDLE_TIMEOUT),
+            maintenance_interval: get(env::MAINTENANCE_INTERVAL),
+            session_lease_seconds: Some(get(env::SESSION_LEASE_SECONDS)),
+            session_retention: get(env::SESSION_RETENTION_SECONDS),
+            ..LimitOptions::default()
+        })
+        .unwrap();
+        assert_eq!(back.max_session_duration(), limits.max_session_duration());
+        assert_eq!(back.agent_idle_timeout(), None);
+        assert_eq!(back.maintenance_interval(), Duration::from_millis(250));
+        assert_eq!(back.session_lease(), limits.session_lease());
+        assert_eq!(back.session_retention(), limits.session_retention());
+        assert!(
+            !vars.contains_key(env::MAX_CONCURRENT_SESSIONS),
+            "admission is the API's job"
+        );
+    }
 
     fn err(options: LimitOptions) -> String {
         Limits::new(options).unwrap_err().to_string()

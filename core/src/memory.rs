@@ -249,6 +249,19 @@ impl SessionRegistry for MemoryRegistry {
         }
     }
 
+    async fn attach_task(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        task_arn: &str,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let session = live_mut(state.record_mut(call_id, session_id, now)?)?;
+        session.task_arn = Some(task_arn.to_owned());
+        Ok(())
+    }
+
     async fn heartbeat(
         &self,
         call_id: &CallId,

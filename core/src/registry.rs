@@ -340,6 +340,15 @@ pub trait SessionRegistry: Send + Sync + std::fmt::Debug {
     /// `starting` (ended, or a close was requested); idempotent on `running`.
     async fn mark_running(&self, call_id: &CallId, session_id: SessionId) -> Result<Session>;
 
+    /// Records the task that hosts the session's agent (e.g. its ECS task ARN), for the
+    /// reaper. `Conflict` once ended; idempotent.
+    async fn attach_task(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        task_arn: &str,
+    ) -> Result<()>;
+
     /// Renews the lease to `now + lease` and returns the close flag. Never resurrects: an ended
     /// session is `Conflict` and stays unchanged.
     async fn heartbeat(

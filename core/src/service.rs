@@ -68,10 +68,27 @@ pub async fn start_session(
         StartOutcome::Created(session) => session,
     };
     match launcher.launch(&session).await {
-        Ok(()) => Ok(Started {
-            receipt: session.receipt(),
-            session: Some(session),
-        }),
+        Ok(launched) => {
+            let mut session = session;
+            if let Some(arn) = launched.task_arn {
+                // The task runs either way; the ARN only lets the reaper stop it sooner. The
+                // agent task also reports it, and the reaper finds tasks by `startedBy`.
+                match registry
+                    .attach_task(&session.call_id, session.id, &arn)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) => {
+                        warn!(session_id = %session.id, task_arn = %arn, error = %e, "could not record the task ARN");
+                    }
+                }
+                session.task_arn = Some(arn);
+            }
+            Ok(Started {
+                receipt: session.receipt(),
+                session: Some(session),
+            })
+        }
         Err(LaunchError::Ambiguous {
             retry_after,
             source,

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use switchboard_agent_task::{Agent, AgentLauncher};
 use switchboard_api::ServeOptions;
+use switchboard_core::limits::env;
 use switchboard_core::{CallId, CallType, LimitOptions, Limits};
 use tracing::{error, info};
 
@@ -41,23 +42,26 @@ pub enum Command {
 #[derive(Debug, Clone, Default, Args)]
 pub struct LauncherArgs {
     /// Maximum concurrent sessions across all calls.
-    #[arg(long, env = "SWITCHBOARD_MAX_CONCURRENT_SESSIONS")]
+    #[arg(long, env = env::MAX_CONCURRENT_SESSIONS)]
     pub max_concurrent_sessions: Option<i64>,
     /// Maximum concurrent sessions per call.
-    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_CALL")]
+    #[arg(long, env = env::MAX_SESSIONS_PER_CALL)]
     pub max_sessions_per_call: Option<i64>,
     /// Seconds after joining before a session is closed (`max_duration`).
-    #[arg(long, env = "SWITCHBOARD_MAX_SESSION_DURATION_SECONDS")]
+    #[arg(long, env = env::MAX_SESSION_DURATION_SECONDS)]
     pub max_session_duration_seconds: Option<f64>,
     /// Seconds an agent may stay alone in its call before it is closed (`idle`); 0 disables.
-    #[arg(long, env = "SWITCHBOARD_AGENT_IDLE_TIMEOUT")]
+    #[arg(long, env = env::AGENT_IDLE_TIMEOUT)]
     pub agent_idle_timeout: Option<f64>,
     /// Seconds between heartbeats, metrics flushes and lease sweeps.
-    #[arg(long, env = "SWITCHBOARD_MAINTENANCE_INTERVAL")]
+    #[arg(long, env = env::MAINTENANCE_INTERVAL)]
     pub maintenance_interval: Option<f64>,
     /// Seconds a session's lease lasts without a heartbeat (≥ 3 × the interval).
-    #[arg(long, env = "SWITCHBOARD_SESSION_LEASE_SECONDS")]
+    #[arg(long, env = env::SESSION_LEASE_SECONDS)]
     pub session_lease_seconds: Option<f64>,
+    /// Seconds an ended session stays readable (with its final metrics).
+    #[arg(long, env = env::SESSION_RETENTION_SECONDS)]
+    pub session_retention_seconds: Option<f64>,
 }
 
 impl LauncherArgs {
@@ -80,6 +84,9 @@ impl LauncherArgs {
         }
         if let Some(v) = self.session_lease_seconds {
             options.session_lease_seconds = Some(v);
+        }
+        if let Some(v) = self.session_retention_seconds {
+            options.session_retention = v;
         }
     }
 }

@@ -48,24 +48,9 @@ use item::{
     meta_sk, metrics_sk, n, s, session_from_item, session_item, session_sk, ttl_seconds,
 };
 
-/// A client from the environment (region, credentials, and `AWS_ENDPOINT_URL` for an
-/// emulator), with a timeout on every call and bounded SDK retries: 1 s to connect, 2 s per
-/// attempt, 5 s per operation, 3 attempts.
+/// A DynamoDB client from [`crate::sdk_config_from_env`].
 pub async fn client_from_env() -> Client {
-    use aws_config::retry::RetryConfig;
-    use aws_config::timeout::TimeoutConfig;
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_attempt_timeout(Duration::from_secs(2))
-                .operation_timeout(Duration::from_secs(5))
-                .build(),
-        )
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await;
-    Client::new(&config)
+    Client::new(&crate::sdk_config_from_env().await)
 }
 
 /// How long a transaction may be retried (conflicts, throttling) before it is `Unavailable`.
@@ -579,6 +564,30 @@ impl SessionRegistry for DynamoRegistry {
                 Some(s) if s.status == SessionStatus::Running => Ok(s),
                 Some(s) => Err(Error::Conflict(format!("session is {}", s.status))),
             },
+        }
+    }
+
+    #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
+    async fn attach_task(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        task_arn: &str,
+    ) -> Result<()> {
+        let vals = [(":arn", s(task_arn)), (":ended", s("ended"))];
+        match self
+            .update_session(
+                call_id,
+                session_id,
+                "SET task_arn = :arn",
+                "attribute_exists(PK) AND #st <> :ended",
+                &vals,
+                "UpdateItem attach_task",
+            )
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => Err(self.not_live(call_id, session_id).await),
         }
     }
 

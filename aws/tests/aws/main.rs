@@ -4,5 +4,6 @@
 #![allow(unreachable_pub)]
 
 mod dynamodb;
+mod ecs;
 mod mocked;
 mod support;

@@ -189,3 +189,183 @@ async fn a_store_that_never_answers_times_out_as_unavailable() {
     );
     held.abort();
 }
+
+mod ecs {
+    //! `RunTask` outcomes moto cannot produce: 5xx retried with the same client token, then
+    //! ambiguous; failures and throttling mapped to capacity (503) or rejection (500).
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use aws_sdk_ecs::error::ErrorMetadata;
+    use aws_sdk_ecs::operation::run_task::{RunTaskError, RunTaskOutput};
+    use aws_sdk_ecs::types::error::{InvalidParameterException, ServerException};
+    use aws_sdk_ecs::types::{Failure, Task};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use switchboard_aws::ecs::{Capacity, EcsLauncher, EcsSettings};
+    use switchboard_core::conformance::{T0, call, request};
+    use switchboard_core::registry::StartOutcome;
+    use switchboard_core::{
+        LaunchError, Limits, ManualClock, MemoryRegistry, Session, SessionRegistry, TaskLauncher,
+    };
+
+    fn launcher(client: aws_sdk_ecs::Client, budget: Duration) -> EcsLauncher {
+        EcsLauncher::new(
+            client,
+            EcsSettings {
+                cluster: "cluster".into(),
+                task_definition: "agent:1".into(),
+                container: "agent".into(),
+                subnets: vec!["subnet-1".into()],
+                security_groups: vec!["sg-1".into()],
+                assign_public_ip: false,
+                capacity: Capacity::Providers(vec!["FARGATE_SPOT".into(), "FARGATE".into()]),
+                table: "table".into(),
+                limits: Limits::default(),
+                retry_budget: budget,
+            },
+        )
+    }
+
+    async fn session() -> Session {
+        let registry = MemoryRegistry::new(Arc::new(ManualClock::new(T0)));
+        match registry.start(request(&call("c"))).await.unwrap() {
+            StartOutcome::Created(s) => s,
+            StartOutcome::Replayed(_) => unreachable!(),
+        }
+    }
+
+    fn meta(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder()
+            .code(code)
+            .message("mocked")
+            .build()
+    }
+
+    fn server_error() -> RunTaskError {
+        RunTaskError::ServerException(
+            ServerException::builder()
+                .message("internal")
+                .meta(meta("ServerException"))
+                .build(),
+        )
+    }
+
+    fn started() -> RunTaskOutput {
+        RunTaskOutput::builder()
+            .tasks(
+                Task::builder()
+                    .task_arn("arn:aws:ecs:task/cluster/1")
+                    .build(),
+            )
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_retried_with_the_same_client_token() {
+        let s = session().await;
+        let id = s.id.to_string();
+        let token = id.clone();
+        let rule = mock!(aws_sdk_ecs::Client::run_task)
+            .match_requests(move |r| {
+                r.client_token() == Some(token.as_str())
+                    && r.started_by() == Some(token.as_str())
+                    && r.capacity_provider_strategy().len() == 2
+                    && r.launch_type().is_none()
+            })
+            .sequence()
+            .error(server_error)
+            .times(2)
+            .output(started)
+            .build();
+        let client = mock_client!(aws_sdk_ecs, RuleMode::Sequential, [&rule]);
+        let launched = launcher(client, Duration::from_secs(5))
+            .launch(&s)
+            .await
+            .expect("launched on the third attempt");
+        assert_eq!(
+            launched.task_arn.as_deref(),
+            Some("arn:aws:ecs:task/cluster/1")
+        );
+        assert_eq!(rule.num_calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn server_errors_past_the_budget_leave_the_outcome_ambiguous() {
+        let s = session().await;
+        let rule = mock!(aws_sdk_ecs::Client::run_task)
+            .sequence()
+            .error(server_error)
+            .repeatedly()
+            .build();
+        let client = mock_client!(aws_sdk_ecs, RuleMode::Sequential, [&rule]);
+        let err = launcher(client, Duration::from_millis(300))
+            .launch(&s)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LaunchError::Ambiguous { .. }), "{err:?}");
+        assert!(rule.num_calls() >= 2, "retried: {}", rule.num_calls());
+    }
+
+    #[tokio::test]
+    async fn failures_and_errors_map_to_capacity_or_rejection() {
+        let s = session().await;
+        let failed = |reason: &'static str| {
+            move || {
+                RunTaskOutput::builder()
+                    .failures(Failure::builder().reason(reason).detail("mocked").build())
+                    .build()
+            }
+        };
+        // (rule, outcome, calls): throttling is retried by the SDK itself (3 attempts), never by
+        // the launcher; the rest is answered once.
+        let cases: Vec<(aws_smithy_mocks::Rule, &str, usize)> = vec![
+            (
+                mock!(aws_sdk_ecs::Client::run_task).then_output(failed("RESOURCE:MEMORY")),
+                "capacity",
+                1,
+            ),
+            (
+                mock!(aws_sdk_ecs::Client::run_task).then_output(failed("MISSING")),
+                "rejected",
+                1,
+            ),
+            (
+                mock!(aws_sdk_ecs::Client::run_task)
+                    .then_error(|| RunTaskError::generic(meta("ThrottlingException"))),
+                "capacity",
+                3,
+            ),
+            (
+                mock!(aws_sdk_ecs::Client::run_task).then_error(|| {
+                    RunTaskError::InvalidParameterException(
+                        InvalidParameterException::builder()
+                            .message("bad subnet")
+                            .meta(meta("InvalidParameterException"))
+                            .build(),
+                    )
+                }),
+                "rejected",
+                1,
+            ),
+        ];
+        for (rule, want, calls) in cases {
+            let client = mock_client!(aws_sdk_ecs, RuleMode::Sequential, [&rule]);
+            let err = launcher(client, Duration::from_secs(5))
+                .launch(&s)
+                .await
+                .unwrap_err();
+            let got = match err {
+                LaunchError::NoCapacity { .. } => "capacity",
+                LaunchError::Rejected(_) => "rejected",
+                LaunchError::Ambiguous { .. } => "ambiguous",
+            };
+            assert_eq!(got, want, "{err:?}");
+            assert_eq!(
+                rule.num_calls(),
+                calls,
+                "a definite answer is not retried: {want}"
+            );
+        }
+    }
+}

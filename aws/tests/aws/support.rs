@@ -25,3 +25,67 @@ pub async fn table(client: &Client) -> String {
         .expect("create table");
     name
 }
+
+/// The emulator's endpoint.
+pub fn endpoint() -> String {
+    std::env::var("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT").expect(
+        "SWITCHBOARD_TEST_DYNAMODB_ENDPOINT is not set: run ./scripts/test, which starts moto and sets it",
+    )
+}
+
+/// An ECS client for the emulator.
+pub fn ecs_client() -> aws_sdk_ecs::Client {
+    let config = aws_sdk_ecs::Config::builder()
+        .behavior_version(aws_sdk_ecs::config::BehaviorVersion::latest())
+        .region(aws_sdk_ecs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            "testing", "testing", None, None, "static",
+        ))
+        .build();
+    aws_sdk_ecs::Client::from_conf(config)
+}
+
+/// A fresh cluster and agent task definition; returns (cluster, task definition ARN).
+/// moto needs container-level memory (task-level alone makes RunTask fail with a 500).
+pub async fn ecs_cluster(client: &aws_sdk_ecs::Client) -> (String, String) {
+    use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, NetworkMode};
+    let name = format!("switchboard-test-{}", uuid::Uuid::now_v7().simple());
+    client
+        .create_cluster()
+        .cluster_name(&name)
+        .send()
+        .await
+        .expect("create cluster");
+    let definition = client
+        .register_task_definition()
+        .family(&name)
+        .requires_compatibilities(Compatibility::Fargate)
+        .network_mode(NetworkMode::Awsvpc)
+        .cpu("256")
+        .memory("512")
+        .container_definitions(
+            ContainerDefinition::builder()
+                .name("agent")
+                .image("switchboard/demo-agent:latest")
+                .memory(512)
+                .essential(true)
+                .command("task")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("register task definition");
+    let arn = definition
+        .task_definition()
+        .and_then(|d| d.task_definition_arn())
+        .expect("task definition ARN")
+        .to_owned();
+    (name, arn)
+}
+
+/// The default-VPC subnet the test script found (moto's awsvpc needs an existing one).
+pub fn subnet() -> String {
+    std::env::var("SWITCHBOARD_TEST_SUBNET")
+        .expect("SWITCHBOARD_TEST_SUBNET is not set: run ./scripts/test")
+}

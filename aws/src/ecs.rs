@@ -1,0 +1,387 @@
+//! [`EcsLauncher`]: the `TaskLauncher` that runs each session's agent as its own ECS task
+//! (Fargate, or a capacity-provider strategy such as `FARGATE_SPOT`).
+//!
+//! The row is written first (`starting`, by the registry); then one `RunTask` carries the
+//! session in its container overrides (`SESSION_ID`, `CALL_ID`, `CALL_TYPE`, `TABLE_NAME` and
+//! the supervisor settings), with `clientToken` and `startedBy` = the session id, `group` =
+//! [`TASK_GROUP`] and tags. The agent task finds its session from that environment.
+//!
+//! Outcomes, mapped to [`LaunchError`] (and by `service::start_session` to the API's status):
+//! - the task was accepted → its ARN, answered 201 while the session is `starting`;
+//! - a definite rejection (a 4xx, or `failures` in the response) → `NoCapacity` (capacity,
+//!   throttling: 503) or `Rejected` (500); the service ends the session `start_failed`;
+//! - an ambiguous failure (timeout, 5xx, reset) → retried with the same `clientToken` within
+//!   the retry budget (ECS starts at most one task per token), then `Ambiguous`: the session
+//!   stays `starting` and the reaper resolves it with `ListTasks(startedBy = session id)`.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ecs::Client;
+use aws_sdk_ecs::config::http::HttpResponse;
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::operation::run_task::{RunTaskError, RunTaskOutput};
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, ContainerOverride,
+    KeyValuePair, LaunchType, NetworkConfiguration, Tag, TaskOverride,
+};
+use switchboard_core::{LaunchError, Launched, Limits, Session, TaskLauncher};
+use tracing::{info, instrument, warn};
+
+/// The `group` of every task Switchboard starts (the reaper's EventBridge rule filters on it).
+pub const TASK_GROUP: &str = "switchboard";
+
+/// The environment variables a task's container override carries (read by `<agent> task`).
+pub mod env {
+    /// The session the task hosts.
+    pub const SESSION_ID: &str = "SESSION_ID";
+    /// Its call.
+    pub const CALL_ID: &str = "CALL_ID";
+    /// The call's type.
+    pub const CALL_TYPE: &str = "CALL_TYPE";
+    /// The DynamoDB table of the registry.
+    pub const TABLE_NAME: &str = "TABLE_NAME";
+}
+
+/// Where the tasks run: the Fargate launch type, or a capacity-provider strategy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capacity {
+    /// `launchType = FARGATE`.
+    Fargate,
+    /// `capacityProviderStrategy`: the named providers with equal weight (e.g. `FARGATE_SPOT`,
+    /// then `FARGATE`).
+    Providers(Vec<String>),
+}
+
+/// How to run an agent's task.
+#[derive(Clone)]
+pub struct EcsSettings {
+    /// The cluster name or ARN.
+    pub cluster: String,
+    /// The task definition (family, `family:revision` or ARN).
+    pub task_definition: String,
+    /// The agent's container name in the task definition.
+    pub container: String,
+    /// The awsvpc subnets.
+    pub subnets: Vec<String>,
+    /// The awsvpc security groups.
+    pub security_groups: Vec<String>,
+    /// Whether the task gets a public IP (subnets without a NAT gateway need one).
+    pub assign_public_ip: bool,
+    /// Launch type or capacity providers.
+    pub capacity: Capacity,
+    /// The registry's DynamoDB table, passed to the task as `TABLE_NAME`.
+    pub table: String,
+    /// The supervisor settings, passed to the task as `SWITCHBOARD_*` variables.
+    pub limits: Limits,
+    /// How long an ambiguous `RunTask` is retried (same `clientToken`) before the session is
+    /// left to the reaper. Keep it inside the API's request deadline (8 s) minus the start
+    /// transaction.
+    pub retry_budget: Duration,
+}
+
+impl fmt::Debug for EcsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EcsSettings")
+            .field("cluster", &self.cluster)
+            .field("task_definition", &self.task_definition)
+            .field("container", &self.container)
+            .field("capacity", &self.capacity)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default [`EcsSettings::retry_budget`].
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
+
+/// When a client should retry after a capacity refusal or throttling.
+const NO_CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// When a client should retry after an ambiguous launch (the reaper resolves it meanwhile).
+const AMBIGUOUS_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// An ECS client from `config` (see [`crate::sdk_config_from_env`]), with a longer attempt
+/// timeout than the shared 2 s: `RunTask` with awsvpc can take a few seconds, and an attempt
+/// cut short is only retried (same `clientToken`), never doubled.
+pub fn client(config: &aws_config::SdkConfig) -> Client {
+    use aws_config::timeout::TimeoutConfig;
+    let config = aws_sdk_ecs::config::Builder::from(config)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_attempt_timeout(Duration::from_secs(4))
+                .operation_timeout(Duration::from_secs(5))
+                .build(),
+        )
+        .build();
+    Client::from_conf(config)
+}
+
+/// The ECS `TaskLauncher`.
+#[derive(Debug, Clone)]
+pub struct EcsLauncher {
+    client: Client,
+    settings: std::sync::Arc<EcsSettings>,
+}
+
+/// What one `RunTask` attempt came to.
+enum Attempt {
+    Started(String),
+    Definite(LaunchError),
+    Ambiguous(anyhow::Error),
+}
+
+impl EcsLauncher {
+    /// A launcher on `client` (see [`crate::sdk_config_from_env`]).
+    pub fn new(client: Client, settings: EcsSettings) -> Self {
+        Self {
+            client,
+            settings: std::sync::Arc::new(settings),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EcsSettings {
+        &self.settings
+    }
+
+    /// The container environment for `session`.
+    pub fn environment(&self, session: &Session) -> Vec<(String, String)> {
+        let mut vars = vec![
+            (env::SESSION_ID.to_owned(), session.id.to_string()),
+            (env::CALL_ID.to_owned(), session.call_id.to_string()),
+            (env::CALL_TYPE.to_owned(), session.call_type.to_string()),
+            (env::TABLE_NAME.to_owned(), self.settings.table.clone()),
+        ];
+        vars.extend(
+            self.settings
+                .limits
+                .supervisor_env()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        );
+        vars
+    }
+
+    fn request(
+        &self,
+        session: &Session,
+    ) -> Result<aws_sdk_ecs::operation::run_task::builders::RunTaskFluentBuilder, LaunchError> {
+        let s = &*self.settings;
+        let rejected = |e: aws_sdk_ecs::error::BuildError| {
+            LaunchError::Rejected(anyhow::Error::new(e).context("building RunTask"))
+        };
+        let id = session.id.to_string();
+        let mut container = ContainerOverride::builder().name(&s.container);
+        for (name, value) in self.environment(session) {
+            container =
+                container.environment(KeyValuePair::builder().name(name).value(value).build());
+        }
+        let vpc = AwsVpcConfiguration::builder()
+            .set_subnets(Some(s.subnets.clone()))
+            .set_security_groups(Some(s.security_groups.clone()))
+            .assign_public_ip(if s.assign_public_ip {
+                AssignPublicIp::Enabled
+            } else {
+                AssignPublicIp::Disabled
+            })
+            .build()
+            .map_err(rejected)?;
+        let tag = |key: &str, value: &str| Tag::builder().key(key).value(tag_value(value)).build();
+        let mut request = self
+            .client
+            .run_task()
+            .cluster(&s.cluster)
+            .task_definition(&s.task_definition)
+            .count(1)
+            .client_token(&id)
+            .started_by(&id)
+            .group(TASK_GROUP)
+            .network_configuration(
+                NetworkConfiguration::builder()
+                    .awsvpc_configuration(vpc)
+                    .build(),
+            )
+            .overrides(
+                TaskOverride::builder()
+                    .container_overrides(container.build())
+                    .build(),
+            )
+            .tags(tag("switchboard:session-id", &id))
+            .tags(tag("switchboard:call-id", session.call_id.as_str()))
+            .tags(tag("switchboard:call-type", session.call_type.as_str()));
+        request = match &s.capacity {
+            Capacity::Fargate => request.launch_type(LaunchType::Fargate),
+            Capacity::Providers(providers) => {
+                for provider in providers {
+                    request = request.capacity_provider_strategy(
+                        CapacityProviderStrategyItem::builder()
+                            .capacity_provider(provider)
+                            .weight(1)
+                            .build()
+                            .map_err(rejected)?,
+                    );
+                }
+                request
+            }
+        };
+        Ok(request)
+    }
+
+    async fn attempt(&self, session: &Session) -> Result<Attempt, LaunchError> {
+        let result = self.request(session)?.send().await;
+        Ok(match result {
+            Ok(output) => from_output(output),
+            Err(err) => from_error(err),
+        })
+    }
+}
+
+/// ECS tag values allow letters, digits, spaces and `+ - = . _ : / @`, up to 256 characters;
+/// anything else in a call id becomes `_` (the environment carries the exact value).
+fn tag_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == ' ' || "+-=._:/@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(256)
+        .collect()
+}
+
+fn from_output(output: RunTaskOutput) -> Attempt {
+    if let Some(arn) = output
+        .tasks()
+        .iter()
+        .find_map(|task| task.task_arn().map(str::to_owned))
+    {
+        return Attempt::Started(arn);
+    }
+    let failures: Vec<String> = output
+        .failures()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}{}",
+                f.reason().unwrap_or("unknown reason"),
+                f.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+            )
+        })
+        .collect();
+    if failures.is_empty() {
+        return Attempt::Ambiguous(anyhow::anyhow!(
+            "RunTask answered with neither a task nor a failure"
+        ));
+    }
+    let source = anyhow::anyhow!("RunTask failed: {}", failures.join("; "));
+    // RESOURCE:* (CPU, memory, ENI, ...) and capacity shortages may clear up; the rest
+    // (MISSING, ATTRIBUTE, a bad task definition) will not.
+    let capacity = failures
+        .iter()
+        .any(|f| f.starts_with("RESOURCE") || f.to_ascii_lowercase().contains("capacity"));
+    Attempt::Definite(if capacity {
+        LaunchError::NoCapacity {
+            retry_after: NO_CAPACITY_RETRY_AFTER,
+            source,
+        }
+    } else {
+        LaunchError::Rejected(source)
+    })
+}
+
+/// Error codes that mean "not now": the request was refused and may succeed later.
+const THROTTLING_CODES: [&str; 4] = [
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "LimitExceededException",
+];
+
+fn from_error(err: SdkError<RunTaskError, HttpResponse>) -> Attempt {
+    match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default().to_owned();
+            let server = service.raw().status().is_server_error()
+                || matches!(service.err(), RunTaskError::ServerException(_));
+            let source = anyhow::Error::new(err).context("RunTask");
+            if server {
+                Attempt::Ambiguous(source)
+            } else if THROTTLING_CODES.contains(&code.as_str()) {
+                Attempt::Definite(LaunchError::NoCapacity {
+                    retry_after: NO_CAPACITY_RETRY_AFTER,
+                    source,
+                })
+            } else {
+                Attempt::Definite(LaunchError::Rejected(source))
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            Attempt::Ambiguous(anyhow::Error::new(err).context("RunTask"))
+        }
+        _ => Attempt::Definite(LaunchError::Rejected(
+            anyhow::Error::new(err).context("RunTask"),
+        )),
+    }
+}
+
+#[async_trait]
+impl TaskLauncher for EcsLauncher {
+    #[instrument(skip_all, fields(session_id = %session.id, call_id = %session.call_id), err(level = "debug"))]
+    async fn launch(&self, session: &Session) -> Result<Launched, LaunchError> {
+        let deadline = tokio::time::Instant::now() + self.settings.retry_budget;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = match tokio::time::timeout(remaining, self.attempt(session)).await {
+                Ok(attempt) => attempt?,
+                Err(_) => Attempt::Ambiguous(anyhow::anyhow!(
+                    "RunTask did not answer within {:?}",
+                    self.settings.retry_budget
+                )),
+            };
+            match outcome {
+                Attempt::Started(arn) => {
+                    info!(task_arn = %arn, "agent task accepted");
+                    return Ok(Launched {
+                        task_arn: Some(arn),
+                    });
+                }
+                Attempt::Definite(err) => return Err(err),
+                Attempt::Ambiguous(source) => {
+                    let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
+                    let pause = backoff + Duration::from_millis(jitter);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(LaunchError::Ambiguous {
+                            retry_after: AMBIGUOUS_RETRY_AFTER,
+                            source,
+                        });
+                    }
+                    warn!(error = %format!("{source:#}"), "RunTask outcome unknown; retrying with the same client token");
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_values_keep_allowed_characters_only() {
+        assert_eq!(
+            tag_value("call-1:a/b@c.d_e+f=g h"),
+            "call-1:a/b@c.d_e+f=g h"
+        );
+        assert_eq!(tag_value("ünïcode"), "ünïcode");
+        assert_eq!(tag_value("a!b#c\"d"), "a_b_c_d");
+        assert_eq!(tag_value(&"x".repeat(300)).len(), 256);
+    }
+}

@@ -1,0 +1,39 @@
+"""Prepares a running moto server for Switchboard and prints a default-VPC subnet id.
+
+- Pins moto's ECS task state: tasks stay RUNNING until StopTask (by default moto advances a
+  task one step on every DescribeTasks).
+- moto's RunTask with awsvpc needs an existing subnet (a default-VPC one: a new VPC without
+  DNS hostnames fails) and any security group id.
+
+Usage: python infra/moto_setup.py ENDPOINT   (prints the subnet id on stdout)
+"""
+
+import json
+import sys
+import urllib.request
+
+import boto3
+
+
+def main() -> None:
+    endpoint = sys.argv[1]
+    body = json.dumps(
+        {"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000}}
+    ).encode()
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/state-manager/set-transition", data=body, method="POST"
+    )
+    urllib.request.urlopen(request, timeout=5)
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])
+    print(sorted(s["SubnetId"] for s in subnets["Subnets"])[0])
+
+
+if __name__ == "__main__":
+    main()
