@@ -30,7 +30,7 @@ use tower_http::trace::TraceLayer;
 pub use cors::CorsOptions;
 pub use error::ApiError;
 pub use hooks::{CallFilter, ListPermission, Permission, PermissionHooks, Rejection, RequestInfo};
-pub use state::{AppState, DEFAULT_REQUEST_DEADLINE, ReadinessCheck};
+pub use state::{AppState, DEFAULT_REQUEST_DEADLINE, ReadinessCheck, registry_readiness};
 
 /// The largest request body accepted (16 KiB); larger is 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -5,13 +5,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use switchboard_core::{Limits, SessionRegistry, TaskLauncher};
+use switchboard_core::{CallId, Limits, SessionRegistry, TaskLauncher};
 
 use crate::hooks::PermissionHooks;
 
 /// An extra readiness condition (e.g. the DynamoDB table answers), checked by `/ready` on top
 /// of the launcher's own readiness.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// `/ready` also requires the registry to answer (within 1 s): a node that cannot reach its
+/// shared table must not receive traffic. The probe reads the counters of a call that never
+/// exists (2 RCU on DynamoDB).
+pub fn registry_readiness(registry: Arc<dyn SessionRegistry>) -> ReadinessCheck {
+    let probe = CallId::parse("readiness-probe").expect("a valid call id");
+    Arc::new(move || {
+        let (registry, probe) = (registry.clone(), probe.clone());
+        Box::pin(async move {
+            let answered =
+                tokio::time::timeout(Duration::from_secs(1), registry.counts(&probe)).await;
+            match &answered {
+                Ok(Err(e)) => tracing::warn!(error = %e, "readiness: the registry failed"),
+                Err(_) => tracing::warn!("readiness: the registry did not answer within 1 s"),
+                Ok(Ok(_)) => {}
+            }
+            matches!(answered, Ok(Ok(_)))
+        })
+    })
+}
 
 /// The handlers' shared state. Cheap to clone.
 #[derive(Clone)]

@@ -2,13 +2,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use switchboard_agent_task::{Agent, AgentLauncher};
-use switchboard_api::{AppState, ReadinessCheck, ServeOptions};
-use switchboard_core::{CallId, SessionRegistry};
+use switchboard_api::{AppState, ServeOptions};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -38,23 +35,6 @@ pub async fn shutdown_signal() {
         () = ctrl_c => info!(signal = "SIGINT", "shutting down"),
         () = terminate => info!(signal = "SIGTERM", "shutting down"),
     }
-}
-
-/// `/ready` also requires the registry to answer (within 1 s): a node that cannot reach its
-/// shared table must not receive traffic. The probe reads the counters (2 RCU on DynamoDB).
-fn registry_probe(registry: Arc<dyn SessionRegistry>) -> anyhow::Result<ReadinessCheck> {
-    let probe = CallId::parse("readiness-probe")?;
-    Ok(Arc::new(move || {
-        let (registry, probe) = (registry.clone(), probe.clone());
-        Box::pin(async move {
-            let answered =
-                tokio::time::timeout(Duration::from_secs(1), registry.counts(&probe)).await;
-            if let Ok(Err(e)) = &answered {
-                warn!(error = %e, "readiness: the registry did not answer");
-            }
-            matches!(answered, Ok(Ok(_)))
-        })
-    }))
 }
 
 /// Binds `addr` and serves until `shutdown` resolves.
@@ -87,7 +67,7 @@ pub async fn serve_on<A: Agent>(
         launcher.task_launcher(),
         *launcher.limits(),
     )
-    .with_readiness(registry_probe(launcher.registry())?);
+    .with_readiness(switchboard_api::registry_readiness(launcher.registry()));
     let router = switchboard_api::router(state, options).context("invalid server options")?;
     let address = listener.local_addr().context("listener has no address")?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();

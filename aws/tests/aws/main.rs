@@ -6,4 +6,4 @@
 mod dynamodb;
 mod ecs;
 mod mocked;
-mod support;
+use switchboard_testkit as support;

@@ -1,9 +1,13 @@
-//! Clients for the emulator and fresh tables.
+//! Test support, never deployed (so its SDK calls are not the functions' IAM actions):
+//! clients for the emulator `./scripts/test` starts (moto, at
+//! `SWITCHBOARD_TEST_DYNAMODB_ENDPOINT`), uniquely named tables and clusters (tests run in
+//! parallel and never reset the emulator), and the default-VPC subnet awsvpc tasks need.
+#![allow(clippy::missing_panics_doc)]
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 
-/// A client for the emulator the test script started.
+/// A DynamoDB client for the emulator the test script started.
 pub async fn client() -> Client {
     let endpoint = std::env::var("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT").expect(
         "SWITCHBOARD_TEST_DYNAMODB_ENDPOINT is not set: run ./scripts/test, which starts moto and sets it",
@@ -88,4 +92,16 @@ pub async fn ecs_cluster(client: &aws_sdk_ecs::Client) -> (String, String) {
 pub fn subnet() -> String {
     std::env::var("SWITCHBOARD_TEST_SUBNET")
         .expect("SWITCHBOARD_TEST_SUBNET is not set: run ./scripts/test")
+}
+
+/// An SDK configuration for the emulator (dummy credentials, us-east-1).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "static",
+        ))
+        .load()
+        .await
 }

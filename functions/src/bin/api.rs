@@ -1,0 +1,17 @@
+//! The `api` Lambda function: the whole HTTP API behind the HTTP API's `$default` route.
+//! Configuration and AWS clients are set up once, at init; a bad configuration fails the init
+//! with the variable's name (and Lambda reports the init error).
+
+use switchboard_functions::{ApiConfig, api_router, init_logging};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    init_logging();
+    let config = ApiConfig::from_env().inspect_err(|e| {
+        tracing::error!(error = %e, "invalid configuration");
+    })?;
+    let sdk = switchboard_aws::sdk_config_from_env().await;
+    let router = api_router(&config, &sdk)?;
+    tracing::info!(table = %config.table, cluster = %config.ecs.cluster, "api function ready");
+    lambda_http::run(router).await
+}

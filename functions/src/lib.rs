@@ -1,0 +1,237 @@
+//! The Lambda functions' shared setup: configuration from the environment, validated once at
+//! init with errors that name the variable, and the AWS adapters behind the one API router.
+//!
+//! The binaries stay thin: `api` (every route, behind the HTTP API's `$default` route) reads
+//! [`ApiConfig::from_env`], builds its clients once, and hands [`api_router`] to
+//! `lambda_http::run`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use switchboard_api::{AppState, CorsOptions, ServeOptions, registry_readiness};
+use switchboard_aws::DynamoRegistry;
+use switchboard_aws::ecs::{Capacity, DEFAULT_RETRY_BUDGET, EcsLauncher, EcsSettings};
+use switchboard_core::limits::env as limit_env;
+use switchboard_core::{LimitOptions, Limits, SessionRegistry, SystemClock};
+
+/// The environment variables the `api` function reads.
+pub mod env {
+    /// The DynamoDB table (required).
+    pub const TABLE_NAME: &str = "TABLE_NAME";
+    /// The ECS cluster name or ARN (required).
+    pub const ECS_CLUSTER: &str = "ECS_CLUSTER";
+    /// The agent's task definition (required).
+    pub const TASK_DEFINITION: &str = "TASK_DEFINITION";
+    /// The agent container's name in it (default `agent`).
+    pub const AGENT_CONTAINER: &str = "AGENT_CONTAINER";
+    /// Comma-separated awsvpc subnets (required).
+    pub const SUBNETS: &str = "SUBNETS";
+    /// Comma-separated awsvpc security groups (required).
+    pub const SECURITY_GROUPS: &str = "SECURITY_GROUPS";
+    /// `ENABLED` or `DISABLED` (default).
+    pub const ASSIGN_PUBLIC_IP: &str = "ASSIGN_PUBLIC_IP";
+    /// Comma-separated capacity providers (e.g. `FARGATE_SPOT,FARGATE`); empty = the Fargate
+    /// launch type.
+    pub const CAPACITY_PROVIDERS: &str = "CAPACITY_PROVIDERS";
+    /// Comma-separated CORS origins (default `*`, mirrored with credentials).
+    pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
+}
+
+/// A configuration error, naming the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is not set (or is empty).
+    #[error("{0} is not set (required)")]
+    Missing(&'static str),
+    /// A variable has a value that cannot be used.
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The `api` function's configuration.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The registry's table.
+    pub table: String,
+    /// How agents are run.
+    pub ecs: EcsSettings,
+    /// Admission limits and the supervisor settings passed to each task.
+    pub limits: Limits,
+    /// CORS.
+    pub cors: CorsOptions,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+struct Vars<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    fn optional(&self, name: &'static str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing(name))
+    }
+
+    fn required_list(&self, name: &'static str) -> Result<Vec<String>, ConfigError> {
+        let values = list(&self.required(name)?);
+        if values.is_empty() {
+            return Err(ConfigError::Missing(name));
+        }
+        Ok(values)
+    }
+
+    fn parsed<T: std::str::FromStr>(&self, name: &'static str) -> Result<Option<T>, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.optional(name)
+            .map(|value| {
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|e: T::Err| ConfigError::Invalid {
+                        name,
+                        value: value.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()
+    }
+}
+
+impl ApiConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(lookup);
+        let table = vars.required(env::TABLE_NAME)?;
+        let mut options = LimitOptions::default();
+        options.max_concurrent_sessions = vars.parsed(limit_env::MAX_CONCURRENT_SESSIONS)?;
+        options.max_sessions_per_call = vars.parsed(limit_env::MAX_SESSIONS_PER_CALL)?;
+        options.max_session_duration_seconds =
+            vars.parsed(limit_env::MAX_SESSION_DURATION_SECONDS)?;
+        if let Some(v) = vars.parsed(limit_env::AGENT_IDLE_TIMEOUT)? {
+            options.agent_idle_timeout = v;
+        }
+        if let Some(v) = vars.parsed(limit_env::MAINTENANCE_INTERVAL)? {
+            options.maintenance_interval = v;
+        }
+        options.session_lease_seconds = vars.parsed(limit_env::SESSION_LEASE_SECONDS)?;
+        if let Some(v) = vars.parsed(limit_env::SESSION_RETENTION_SECONDS)? {
+            options.session_retention = v;
+        }
+        let limits = Limits::new(options).map_err(|e| ConfigError::Invalid {
+            name: "SWITCHBOARD_*",
+            value: String::new(),
+            reason: e.to_string(),
+        })?;
+        let assign_public_ip = match vars.optional(env::ASSIGN_PUBLIC_IP) {
+            None => false,
+            Some(v) => match v.trim().to_ascii_uppercase().as_str() {
+                "ENABLED" | "TRUE" => true,
+                "DISABLED" | "FALSE" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: env::ASSIGN_PUBLIC_IP,
+                        value: v,
+                        reason: "expected ENABLED or DISABLED".into(),
+                    });
+                }
+            },
+        };
+        let providers = vars
+            .optional(env::CAPACITY_PROVIDERS)
+            .map(|v| list(&v))
+            .unwrap_or_default();
+        let ecs = EcsSettings {
+            cluster: vars.required(env::ECS_CLUSTER)?,
+            task_definition: vars.required(env::TASK_DEFINITION)?,
+            container: vars
+                .optional(env::AGENT_CONTAINER)
+                .unwrap_or_else(|| "agent".into()),
+            subnets: vars.required_list(env::SUBNETS)?,
+            security_groups: vars.required_list(env::SECURITY_GROUPS)?,
+            assign_public_ip,
+            capacity: if providers.is_empty() {
+                Capacity::Fargate
+            } else {
+                Capacity::Providers(providers)
+            },
+            table: table.clone(),
+            limits,
+            retry_budget: DEFAULT_RETRY_BUDGET,
+        };
+        let mut cors = CorsOptions::default();
+        if let Some(origins) = vars.optional(env::CORS_ALLOW_ORIGINS) {
+            cors.allow_origins = list(&origins);
+        }
+        // Fail at init, not on the first preflight.
+        let _checked = cors.layer().map_err(|e| ConfigError::Invalid {
+            name: env::CORS_ALLOW_ORIGINS,
+            value: cors.allow_origins.join(","),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            table,
+            ecs,
+            limits,
+            cors,
+        })
+    }
+}
+
+/// The API router over DynamoDB and ECS, with `/ready` probing the table.
+pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Router> {
+    let registry: Arc<dyn SessionRegistry> = Arc::new(DynamoRegistry::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        config.table.clone(),
+        Arc::new(SystemClock),
+    ));
+    let launcher = Arc::new(EcsLauncher::new(
+        switchboard_aws::ecs::client(sdk),
+        config.ecs.clone(),
+    ));
+    let state = AppState::new(registry.clone(), launcher, config.limits)
+        .with_readiness(registry_readiness(registry));
+    let options = ServeOptions {
+        cors: config.cors.clone(),
+        ..ServeOptions::default()
+    };
+    Ok(switchboard_api::router(state, options)?)
+}
+
+/// Logs for CloudWatch: JSON lines, level from `RUST_LOG` (default `info`). Lambda adds the
+/// timestamp; the request id comes from lambda_runtime's span.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_current_span(true)
+        .without_time()
+        .try_init();
+}
