@@ -127,18 +127,19 @@ impl ApiConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(lookup);
         let table = vars.required(env::TABLE_NAME)?;
-        let mut options = LimitOptions::default();
-        options.max_concurrent_sessions = vars.parsed(limit_env::MAX_CONCURRENT_SESSIONS)?;
-        options.max_sessions_per_call = vars.parsed(limit_env::MAX_SESSIONS_PER_CALL)?;
-        options.max_session_duration_seconds =
-            vars.parsed(limit_env::MAX_SESSION_DURATION_SECONDS)?;
+        let mut options = LimitOptions {
+            max_concurrent_sessions: vars.parsed(limit_env::MAX_CONCURRENT_SESSIONS)?,
+            max_sessions_per_call: vars.parsed(limit_env::MAX_SESSIONS_PER_CALL)?,
+            max_session_duration_seconds: vars.parsed(limit_env::MAX_SESSION_DURATION_SECONDS)?,
+            session_lease_seconds: vars.parsed(limit_env::SESSION_LEASE_SECONDS)?,
+            ..LimitOptions::default()
+        };
         if let Some(v) = vars.parsed(limit_env::AGENT_IDLE_TIMEOUT)? {
             options.agent_idle_timeout = v;
         }
         if let Some(v) = vars.parsed(limit_env::MAINTENANCE_INTERVAL)? {
             options.maintenance_interval = v;
         }
-        options.session_lease_seconds = vars.parsed(limit_env::SESSION_LEASE_SECONDS)?;
         if let Some(v) = vars.parsed(limit_env::SESSION_RETENTION_SECONDS)? {
             options.session_retention = v;
         }
