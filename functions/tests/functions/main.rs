@@ -6,3 +6,4 @@
 mod config;
 mod events;
 mod handler;
+mod iam;
