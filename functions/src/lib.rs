@@ -223,8 +223,8 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
     Ok(switchboard_api::router(state, options)?)
 }
 
-/// Logs for CloudWatch: JSON lines, level from `RUST_LOG` (default `info`). Lambda adds the
-/// timestamp; the request id comes from lambda_runtime's span.
+/// Logs for CloudWatch: JSON lines with a timestamp, level from `RUST_LOG` (default `info`);
+/// the request id comes from lambda_runtime's span.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -233,6 +233,5 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_current_span(true)
-        .without_time()
         .try_init();
 }

@@ -4,6 +4,8 @@
 //! parallel and never reset the emulator), and the default-VPC subnet awsvpc tasks need.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod http;
+
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 

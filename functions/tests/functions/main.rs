@@ -7,3 +7,4 @@ mod config;
 mod events;
 mod handler;
 mod iam;
+mod lambda_watch;

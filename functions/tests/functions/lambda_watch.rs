@@ -1,0 +1,366 @@
+//! End to end under `cargo lambda watch` (its Lambda runtime API and function-URL front end)
+//! with the prebuilt `api` binary against moto's DynamoDB and ECS: several function instances
+//! serve concurrently, like Lambda's execution environments.
+//!
+//! `cargo lambda watch --only-lambda-apis` serves the runtime API; this test starts the
+//! function processes itself (the binary cargo built for this test, so nothing is compiled
+//! on the first request), as many as `INSTANCES`. Overlap is proven from the functions' own
+//! logs: two invocations on two instances whose [start, end] intervals intersect.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_aws::DynamoRegistry;
+use switchboard_core::{CallId, SessionId, SessionRegistry, SystemClock};
+use switchboard_testkit::http::{Reply, request};
+use tokio::process::{Child, Command};
+
+const INSTANCES: usize = 4;
+
+struct Stack {
+    addr: String,
+    _watch: Child,
+    _functions: Vec<Child>,
+    dir: PathBuf,
+    logs: Vec<PathBuf>,
+    table: String,
+    cluster: String,
+    init: Duration,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn wait_for(addr: &str, path: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let reply =
+                tokio::time::timeout(Duration::from_secs(5), request(addr, "GET", path, &[], ""))
+                    .await;
+            if matches!(reply, Ok(Reply { status, .. }) if status == want) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}{path} never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Stack {
+    async fn start(
+        instances: usize,
+        edit: impl FnOnce(&mut HashMap<&'static str, String>),
+    ) -> Self {
+        let dynamodb = switchboard_testkit::client().await;
+        let table = switchboard_testkit::table(&dynamodb).await;
+        let ecs = switchboard_testkit::ecs_client();
+        let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let watch = Command::new("cargo")
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+            ])
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect(
+                "cargo lambda (pip install cargo-lambda; ./scripts/test puts .venv/bin on PATH)",
+            );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "cargo lambda watch did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut vars: HashMap<&'static str, String> = HashMap::from([
+            ("TABLE_NAME", table.clone()),
+            ("ECS_CLUSTER", cluster.clone()),
+            ("TASK_DEFINITION", definition),
+            ("SUBNETS", switchboard_testkit::subnet()),
+            ("SECURITY_GROUPS", "sg-0123456789abcdef0".into()),
+            ("SWITCHBOARD_MAX_CONCURRENT_SESSIONS", "6".into()),
+        ]);
+        edit(&mut vars);
+        let dir = std::env::temp_dir().join(format!("switchboard-lambda-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let started = Instant::now();
+        let mut functions = Vec::new();
+        let mut logs = Vec::new();
+        for i in 0..instances {
+            let log = dir.join(format!("api-{i}.log"));
+            let file = std::fs::File::create(&log).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_api"))
+                .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("AWS_LAMBDA_RUNTIME_API", format!("http://{addr}/.rt"))
+                .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+                .env("AWS_ENDPOINT_URL", switchboard_testkit::endpoint())
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("RUST_LOG", "info,tower_http=debug")
+                .stdout(file)
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("the api binary");
+            functions.push(child);
+            logs.push(log);
+        }
+        wait_for(&addr, "/lambda-url/_/health", 200).await;
+        let init = started.elapsed();
+        Stack {
+            addr,
+            _watch: watch,
+            _functions: functions,
+            dir,
+            logs,
+            table,
+            cluster,
+            init,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: &str) -> Reply {
+        let headers: &[(&str, &str)] = if body.is_empty() {
+            &[]
+        } else {
+            &[("content-type", "application/json")]
+        };
+        request(
+            &self.addr,
+            method,
+            &format!("/lambda-url/_{path}"),
+            headers,
+            body,
+        )
+        .await
+    }
+
+    /// Every invocation's [start, end] per instance, from the functions' JSON logs.
+    fn invocations(&self) -> Vec<Vec<(String, String)>> {
+        self.logs
+            .iter()
+            .map(|log| {
+                let mut open = HashMap::new();
+                let mut done = Vec::new();
+                for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+                    let Ok(v) = serde_json::from_str::<Value>(line) else {
+                        continue;
+                    };
+                    let id = v["span"]["requestId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let at = v["timestamp"].as_str().unwrap_or_default().to_owned();
+                    match v["fields"]["message"].as_str() {
+                        Some("started processing request") => {
+                            open.insert(id, at);
+                        }
+                        Some("finished processing request" | "response failed") => {
+                            if let Some(start) = open.remove(&id) {
+                                done.push((start, at));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                done
+            })
+            .collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn registry(table: &str) -> DynamoRegistry {
+    DynamoRegistry::new(
+        switchboard_testkit::client().await,
+        table,
+        std::sync::Arc::new(SystemClock),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_under_cargo_lambda_watch_serves_sessions_from_dynamodb_and_ecs() {
+    let stack = Stack::start(INSTANCES, |_| {}).await;
+    eprintln!(
+        "{INSTANCES} function instances answered in {:?} (process start to first response)",
+        stack.init
+    );
+    let ecs = switchboard_testkit::ecs_client();
+    let registry = registry(&stack.table).await;
+
+    // POST writes the row, then one RunTask whose overrides carry the session.
+    let created = stack
+        .call(
+            "POST",
+            "/calls/call-e2e/sessions",
+            r#"{"metadata":{"topic":"weather"}}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["session_id"].as_str().unwrap().to_owned();
+    let call = CallId::parse("call-e2e").unwrap();
+    let session_id = SessionId::parse(&id).unwrap();
+    let row = registry
+        .get(&call, session_id)
+        .await
+        .unwrap()
+        .expect("the row");
+    let arn = row.task_arn.clone().expect("the task ARN on the row");
+    let tasks = ecs
+        .describe_tasks()
+        .cluster(&stack.cluster)
+        .tasks(&arn)
+        .send()
+        .await
+        .unwrap();
+    let env: HashMap<&str, &str> = tasks.tasks()[0].overrides().unwrap().container_overrides()[0]
+        .environment()
+        .iter()
+        .map(|kv| (kv.name().unwrap(), kv.value().unwrap()))
+        .collect();
+    assert_eq!(env["SESSION_ID"], id);
+    assert_eq!(env["CALL_ID"], "call-e2e");
+    assert_eq!(env["TABLE_NAME"], stack.table);
+    let metadata = registry
+        .get_metadata(&call, session_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        metadata.as_map()["topic"],
+        "weather",
+        "the task reads it from the table"
+    );
+
+    // GET, list, metrics and close per SPEC §1.
+    let path = format!("/calls/call-e2e/sessions/{id}");
+    let got = stack.call("GET", &path, "").await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (200, "starting".into())
+    );
+    let listed = stack.call("GET", "/calls/call-e2e/sessions", "").await;
+    assert_eq!(listed.json()["sessions"][0]["session_id"], id.as_str());
+    let metrics = stack.call("GET", &format!("{path}/metrics"), "").await;
+    assert_eq!(metrics.status, 200);
+    assert_eq!(metrics.json()["metrics"].as_object().unwrap().len(), 70);
+    let closed = stack.call("DELETE", &path, "").await;
+    assert_eq!(closed.status, 202);
+    let closing = stack.call("GET", &path, "").await.json();
+    assert_eq!(closing["status"], "closing");
+    let unknown = stack
+        .call("GET", "/calls/call-e2e/sessions/some-id", "")
+        .await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.json()["detail"],
+        "Session with id 'some-id' not found"
+    );
+
+    // Limits under concurrent invocations: 1 live + 20 concurrent starts, limit 6 → 5 more.
+    let starts = (0..20).map(|i| {
+        let stack = &stack;
+        async move {
+            stack
+                .call("POST", &format!("/calls/load-{i}/sessions"), "")
+                .await
+        }
+    });
+    let replies = futures::future::join_all(starts).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        created,
+        5,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(refused.len(), 15);
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.json()["detail"] == "Reached maximum number of concurrent sessions")
+    );
+    let counts = registry.counts(&call).await.unwrap();
+    assert_eq!(counts.global, 6, "the counter equals the live sessions");
+    let running = ecs
+        .list_tasks()
+        .cluster(&stack.cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        running.task_arns().len(),
+        6,
+        "one task per admitted session, none for refusals"
+    );
+
+    // The invocations provably overlapped on different instances.
+    let invocations = stack.invocations();
+    let served = invocations.iter().filter(|i| !i.is_empty()).count();
+    assert!(served >= 2, "several instances served: {invocations:?}");
+    let overlapped = invocations.iter().enumerate().any(|(a, mine)| {
+        invocations.iter().enumerate().any(|(b, theirs)| {
+            a != b
+                && mine
+                    .iter()
+                    .any(|(s1, e1)| theirs.iter().any(|(s2, e2)| s1 < e2 && s2 < e1))
+        })
+    });
+    assert!(overlapped, "no two invocations overlapped: {invocations:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_run_task_under_cargo_lambda_watch_leaves_no_slot_taken() {
+    let stack = Stack::start(1, |vars| {
+        vars.insert("TASK_DEFINITION", "no-such-definition:1".into());
+        vars.insert("SWITCHBOARD_MAX_CONCURRENT_SESSIONS", "1".into());
+    })
+    .await;
+    for _ in 0..3 {
+        let reply = stack.call("POST", "/calls/call-f/sessions", "").await;
+        assert_eq!(reply.status, 500, "{reply:?}");
+        assert_eq!(reply.json()["detail"], "Failed to start agent");
+    }
+    let counts = registry(&stack.table)
+        .await
+        .counts(&CallId::parse("call-f").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts.global, counts.per_call),
+        (0, 0),
+        "every slot given back"
+    );
+}
