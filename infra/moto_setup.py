@@ -5,7 +5,12 @@
 - moto's RunTask with awsvpc needs an existing subnet (a default-VPC one: a new VPC without
   DNS hostnames fails) and any security group id.
 
-Usage: python infra/moto_setup.py ENDPOINT   (prints the subnet id on stdout)
+Usage:
+  python infra/moto_setup.py ENDPOINT                  prints the subnet id
+  python infra/moto_setup.py ENDPOINT --cluster NAME   also creates the cluster and the agent
+                                                       task definition (as template.yaml
+                                                       declares them) and prints shell
+                                                       assignments: SUBNET=, TASK_DEFINITION=
 """
 
 import json
@@ -32,7 +37,39 @@ def main() -> None:
         aws_secret_access_key="testing",
     )
     subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])
-    print(sorted(s["SubnetId"] for s in subnets["Subnets"])[0])
+    subnet = sorted(s["SubnetId"] for s in subnets["Subnets"])[0]
+    if len(sys.argv) < 4 or sys.argv[2] != "--cluster":
+        print(subnet)
+        return
+    cluster = sys.argv[3]
+    ecs = boto3.client(
+        "ecs",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    ecs.create_cluster(clusterName=cluster, capacityProviders=["FARGATE", "FARGATE_SPOT"])
+    definition = ecs.register_task_definition(
+        family=f"{cluster}-agent",
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="512",
+        memory="1024",
+        containerDefinitions=[
+            {
+                "name": "agent",
+                "image": "switchboard-agent:local",
+                "essential": True,
+                "command": ["task"],
+                # moto needs container-level memory (task-level alone fails RunTask).
+                "memory": 1024,
+                "stopTimeout": 30,
+            }
+        ],
+    )
+    print(f"SUBNET={subnet}")
+    print(f"TASK_DEFINITION={definition['taskDefinition']['taskDefinitionArn']}")
 
 
 if __name__ == "__main__":
