@@ -18,8 +18,8 @@ use switchboard_core::registry::{EndGuard, EndRequest};
 use switchboard_core::service::{self, StartSession};
 use switchboard_core::{
     CallId, CallType, Clock, EndReason, Error, LaunchError, Launched, LimitOptions, Limits,
-    MemoryRegistry, Metadata, Result, Session, SessionId, SessionRegistry, SystemClock,
-    TaskLauncher, Timestamp,
+    MemoryRegistry, Metadata, Result, Session, SessionId, SessionRegistry, SessionStatus,
+    SystemClock, TaskLauncher, Timestamp,
 };
 use tokio::sync::{Notify, OnceCell, oneshot};
 use tokio::task::JoinHandle;
@@ -651,6 +651,38 @@ impl<A: Agent> AgentLauncher<A> {
                 started.receipt.session_id
             ))
         })
+    }
+
+    /// Hosts one session admitted elsewhere — the ECS task hosting the session the API
+    /// admitted: warms up, then creates the agent and supervises it exactly like a local
+    /// session (heartbeats, close flag, idle, max duration, metrics, the end), but without
+    /// this launcher's lease sweeps (in AWS that is the reaper's job). Returns once the agent
+    /// exists. The session must still be `starting`; a create or warmup failure ends it
+    /// `start_failed` and is [`Error::LaunchFailed`].
+    pub async fn host_session(&self, session: Session) -> Result<AgentSession<A>> {
+        if session.status != SessionStatus::Starting {
+            return Err(Error::Conflict(format!("session is {}", session.status)));
+        }
+        self.warmup().await?;
+        self.shared.draining.store(false, Ordering::SeqCst);
+        self.shared.running.store(true, Ordering::SeqCst);
+        self.shared
+            .spawn_session(&session)
+            .await
+            .map_err(|e| match e {
+                LaunchError::Rejected(source) => Error::LaunchFailed(source),
+                LaunchError::NoCapacity {
+                    retry_after,
+                    source,
+                }
+                | LaunchError::Ambiguous {
+                    retry_after,
+                    source,
+                } => Error::Unavailable {
+                    retry_after,
+                    source,
+                },
+            })
     }
 
     /// Closes a session running on this node now (the anchor's local `close_session`), ending

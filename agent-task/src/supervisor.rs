@@ -67,11 +67,24 @@ impl Maintenance {
         let now = self.clock.now();
         if now >= self.next_heartbeat {
             let lease = self.limits.session_lease();
-            match self
-                .registry
-                .heartbeat(&self.call_id, self.session_id, lease)
-                .await
-            {
+            // Bounded by the lease deadline: a store that hangs (SDK timeouts and retries can
+            // add up to seconds) must not keep the agent in the call past it.
+            let budget = self.lease_deadline().saturating_since(now);
+            let heartbeat = tokio::time::timeout(
+                budget,
+                self.registry
+                    .heartbeat(&self.call_id, self.session_id, lease),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable {
+                    retry_after: Duration::ZERO,
+                    source: anyhow::anyhow!(
+                        "the heartbeat did not answer before the lease deadline"
+                    ),
+                })
+            });
+            match heartbeat {
                 Ok(hb) => {
                     self.lease_expires_at = hb.lease_expires_at;
                     self.next_heartbeat = now + self.limits.maintenance_interval();
@@ -264,9 +277,13 @@ pub(crate) async fn supervise<A: Agent>(
                 .mark_running(&session.call_id, session.id)
                 .await
             {
-                Ok(_) => {
+                Ok(running) => {
                     running_marked = true;
-                    info!(session_id = %session.id, "agent joined the call");
+                    // From admission (the row's creation) to the agent in the call.
+                    let start_to_join_ms = running
+                        .running_at
+                        .map(|at| (at.unix_micros() - session.created_at.unix_micros()) / 1000);
+                    info!(session_id = %session.id, start_to_join_ms, "agent joined the call");
                 }
                 // Closing or ended: leave rather than run unaccounted.
                 Err(Error::Conflict(_) | Error::NotFound) => {
@@ -426,8 +443,8 @@ impl<A: Agent> Finisher<'_, A> {
         self.signals.finish(end);
     }
 
-    /// Ends the session in the registry, retrying transient failures until the lease expires
-    /// (after which a sweep ends it `lease_expired`).
+    /// Ends the session in the registry, retrying transient failures until half an interval
+    /// before the lease expires (after which a sweep ends it `lease_expired`).
     async fn end_with_retry(
         &self,
         reason: EndReason,
@@ -439,19 +456,31 @@ impl<A: Agent> Finisher<'_, A> {
         let mut request = EndRequest::new(reason).retention(self.shared.limits.session_retention());
         request.detail = detail;
         request.final_metrics = metrics;
+        let give_up_at = lease_expires_at - self.shared.limits.maintenance_interval() / 2;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self
-                .shared
-                .registry
-                .end(&session.call_id, session.id, request.clone())
-                .await
-            {
+            // Every attempt ends half an interval before the lease does: past it, the sweep
+            // or the reaper owns the row, and this process must be gone.
+            let budget = give_up_at.saturating_since(self.shared.clock.now());
+            let attempt = tokio::time::timeout(
+                budget,
+                self.shared
+                    .registry
+                    .end(&session.call_id, session.id, request.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable {
+                    retry_after: Duration::ZERO,
+                    source: anyhow::anyhow!("the end was not recorded before the lease expired"),
+                })
+            });
+            match attempt {
                 Ok(_) => return true,
                 Err(Error::NotFound | Error::Conflict(_)) => return false,
                 Err(e) => {
                     let clock = &*self.shared.clock;
-                    if clock.now() + backoff >= lease_expires_at {
+                    if clock.now() + backoff >= give_up_at {
                         warn!(session_id = %session.id, error = %e, "could not record the end; a sweep will end it after the lease expires");
                         return false;
                     }

@@ -35,6 +35,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one agent in one call, in the console, until it ends or Ctrl-C.
     Run(RunArgs),
+    /// Host the agent of one admitted session inside an ECS task (the task definition's
+    /// command); the session comes from the environment `EcsLauncher` sets.
+    Task(TaskArgs),
 }
 
 /// The launcher options (SPEC.md §2). Absent flags fall back to the environment, then to
@@ -193,6 +196,29 @@ pub struct RunArgs {
     pub common: CommonArgs,
 }
 
+/// `task`: every value comes from the environment of the ECS container override.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// The session to host.
+    #[arg(long, env = "SESSION_ID")]
+    pub session_id: Option<String>,
+    /// Its call.
+    #[arg(long, env = "CALL_ID")]
+    pub call_id: Option<String>,
+    /// The call's type.
+    #[arg(long, env = "CALL_TYPE", default_value = "default")]
+    pub call_type: String,
+    /// The DynamoDB table of the sessions.
+    #[arg(long, env = "TABLE_NAME")]
+    pub table: Option<String>,
+    /// Log level.
+    #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
+    pub log_level: LogLevel,
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
 fn limits_json(limits: &Limits) -> serde_json::Value {
     json!({
         "max_concurrent_sessions": limits.max_concurrent_sessions(),
@@ -241,7 +267,54 @@ where
     match cli.command {
         Command::Serve(args) => serve(launcher, options, args),
         Command::Run(args) => run(launcher, args),
+        Command::Task(args) => task(launcher, args),
     }
+}
+
+fn task<A: Agent>(launcher: AgentLauncher<A>, args: TaskArgs) -> u8 {
+    let level = if args.common.debug {
+        LogLevel::Debug
+    } else {
+        args.log_level
+    };
+    telemetry::init(&telemetry::filter(level, level), args.common.log_format);
+    let launcher = launcher.reconfigure(|o| args.common.launcher.apply(o));
+    if args.common.print_config {
+        print_json(&json!({
+            "command": "task",
+            "session_id": args.session_id,
+            "call_id": args.call_id,
+            "call_type": args.call_type,
+            "table": args.table,
+            "limits": launcher.as_ref().ok().map(|l| limits_json(l.limits())),
+        }));
+        return if launcher.is_ok() { 0 } else { 2 };
+    }
+    task_main(launcher, args)
+}
+
+#[cfg(feature = "aws")]
+fn task_main<A: Agent>(
+    launcher: Result<AgentLauncher<A>, switchboard_core::Error>,
+    args: TaskArgs,
+) -> u8 {
+    match runtime() {
+        Ok(rt) => rt.block_on(crate::task::run(launcher, args)),
+        Err(e) => fail(1, &e),
+    }
+}
+
+#[cfg(not(feature = "aws"))]
+fn task_main<A: Agent>(
+    _launcher: Result<AgentLauncher<A>, switchboard_core::Error>,
+    _args: TaskArgs,
+) -> u8 {
+    fail(
+        2,
+        &anyhow::anyhow!(
+            "`task` needs a binary built with the `aws` feature (e.g. cargo build -p demo-agent --features aws)"
+        ),
+    )
 }
 
 fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: ServeArgs) -> u8 {

@@ -15,6 +15,8 @@
 pub mod cli;
 pub mod serve;
 mod splash;
+#[cfg(feature = "aws")]
+mod task;
 pub mod telemetry;
 
 use std::process::ExitCode;

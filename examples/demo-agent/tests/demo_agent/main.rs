@@ -6,3 +6,4 @@
 mod binary;
 mod cluster;
 mod conversation;
+mod task;

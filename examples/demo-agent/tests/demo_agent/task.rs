@@ -1,0 +1,289 @@
+//! `demo-agent task` — the agent inside an ECS task — as a real child process against moto,
+//! started with the environment `EcsLauncher`'s container override carries, for a session
+//! admitted the way the API admits it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_aws::DynamoRegistry;
+use switchboard_core::registry::{StartOutcome, StartRequest};
+use switchboard_core::{
+    CallId, CallType, EndReason, Metadata, Session, SessionRegistry, SessionStatus, SystemClock,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+
+use crate::binary::{command, read_until, sigterm};
+
+struct Fixture {
+    registry: DynamoRegistry,
+    table: String,
+}
+
+async fn fixture() -> Fixture {
+    let client = switchboard_testkit::client().await;
+    let table = switchboard_testkit::table(&client).await;
+    Fixture {
+        registry: DynamoRegistry::new(client, table.clone(), Arc::new(SystemClock)),
+        table,
+    }
+}
+
+impl Fixture {
+    /// Admits a session as the API does (one slot of a limit of 5).
+    async fn admit(&self, call: &str, metadata: Option<Value>) -> Session {
+        let request = StartRequest {
+            session_id: switchboard_core::SessionId::generate(),
+            call_id: CallId::parse(call).unwrap(),
+            call_type: CallType::default(),
+            metadata: metadata.map(|m| Metadata::parse(m).unwrap()),
+            idempotency: None,
+            max_concurrent_sessions: Some(5),
+            max_sessions_per_call: None,
+            lease: Duration::from_secs(30),
+        };
+        match self.registry.start(request).await.unwrap() {
+            StartOutcome::Created(s) => s,
+            StartOutcome::Replayed(_) => unreachable!(),
+        }
+    }
+
+    /// The task process for `session`, with the override's environment plus `extra`.
+    fn task(&self, session: &Session, endpoint: &str, extra: &[(&str, &str)]) -> Child {
+        let mut cmd = command(&["task", "--log-format", "json"]);
+        cmd.env("SESSION_ID", session.id.to_string())
+            .env("CALL_ID", session.call_id.as_str())
+            .env("CALL_TYPE", session.call_type.as_str())
+            .env("TABLE_NAME", &self.table)
+            .env("SWITCHBOARD_MAINTENANCE_INTERVAL", "1")
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("demo-agent task")
+    }
+
+    async fn row(&self, session: &Session) -> Session {
+        self.registry
+            .get(&session.call_id, session.id)
+            .await
+            .unwrap()
+            .expect("the row")
+    }
+
+    /// Waits (polling the table) until `pred` holds for the row.
+    async fn until(
+        &self,
+        session: &Session,
+        what: &str,
+        pred: impl Fn(&Session) -> bool,
+    ) -> Session {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = self.row(session).await;
+            if pred(&row) {
+                return row;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {row:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn exit_code(child: &mut Child) -> i32 {
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the task exits")
+        .expect("wait")
+        .code()
+        .expect("an exit code")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_heartbeats_flushes_metrics_and_leaves_within_an_interval_of_a_close() {
+    let f = fixture().await;
+    let session = f
+        .admit(
+            "call-task",
+            Some(serde_json::json!({"participant_seconds": 60})),
+        )
+        .await;
+    let mut child = f.task(&session, &switchboard_testkit::endpoint(), &[]);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let joined = read_until(&mut lines, &mut log, |v| {
+        v["message"] == "agent joined the call"
+    })
+    .await;
+    assert!(joined["start_to_join_ms"].as_i64().is_some(), "{joined}");
+    let running = f
+        .until(&session, "running", |r| r.status == SessionStatus::Running)
+        .await;
+    let first_lease = running.lease_expires_at;
+    let renewed = f
+        .until(&session, "heartbeating", |r| {
+            r.heartbeat_at.is_some() && r.lease_expires_at > first_lease
+        })
+        .await;
+    assert!(renewed.lease_expires_at > renewed.heartbeat_at.unwrap());
+    // The demo agent answers its participant: metrics flushed to the metrics item.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = f
+            .registry
+            .get_metrics(&session.call_id, session.id)
+            .await
+            .unwrap()
+            .expect("metrics");
+        if metrics
+            .report
+            .is_some_and(|r| !r.metrics.to_map().is_empty())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no metrics flushed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let asked = Instant::now();
+    f.registry
+        .request_close(&session.call_id, session.id)
+        .await
+        .unwrap();
+    assert_eq!(exit_code(&mut child).await, 0);
+    let took = asked.elapsed();
+    let ended = f.row(&session).await;
+    assert_eq!(ended.status, SessionStatus::Ended);
+    assert_eq!(ended.end_reason, Some(EndReason::Requested));
+    eprintln!("close → process exit: {took:?} at a 1 s interval");
+    let counts = f.registry.counts(&session.call_id).await.unwrap();
+    assert_eq!(counts.global, 0, "the slot is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_ends_the_session_shutdown_and_exits_0() {
+    let f = fixture().await;
+    let session = f.admit("call-term", None).await;
+    let mut child = f.task(
+        &session,
+        &switchboard_testkit::endpoint(),
+        &[("DEMO_PARTICIPANT_SECONDS", "60")],
+    );
+    f.until(&session, "running", |r| r.status == SessionStatus::Running)
+        .await;
+    sigterm(&child).await;
+    assert_eq!(exit_code(&mut child).await, 0);
+    let ended = f.row(&session).await;
+    assert_eq!(ended.end_reason, Some(EndReason::Shutdown));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_max_duration_end_the_session_with_their_reason() {
+    let f = fixture().await;
+    let idle = f.admit("call-idle", None).await;
+    let long = f.admit("call-long", None).await;
+    let endpoint = switchboard_testkit::endpoint();
+    let mut a = f.task(
+        &idle,
+        &endpoint,
+        &[
+            ("DEMO_PARTICIPANT_SECONDS", "1"),
+            ("SWITCHBOARD_AGENT_IDLE_TIMEOUT", "1"),
+        ],
+    );
+    let mut b = f.task(
+        &long,
+        &endpoint,
+        &[
+            ("DEMO_PARTICIPANT_SECONDS", "60"),
+            ("SWITCHBOARD_MAX_SESSION_DURATION_SECONDS", "2"),
+        ],
+    );
+    assert_eq!(exit_code(&mut a).await, 0);
+    assert_eq!(exit_code(&mut b).await, 0);
+    assert_eq!(f.row(&idle).await.end_reason, Some(EndReason::Idle));
+    assert_eq!(f.row(&long).await.end_reason, Some(EndReason::MaxDuration));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_environment_names_the_variable_and_frees_the_slot_when_it_can() {
+    let f = fixture().await;
+    let session = f.admit("call-env", None).await;
+    let endpoint = switchboard_testkit::endpoint();
+
+    // No table: nothing can be ended; exit 2 naming the variable.
+    let mut cmd = command(&["task"]);
+    cmd.env("SESSION_ID", session.id.to_string())
+        .env("CALL_ID", "call-env");
+    let out = cmd.output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TABLE_NAME is not set (required)"),
+        "{stderr}"
+    );
+    assert_eq!(f.row(&session).await.status, SessionStatus::Starting);
+
+    // A bad supervisor setting with a findable row: ended start_failed, slot back.
+    let mut child = f.task(
+        &session,
+        &endpoint,
+        &[("SWITCHBOARD_MAINTENANCE_INTERVAL", "0")],
+    );
+    assert_eq!(exit_code(&mut child).await, 2);
+    let ended = f.row(&session).await;
+    assert_eq!(ended.end_reason, Some(EndReason::StartFailed));
+    assert!(
+        ended
+            .end_detail
+            .unwrap()
+            .contains("maintenance_interval must be > 0")
+    );
+    assert_eq!(f.registry.counts(&session.call_id).await.unwrap().global, 0);
+
+    // A session that already ended: exit 0 without joining.
+    let mut again = f.task(&session, &endpoint, &[]);
+    assert_eq!(exit_code(&mut again).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_stops_the_agent_before_it_expires() {
+    let f = fixture().await;
+    let session = f.admit("call-lease", None).await;
+    let endpoint = switchboard_testkit::endpoint();
+    let proxy =
+        switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
+    let mut child = f.task(
+        &session,
+        &proxy.url,
+        &[
+            ("DEMO_PARTICIPANT_SECONDS", "60"),
+            ("SWITCHBOARD_SESSION_LEASE_SECONDS", "4"),
+        ],
+    );
+    f.until(&session, "running", |r| r.status == SessionStatus::Running)
+        .await;
+    let before = f
+        .until(&session, "heartbeating", |r| r.heartbeat_at.is_some())
+        .await;
+    proxy.cut();
+    let code = exit_code(&mut child).await;
+    let exited = switchboard_core::Timestamp::now_system();
+    assert_eq!(code, 1, "a lost lease is not a clean end");
+    let row = f.row(&session).await;
+    assert_eq!(
+        row.status,
+        SessionStatus::Running,
+        "nothing could be written; the reaper ends it"
+    );
+    assert!(
+        exited < row.lease_expires_at,
+        "the agent left at {exited:?}, before its lease expired at {:?} (last renewed {:?})",
+        row.lease_expires_at,
+        before.heartbeat_at
+    );
+}

@@ -1,0 +1,204 @@
+//! `task`: the ECS entry point. One process hosts one agent for the session that
+//! `EcsLauncher`'s container override names, against the DynamoDB registry.
+//!
+//! 1. The environment is validated (`SESSION_ID`, `CALL_ID`, `CALL_TYPE`, `TABLE_NAME`, the
+//!    `SWITCHBOARD_*` supervisor settings); an error names the variable and exits 2. When the
+//!    row can still be identified and is `starting`, it is ended `start_failed` first (its
+//!    slots come back at once); otherwise the reaper resolves it.
+//! 2. The row is read; anything but `starting` (a close already ended it, the reaper resolved
+//!    it) exits 0 without joining. The task ARN comes from `ECS_CONTAINER_METADATA_URI_V4`
+//!    when present.
+//! 3. The launcher hosts the session: the metadata is read once, the agent is created and
+//!    joins; the first write is the conditional `starting → running` (if it fails, the agent
+//!    leaves without staying in the call); one heartbeat per interval renews the lease and
+//!    reads the close flag; metrics are flushed when they changed; idle, max duration, the
+//!    flag and `join_call` returning end it with their reason. A lease that cannot be renewed
+//!    stops the agent before it expires.
+//! 4. SIGTERM (StopTask, Spot, retirement) drains: the session ends `shutdown`, exit 0.
+//!
+//! Exit codes: 0 when the session ended normally (or was not ours to run), 1 when the agent
+//! failed or its lease was lost, 2 for a bad environment.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_core::registry::{EndGuard, EndRequest};
+use switchboard_core::{CallId, CallType, EndReason, SessionId, SessionRegistry, SessionStatus};
+use tracing::{error, info, warn};
+
+use crate::cli::TaskArgs;
+
+/// The environment a task needs, validated.
+#[derive(Debug)]
+struct TaskEnv {
+    session_id: SessionId,
+    call_id: CallId,
+    call_type: CallType,
+    table: String,
+}
+
+/// What went wrong with the environment, and what of the row can still be found.
+#[derive(Debug)]
+struct EnvError {
+    message: String,
+    row: Option<(String, CallId, SessionId)>,
+}
+
+fn validate(args: &TaskArgs) -> Result<TaskEnv, EnvError> {
+    let table = args.table.clone().filter(|t| !t.trim().is_empty());
+    let call_id = args
+        .call_id
+        .as_deref()
+        .map(|c| CallId::parse(c).map_err(|e| format!("CALL_ID is invalid: {e}")));
+    let session_id = args
+        .session_id
+        .as_deref()
+        .map(|s| SessionId::parse(s).map_err(|_| format!("SESSION_ID {s:?} is not a session id")));
+    let row = match (&table, &call_id, &session_id) {
+        (Some(t), Some(Ok(c)), Some(Ok(s))) => Some((t.clone(), c.clone(), *s)),
+        _ => None,
+    };
+    let fail = |message: String| EnvError {
+        message,
+        row: row.clone(),
+    };
+    let table = table.ok_or_else(|| fail("TABLE_NAME is not set (required)".into()))?;
+    let call_id = call_id
+        .ok_or_else(|| fail("CALL_ID is not set (required)".into()))?
+        .map_err(&fail)?;
+    let session_id = session_id
+        .ok_or_else(|| fail("SESSION_ID is not set (required)".into()))?
+        .map_err(&fail)?;
+    let call_type =
+        CallType::parse(&args.call_type).map_err(|e| fail(format!("CALL_TYPE is invalid: {e}")))?;
+    Ok(TaskEnv {
+        session_id,
+        call_id,
+        call_type,
+        table,
+    })
+}
+
+/// Runs the task; returns the exit code.
+pub(crate) async fn run<A: Agent>(
+    launcher: Result<AgentLauncher<A>, switchboard_core::Error>,
+    args: TaskArgs,
+) -> u8 {
+    let failure = match (validate(&args), launcher) {
+        (Ok(env), Ok(launcher)) => return host(launcher, env).await,
+        (Err(e), _) => e,
+        (Ok(env), Err(e)) => EnvError {
+            message: format!("invalid launcher options (SWITCHBOARD_*): {e}"),
+            row: Some((env.table, env.call_id, env.session_id)),
+        },
+    };
+    error!(error = %failure.message, "the task's environment is invalid");
+    eprintln!("error: {}", failure.message);
+    if let Some((table, call_id, session_id)) = failure.row {
+        let end = EndRequest::new(EndReason::StartFailed)
+            .detail(format!("agent task: {}", failure.message))
+            .guard(EndGuard::Starting);
+        match registry(&table).await.end(&call_id, session_id, end).await {
+            Ok(_) => info!(%session_id, "ended the session start_failed"),
+            Err(e) => warn!(%session_id, error = %e, "left the session to the reaper"),
+        }
+    }
+    2
+}
+
+async fn registry(table: &str) -> Arc<dyn SessionRegistry> {
+    let client = switchboard_aws::dynamodb::client_from_env().await;
+    Arc::new(switchboard_aws::DynamoRegistry::new(
+        client,
+        table,
+        Arc::new(switchboard_core::SystemClock),
+    ))
+}
+
+async fn host<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> u8 {
+    match host_inner(launcher, env).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "the agent task failed");
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyhow::Result<u8> {
+    let registry = registry(&env.table).await;
+    let launcher = launcher.with_registry(registry.clone())?;
+    let session = registry
+        .get(&env.call_id, env.session_id)
+        .await
+        .context("reading the session row")?
+        .with_context(|| {
+            format!(
+                "session {} of call {} is not in table {}",
+                env.session_id, env.call_id, env.table
+            )
+        })?;
+    if session.status != SessionStatus::Starting {
+        info!(session_id = %session.id, status = %session.status, "the session is not starting; not joining");
+        return Ok(0);
+    }
+    if session.call_type != env.call_type {
+        warn!(row = %session.call_type, env = %env.call_type, "CALL_TYPE differs from the row; the row wins");
+    }
+    if let Some(arn) = task_arn().await
+        && session.task_arn.as_deref() != Some(arn.as_str())
+        && let Err(e) = registry
+            .attach_task(&session.call_id, session.id, &arn)
+            .await
+    {
+        warn!(error = %e, "could not record the task ARN");
+    }
+    let handle = match launcher.host_session(session).await {
+        Ok(handle) => handle,
+        // The supervisor has ended the row start_failed.
+        Err(e) => return Err(anyhow::Error::new(e).context("the agent could not start")),
+    };
+    info!(session_id = %handle.id(), call_id = %handle.call_id(), "agent created; joining");
+    let end = tokio::select! {
+        end = handle.wait() => Some(end),
+        () = crate::serve::shutdown_signal() => {
+            info!("draining: ending the session shutdown");
+            launcher.stop().await;
+            handle.end()
+        }
+    };
+    let Some(end) = end else {
+        return Ok(0);
+    };
+    info!(end_reason = %end.reason, detail = ?end.detail, "the session ended");
+    Ok(match end.reason {
+        // A lost lease (`written` false) is not a clean end either: the reaper finishes it.
+        EndReason::AgentFailed | EndReason::StartFailed | EndReason::LeaseExpired => 1,
+        _ => 0,
+    })
+}
+
+/// The task's ARN from the ECS task metadata endpoint (v4), when running on ECS.
+async fn task_arn() -> Option<String> {
+    let base = std::env::var("ECS_CONTAINER_METADATA_URI_V4").ok()?;
+    let fetch = async {
+        use http_body_util::BodyExt;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let uri: http::Uri = format!("{base}/task").parse().ok()?;
+        let response = client.get(uri).await.ok()?;
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        json["TaskARN"].as_str().map(str::to_owned)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), fetch).await {
+        Ok(Some(arn)) => Some(arn),
+        _ => {
+            warn!("ECS_CONTAINER_METADATA_URI_V4 is set but gave no task ARN");
+            None
+        }
+    }
+}
