@@ -133,3 +133,40 @@ fn a_typical_latency_touches_few_chunks_and_recording_does_not_allocate_after_wa
     });
     assert_eq!(steady, 0, "steady-state recording must not allocate");
 }
+
+/// The per-frame path (`on_video_frame_processed`) is safe to call for every video frame:
+/// after the first frame of each latency range, it allocates nothing, takes no lock (two
+/// threads record at once) and loses no sample.
+#[test]
+fn the_per_frame_path_allocates_nothing_and_loses_no_sample_across_threads() {
+    use std::sync::Arc;
+    use switchboard_core::MetricsRecorder;
+    use switchboard_core::metrics::{Counter, Latency};
+
+    let recorder = Arc::new(MetricsRecorder::new());
+    for ms in [15.0, 16.0, 17.0, 18.0] {
+        recorder.on_video_frame_processed(ms); // the chunks these frames land in
+    }
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let recorder = recorder.clone();
+            std::thread::spawn(move || {
+                let ((), bytes) = allocated_by(|| {
+                    for i in 0..200_000u32 {
+                        recorder.on_video_frame_processed(15.0 + f64::from(i % 4));
+                    }
+                });
+                bytes
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap(), 0, "a frame must not allocate");
+    }
+    let metrics = recorder.snapshot();
+    assert_eq!(metrics.total(Counter::VideoFramesProcessed), 400_004);
+    assert_eq!(
+        metrics.latency(Latency::VideoProcessingLatencyMs).count,
+        400_004
+    );
+}

@@ -364,3 +364,137 @@ async fn a_failing_run_task_under_cargo_lambda_watch_leaves_no_slot_taken() {
         "every slot given back"
     );
 }
+
+/// The agent binary (`demo-agent`, built with its `aws` feature by `cargo test --workspace
+/// --all-features`, next to this package's `api`).
+fn agent_binary() -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_api")).with_file_name("demo-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace's tests (./scripts/test), or `cargo build -p demo-agent --features aws` first",
+        path.display()
+    );
+    path
+}
+
+/// Plays Fargate for one `RunTask`: starts the agent binary's `task` with exactly the
+/// environment moto recorded in the task's container override.
+async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Child {
+    let described = ecs
+        .describe_tasks()
+        .cluster(cluster)
+        .tasks(arn)
+        .send()
+        .await
+        .unwrap();
+    let task = &described.tasks()[0];
+    let command: Vec<String> = vec!["task".into()];
+    let mut cmd = Command::new(agent_binary());
+    cmd.args(&command)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ENDPOINT_URL", switchboard_testkit::endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .env("DEMO_PARTICIPANT_SECONDS", "120")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    for kv in task.overrides().unwrap().container_overrides()[0].environment() {
+        cmd.env(kv.name().unwrap(), kv.value().unwrap());
+    }
+    cmd.spawn().expect("the agent binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serverless_path_end_to_end_with_the_test_playing_fargate() {
+    let stack = Stack::start(2, |vars| {
+        vars.insert("SWITCHBOARD_MAINTENANCE_INTERVAL", "1".into());
+    })
+    .await;
+    let ecs = switchboard_testkit::ecs_client();
+    let posted = Instant::now();
+    let created = stack.call("POST", "/calls/call-fargate/sessions", "").await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["session_id"].as_str().unwrap().to_owned();
+    let tasks = ecs
+        .list_tasks()
+        .cluster(&stack.cluster)
+        .started_by(&id)
+        .send()
+        .await
+        .unwrap();
+    let mut agent = play_fargate(&ecs, &stack.cluster, &tasks.task_arns()[0]).await;
+
+    let path = format!("/calls/call-fargate/sessions/{id}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.call("GET", &path, "").await.json()["status"] != "running" {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never reported running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "POST → running through the agent task: {:?}",
+        posted.elapsed()
+    );
+    // The agent's metrics reach the API once flushed (the demo agent answers its participant).
+    loop {
+        let metrics = stack
+            .call("GET", &format!("{path}/metrics"), "")
+            .await
+            .json();
+        if metrics["metrics"]["llm_latency_ms__count"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no metrics: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let closed_at = Instant::now();
+    assert_eq!(stack.call("DELETE", &path, "").await.status, 202);
+    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the agent task exits after the close")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    eprintln!(
+        "DELETE → agent process exit: {:?} (interval 1 s)",
+        closed_at.elapsed()
+    );
+    ecs.stop_task()
+        .cluster(&stack.cluster)
+        .task(&tasks.task_arns()[0])
+        .reason("Essential container in task exited")
+        .send()
+        .await
+        .unwrap();
+
+    let gone = stack.call("GET", &path, "").await;
+    assert_eq!(gone.status, 404, "ended sessions answer 404");
+    let history = stack
+        .call("GET", "/calls/call-fargate/sessions?include_ended=true", "")
+        .await
+        .json();
+    assert_eq!(history["sessions"][0]["end_reason"], "requested");
+    assert!(
+        history["sessions"][0]["metrics"]["llm_latency_ms__count"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "final metrics kept with the ended row"
+    );
+    let counts = registry(&stack.table)
+        .await
+        .counts(&CallId::parse("call-fargate").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((counts.global, counts.per_call), (0, 0), "slots released");
+}
