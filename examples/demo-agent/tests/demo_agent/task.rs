@@ -31,7 +31,7 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
-    /// Admits a session as the API does (one slot of a limit of 5).
+    /// Admits a session as the API does (one slot of a limit of 20).
     async fn admit(&self, call: &str, metadata: Option<Value>) -> Session {
         let request = StartRequest {
             session_id: switchboard_core::SessionId::generate(),
@@ -39,7 +39,7 @@ impl Fixture {
             call_type: CallType::default(),
             metadata: metadata.map(|m| Metadata::parse(m).unwrap()),
             idempotency: None,
-            max_concurrent_sessions: Some(5),
+            max_concurrent_sessions: Some(20),
             max_sessions_per_call: None,
             lease: Duration::from_secs(30),
         };
@@ -286,4 +286,68 @@ async fn a_lost_lease_stops_the_agent_before_it_expires() {
         row.lease_expires_at,
         before.heartbeat_at
     );
+}
+
+/// Measurement, not a check (run by hand, see docs/benchmarks.md):
+/// `cargo test -p demo-agent --features aws --test demo-agent measure_task -- --ignored --nocapture`
+/// with `SWITCHBOARD_TEST_DYNAMODB_ENDPOINT` set. Prints the idle task's RSS, start-to-join,
+/// and close → exit latency p50/p95 at interval 1 s and 5 s (10 tasks each, their heartbeat
+/// phases spread over the interval, all closed at one instant, every exit awaited at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run by hand"]
+async fn measure_task_rss_join_and_close_latency() {
+    let f = fixture().await;
+    let endpoint = switchboard_testkit::endpoint();
+    for interval in ["1", "5"] {
+        let mut sessions = Vec::new();
+        let mut children = Vec::new();
+        for i in 0..10 {
+            let s = f.admit(&format!("measure-{interval}-{i}"), None).await;
+            let child = f.task(
+                &s,
+                &endpoint,
+                &[
+                    ("DEMO_PARTICIPANT_SECONDS", "600"),
+                    ("SWITCHBOARD_MAINTENANCE_INTERVAL", interval),
+                ],
+            );
+            sessions.push(s);
+            children.push(child);
+            // Spread the heartbeat phases over the interval, as independent tasks have.
+            let secs: f64 = interval.parse().unwrap();
+            tokio::time::sleep(Duration::from_secs_f64(secs / 10.0)).await;
+        }
+        let mut joins = Vec::new();
+        for s in &sessions {
+            let row = f
+                .until(s, "running", |r| r.status == SessionStatus::Running)
+                .await;
+            joins.push(row.running_at.unwrap().saturating_since(row.created_at));
+        }
+        // Idle: joined, heartbeating, nobody talking.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let pid = children[0].id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS"))
+            .unwrap()
+            .to_owned();
+        // Close all at one instant; each exits at its own next heartbeat.
+        let asked = Instant::now();
+        for s in &sessions {
+            f.registry.request_close(&s.call_id, s.id).await.unwrap();
+        }
+        let mut closes = futures::future::join_all(children.iter_mut().map(|child| async move {
+            assert_eq!(exit_code(child).await, 0);
+            asked.elapsed()
+        }))
+        .await;
+        joins.sort();
+        closes.sort();
+        eprintln!(
+            "interval {interval} s: idle task {rss}; start→join p50 {:?} max {:?}; close→exit p50 {:?} p95 {:?}",
+            joins[4], joins[9], closes[4], closes[9]
+        );
+    }
 }
