@@ -20,6 +20,16 @@ import urllib.request
 import boto3
 
 
+def client(service: str, endpoint: str):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 def main() -> None:
     endpoint = sys.argv[1]
     body = json.dumps(
@@ -29,26 +39,14 @@ def main() -> None:
         f"{endpoint}/moto-api/state-manager/set-transition", data=body, method="POST"
     )
     urllib.request.urlopen(request, timeout=5)
-    ec2 = boto3.client(
-        "ec2",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    ec2 = client("ec2", endpoint)
     subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])
     subnet = sorted(s["SubnetId"] for s in subnets["Subnets"])[0]
     if len(sys.argv) < 4 or sys.argv[2] != "--cluster":
         print(subnet)
         return
     cluster = sys.argv[3]
-    ecs = boto3.client(
-        "ecs",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    ecs = client("ecs", endpoint)
     ecs.create_cluster(clusterName=cluster, capacityProviders=["FARGATE", "FARGATE_SPOT"])
     definition = ecs.register_task_definition(
         family=f"{cluster}-agent",

@@ -108,3 +108,61 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+/// The ARNs of the tasks `startedBy` a session (moto lists stopped tasks too unless asked).
+pub async fn tasks_started_by(
+    client: &aws_sdk_ecs::Client,
+    cluster: &str,
+    id: &str,
+) -> Vec<String> {
+    client
+        .list_tasks()
+        .cluster(cluster)
+        .started_by(id)
+        .send()
+        .await
+        .expect("list tasks")
+        .task_arns()
+        .to_vec()
+}
+
+/// How many tasks of the cluster are running.
+pub async fn running_tasks(client: &aws_sdk_ecs::Client, cluster: &str) -> usize {
+    client
+        .list_tasks()
+        .cluster(cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+        .send()
+        .await
+        .expect("list tasks")
+        .task_arns()
+        .len()
+}
+
+/// The environment of a task's (first) container override, as RunTask recorded it.
+pub async fn task_environment(
+    client: &aws_sdk_ecs::Client,
+    cluster: &str,
+    arn: &str,
+) -> std::collections::HashMap<String, String> {
+    let described = client
+        .describe_tasks()
+        .cluster(cluster)
+        .tasks(arn)
+        .send()
+        .await
+        .expect("describe tasks");
+    described.tasks()[0]
+        .overrides()
+        .expect("overrides")
+        .container_overrides()[0]
+        .environment()
+        .iter()
+        .map(|kv| {
+            (
+                kv.name().unwrap_or_default().to_owned(),
+                kv.value().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}

@@ -136,15 +136,10 @@ async fn a_start_runs_one_task_whose_overrides_carry_the_session() {
     assert_eq!(tags["switchboard:call-id"], "call-ecs");
 
     // Exactly one task for this session, found the way the reaper finds it.
-    let listed = f
-        .ecs
-        .list_tasks()
-        .cluster(&f.cluster)
-        .started_by(&id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(listed.task_arns(), [arn]);
+    assert_eq!(
+        support::tasks_started_by(&f.ecs, &f.cluster, &id).await,
+        [arn]
+    );
 }
 
 #[tokio::test]
@@ -161,16 +156,8 @@ async fn limits_hold_and_a_refused_start_runs_no_task() {
         f.start("call-c").await.unwrap_err(),
         Error::LimitReached(_)
     ));
-    let running = f
-        .ecs
-        .list_tasks()
-        .cluster(&f.cluster)
-        .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        running.task_arns().len(),
+        support::running_tasks(&f.ecs, &f.cluster).await,
         2,
         "one task per admitted session"
     );

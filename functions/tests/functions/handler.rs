@@ -87,36 +87,9 @@ async fn a_session_lifecycle_through_api_gateway_events() {
     assert_eq!(body["status"], "starting");
 
     // One RunTask, whose overrides carry the session (never its metadata).
-    let tasks = api
-        .ecs
-        .list_tasks()
-        .cluster(&api.cluster)
-        .started_by(&id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(tasks.task_arns().len(), 1);
-    let described = api
-        .ecs
-        .describe_tasks()
-        .cluster(&api.cluster)
-        .set_tasks(Some(tasks.task_arns().to_vec()))
-        .send()
-        .await
-        .unwrap();
-    let env: HashMap<String, String> = described.tasks()[0]
-        .overrides()
-        .unwrap()
-        .container_overrides()[0]
-        .environment()
-        .iter()
-        .map(|kv| {
-            (
-                kv.name().unwrap().to_owned(),
-                kv.value().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let tasks = switchboard_testkit::tasks_started_by(&api.ecs, &api.cluster, &id).await;
+    assert_eq!(tasks.len(), 1);
+    let env = switchboard_testkit::task_environment(&api.ecs, &api.cluster, &tasks[0]).await;
     assert_eq!(env["SESSION_ID"], id);
     assert_eq!(env["CALL_ID"], "call-1");
     assert!(

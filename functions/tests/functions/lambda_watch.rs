@@ -236,18 +236,7 @@ async fn the_api_under_cargo_lambda_watch_serves_sessions_from_dynamodb_and_ecs(
         .unwrap()
         .expect("the row");
     let arn = row.task_arn.clone().expect("the task ARN on the row");
-    let tasks = ecs
-        .describe_tasks()
-        .cluster(&stack.cluster)
-        .tasks(&arn)
-        .send()
-        .await
-        .unwrap();
-    let env: HashMap<&str, &str> = tasks.tasks()[0].overrides().unwrap().container_overrides()[0]
-        .environment()
-        .iter()
-        .map(|kv| (kv.name().unwrap(), kv.value().unwrap()))
-        .collect();
+    let env = switchboard_testkit::task_environment(&ecs, &stack.cluster, &arn).await;
     assert_eq!(env["SESSION_ID"], id);
     assert_eq!(env["CALL_ID"], "call-e2e");
     assert_eq!(env["TABLE_NAME"], stack.table);
@@ -313,15 +302,8 @@ async fn the_api_under_cargo_lambda_watch_serves_sessions_from_dynamodb_and_ecs(
     );
     let counts = registry.counts(&call).await.unwrap();
     assert_eq!(counts.global, 6, "the counter equals the live sessions");
-    let running = ecs
-        .list_tasks()
-        .cluster(&stack.cluster)
-        .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        running.task_arns().len(),
+        switchboard_testkit::running_tasks(&ecs, &stack.cluster).await,
         6,
         "one task per admitted session, none for refusals"
     );
@@ -380,17 +362,8 @@ fn agent_binary() -> PathBuf {
 /// Plays Fargate for one `RunTask`: starts the agent binary's `task` with exactly the
 /// environment moto recorded in the task's container override.
 async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Child {
-    let described = ecs
-        .describe_tasks()
-        .cluster(cluster)
-        .tasks(arn)
-        .send()
-        .await
-        .unwrap();
-    let task = &described.tasks()[0];
-    let command: Vec<String> = vec!["task".into()];
     let mut cmd = Command::new(agent_binary());
-    cmd.args(&command)
+    cmd.arg("task")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AWS_ENDPOINT_URL", switchboard_testkit::endpoint())
@@ -399,12 +372,10 @@ async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Ch
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("SWITCHBOARD_LOG_FORMAT", "json")
         .env("DEMO_PARTICIPANT_SECONDS", "120")
+        .envs(switchboard_testkit::task_environment(ecs, cluster, arn).await)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    for kv in task.overrides().unwrap().container_overrides()[0].environment() {
-        cmd.env(kv.name().unwrap(), kv.value().unwrap());
-    }
     cmd.spawn().expect("the agent binary")
 }
 
@@ -419,14 +390,8 @@ async fn the_serverless_path_end_to_end_with_the_test_playing_fargate() {
     let created = stack.call("POST", "/calls/call-fargate/sessions", "").await;
     assert_eq!(created.status, 201, "{created:?}");
     let id = created.json()["session_id"].as_str().unwrap().to_owned();
-    let tasks = ecs
-        .list_tasks()
-        .cluster(&stack.cluster)
-        .started_by(&id)
-        .send()
-        .await
-        .unwrap();
-    let mut agent = play_fargate(&ecs, &stack.cluster, &tasks.task_arns()[0]).await;
+    let tasks = switchboard_testkit::tasks_started_by(&ecs, &stack.cluster, &id).await;
+    let mut agent = play_fargate(&ecs, &stack.cluster, &tasks[0]).await;
 
     let path = format!("/calls/call-fargate/sessions/{id}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -471,7 +436,7 @@ async fn the_serverless_path_end_to_end_with_the_test_playing_fargate() {
     );
     ecs.stop_task()
         .cluster(&stack.cluster)
-        .task(&tasks.task_arns()[0])
+        .task(&tasks[0])
         .reason("Essential container in task exited")
         .send()
         .await
