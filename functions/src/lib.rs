@@ -5,6 +5,8 @@
 //! [`ApiConfig::from_env`], builds its clients once, and hands [`api_router`] to
 //! `lambda_http::run`.
 
+pub mod reaper;
+
 use std::sync::Arc;
 
 use axum::Router;

@@ -69,7 +69,7 @@ impl Stack {
         let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let watch = Command::new("cargo")
+        let mut watch = Command::new("cargo")
             .args([
                 "lambda",
                 "watch",
@@ -88,6 +88,12 @@ impl Stack {
             );
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if let Ok(Some(status)) = watch.try_wait() {
+                panic!(
+                    "`cargo lambda watch` exited ({status}): is cargo-lambda on PATH? \
+                     ./scripts/test installs it into .venv and puts .venv/bin first"
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "cargo lambda watch did not listen"

@@ -8,3 +8,4 @@ mod events;
 mod handler;
 mod iam;
 mod lambda_watch;
+mod reaper;
