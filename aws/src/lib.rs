@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub mod dynamodb;
 pub mod ecs;
+pub mod ecs_tasks;
 
 pub use dynamodb::DynamoRegistry;
 pub use ecs::{EcsLauncher, EcsSettings};

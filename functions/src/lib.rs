@@ -37,6 +37,9 @@ pub mod env {
     pub const CAPACITY_PROVIDERS: &str = "CAPACITY_PROVIDERS";
     /// Comma-separated CORS origins (default `*`, mirrored with credentials).
     pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
+    /// Seconds a `starting` session may wait for its task before the reaper ends it
+    /// (default 600).
+    pub const START_DEADLINE_SECONDS: &str = "START_DEADLINE_SECONDS";
 }
 
 /// A configuration error, naming the variable.
@@ -119,6 +122,30 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
     }
 }
 
+fn limits<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Limits, ConfigError> {
+    let mut options = LimitOptions {
+        max_concurrent_sessions: vars.parsed(limit_env::MAX_CONCURRENT_SESSIONS)?,
+        max_sessions_per_call: vars.parsed(limit_env::MAX_SESSIONS_PER_CALL)?,
+        max_session_duration_seconds: vars.parsed(limit_env::MAX_SESSION_DURATION_SECONDS)?,
+        session_lease_seconds: vars.parsed(limit_env::SESSION_LEASE_SECONDS)?,
+        ..LimitOptions::default()
+    };
+    if let Some(v) = vars.parsed(limit_env::AGENT_IDLE_TIMEOUT)? {
+        options.agent_idle_timeout = v;
+    }
+    if let Some(v) = vars.parsed(limit_env::MAINTENANCE_INTERVAL)? {
+        options.maintenance_interval = v;
+    }
+    if let Some(v) = vars.parsed(limit_env::SESSION_RETENTION_SECONDS)? {
+        options.session_retention = v;
+    }
+    Limits::new(options).map_err(|e| ConfigError::Invalid {
+        name: "SWITCHBOARD_*",
+        value: String::new(),
+        reason: e.to_string(),
+    })
+}
+
 impl ApiConfig {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -129,27 +156,7 @@ impl ApiConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(lookup);
         let table = vars.required(env::TABLE_NAME)?;
-        let mut options = LimitOptions {
-            max_concurrent_sessions: vars.parsed(limit_env::MAX_CONCURRENT_SESSIONS)?,
-            max_sessions_per_call: vars.parsed(limit_env::MAX_SESSIONS_PER_CALL)?,
-            max_session_duration_seconds: vars.parsed(limit_env::MAX_SESSION_DURATION_SECONDS)?,
-            session_lease_seconds: vars.parsed(limit_env::SESSION_LEASE_SECONDS)?,
-            ..LimitOptions::default()
-        };
-        if let Some(v) = vars.parsed(limit_env::AGENT_IDLE_TIMEOUT)? {
-            options.agent_idle_timeout = v;
-        }
-        if let Some(v) = vars.parsed(limit_env::MAINTENANCE_INTERVAL)? {
-            options.maintenance_interval = v;
-        }
-        if let Some(v) = vars.parsed(limit_env::SESSION_RETENTION_SECONDS)? {
-            options.session_retention = v;
-        }
-        let limits = Limits::new(options).map_err(|e| ConfigError::Invalid {
-            name: "SWITCHBOARD_*",
-            value: String::new(),
-            reason: e.to_string(),
-        })?;
+        let limits = limits(&vars)?;
         let assign_public_ip = match vars.optional(env::ASSIGN_PUBLIC_IP) {
             None => false,
             Some(v) => match v.trim().to_ascii_uppercase().as_str() {
@@ -201,6 +208,54 @@ impl ApiConfig {
             ecs,
             limits,
             cors,
+        })
+    }
+}
+
+/// The `reaper` function's configuration.
+#[derive(Debug, Clone)]
+pub struct ReaperConfig {
+    /// The registry's table.
+    pub table: String,
+    /// The agents' cluster.
+    pub cluster: String,
+    /// The agent container's name (its override names the session).
+    pub container: String,
+    /// Retention of ended rows.
+    pub limits: Limits,
+    /// How long a `starting` session may wait for its task.
+    pub start_deadline: std::time::Duration,
+}
+
+impl ReaperConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(lookup);
+        let seconds: Option<f64> = vars.parsed(env::START_DEADLINE_SECONDS)?;
+        let start_deadline = match seconds {
+            None => reaper::DEFAULT_START_DEADLINE,
+            Some(s) => std::time::Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: env::START_DEADLINE_SECONDS,
+                    value: s.to_string(),
+                    reason: "must be > 0".into(),
+                })?,
+        };
+        Ok(Self {
+            table: vars.required(env::TABLE_NAME)?,
+            cluster: vars.required(env::ECS_CLUSTER)?,
+            container: vars
+                .optional(env::AGENT_CONTAINER)
+                .unwrap_or_else(|| "agent".into()),
+            limits: limits(&vars)?,
+            start_deadline,
         })
     }
 }

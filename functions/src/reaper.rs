@@ -6,13 +6,22 @@
 //! the detail. Events repeat and arrive out of order: anything but STOPPED is ignored, and an
 //! already ended row is left as it is, so a session ends (and its slots are released) once.
 //!
-//! Work in progress for issue #8: the scheduled sweep and the Lambda binary come next.
+//! The second trigger, a schedule, runs [`sweep`]: live rows whose lease expired end
+//! `lease_expired` (their agent stopped itself before that, or is gone) and any task still
+//! attached is stopped; `starting` rows past their lease are checked against ECS first
+//! (PROVISIONING can last minutes): while a task exists and the start deadline has not
+//! passed they are left alone, otherwise their tasks are stopped and they end
+//! `start_failed`. Every end is guarded (`LeaseExpired`), so a row renewed meanwhile stays.
+
+use std::time::Duration;
 
 use serde_json::Value;
+use switchboard_aws::ecs_tasks::EcsTasks;
 use switchboard_core::registry::{EndGuard, EndOutcome, EndRequest};
 use switchboard_core::{
-    CallId, EndReason, Error, Limits, SessionId, SessionRegistry, SessionStatus,
+    CallId, Clock, EndReason, Error, Limits, Session, SessionId, SessionRegistry, SessionStatus,
 };
+use tracing::{info, warn};
 
 /// What a STOPPED event says about a session's task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,4 +166,129 @@ pub async fn end_stopped(
         }
     }
     Ok(Outcome::AlreadyEnded)
+}
+
+/// How long a `starting` session may wait for its task before the sweep gives up on it.
+pub const DEFAULT_START_DEADLINE: Duration = Duration::from_secs(600);
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Ended `lease_expired`.
+    pub lease_expired: u32,
+    /// Ended `start_failed` (no task, or past the start deadline).
+    pub start_failed: u32,
+    /// `starting` rows left alone: their task is still coming up.
+    pub still_starting: u32,
+    /// Tasks stopped.
+    pub tasks_stopped: u32,
+    /// Whether it stopped early (time budget) with work left for the next run.
+    pub incomplete: bool,
+}
+
+/// The sweep's dependencies.
+#[derive(Debug)]
+pub struct Sweeper<'a> {
+    /// The sessions.
+    pub registry: &'a dyn SessionRegistry,
+    /// The agents' tasks.
+    pub tasks: &'a EcsTasks,
+    /// Retention of the ended rows.
+    pub limits: &'a Limits,
+    /// How long a `starting` row may wait for its task.
+    pub start_deadline: Duration,
+    /// The time.
+    pub clock: &'a dyn Clock,
+}
+
+impl Sweeper<'_> {
+    /// Sweeps in pages of 100 until nothing is left or `budget` is spent (the next scheduled
+    /// run resumes: the work is found again from the live index).
+    pub async fn sweep(&self, budget: Duration) -> Result<SweepReport, Error> {
+        let until = tokio::time::Instant::now() + budget;
+        let mut report = SweepReport::default();
+        loop {
+            let expired = self.registry.expired_leases(100).await?;
+            let page = expired.len();
+            let mut progressed = false;
+            for session in expired {
+                if tokio::time::Instant::now() >= until {
+                    report.incomplete = true;
+                    return Ok(report);
+                }
+                progressed |= self.resolve(&session, &mut report).await?;
+            }
+            // A page of rows that are all still starting is no progress: they stay for the
+            // next run (otherwise the same page would come back forever).
+            if page < 100 || !progressed {
+                return Ok(report);
+            }
+        }
+    }
+
+    async fn resolve(&self, session: &Session, report: &mut SweepReport) -> Result<bool, Error> {
+        let id = session.id.to_string();
+        let (reason, detail) = if session.status == SessionStatus::Starting {
+            let tasks = self.tasks.live_tasks_started_by(&id).await?;
+            let age = self.clock.now().saturating_since(session.created_at);
+            if !tasks.is_empty() && age < self.start_deadline {
+                report.still_starting += 1;
+                return Ok(false);
+            }
+            for task in &tasks {
+                self.tasks
+                    .stop(
+                        &task.arn,
+                        "switchboard reaper: the agent did not start in time",
+                    )
+                    .await?;
+                report.tasks_stopped += 1;
+            }
+            let detail = if tasks.is_empty() {
+                "no agent task is running for this session".to_owned()
+            } else {
+                format!(
+                    "the agent task did not start within {:?}",
+                    self.start_deadline
+                )
+            };
+            (EndReason::StartFailed, detail)
+        } else {
+            if let Some(arn) = &session.task_arn {
+                self.tasks
+                    .stop(arn, "switchboard reaper: the session's lease expired")
+                    .await?;
+                report.tasks_stopped += 1;
+            }
+            (
+                EndReason::LeaseExpired,
+                "the agent stopped renewing its lease".to_owned(),
+            )
+        };
+        let request = EndRequest::new(reason)
+            .detail(detail)
+            .guard(EndGuard::LeaseExpired)
+            .retention(self.limits.session_retention());
+        match self
+            .registry
+            .end(&session.call_id, session.id, request)
+            .await
+        {
+            Ok(EndOutcome::Ended(_)) => {
+                info!(session_id = %session.id, call_id = %session.call_id, end_reason = %reason, "reaped");
+                match reason {
+                    EndReason::StartFailed => report.start_failed += 1,
+                    _ => report.lease_expired += 1,
+                }
+            }
+            Ok(EndOutcome::AlreadyEnded(_)) => {}
+            // Renewed or ended meanwhile.
+            Err(Error::Conflict(_) | Error::NotFound) => {}
+            Err(e) => {
+                warn!(session_id = %session.id, error = %e, "could not end an expired session");
+                return Err(e);
+            }
+        }
+        Ok(true)
+    }
 }

@@ -1,5 +1,6 @@
 //! Least privilege, checked offline: every AWS SDK call in the deployed code has its IAM
-//! action in template.yaml, and every action there is used by some call.
+//! action in the template's policy of the role that runs it (api function, reaper function,
+//! agent task), and every action there is used by some call of that role's code.
 //!
 //! The deployed code is `aws/src` and `functions/src` (the `api` binary links both), without
 //! the operator tools that run with the operator's own credentials (`aws/src/bin/`, and
@@ -53,57 +54,74 @@ fn pascal(snake: &str) -> String {
         .collect()
 }
 
-/// The IAM actions the deployed code needs, by what it calls: `("dynamodb", actions)` for the
-/// registry and `("all", actions)` for the api function.
-fn actions_in_code() -> (BTreeSet<String>, BTreeSet<String>) {
+/// The deployed source files (path, text).
+fn deployed() -> Vec<(String, String)> {
     let mut files = Vec::new();
     sources(&root().join("aws/src"), &mut files);
     sources(&root().join("functions/src"), &mut files);
+    files
+}
+
+/// What each role runs: the registry (every role), plus each function's own code.
+const REGISTRY: &[&str] = &["aws/src/dynamodb/"];
+const API: &[&str] = &[
+    "aws/src/dynamodb/",
+    "aws/src/ecs.rs",
+    "functions/src/lib.rs",
+    "functions/src/bin/api.rs",
+];
+const REAPER: &[&str] = &[
+    "aws/src/dynamodb/",
+    "aws/src/ecs_tasks.rs",
+    "functions/src/lib.rs",
+    "functions/src/reaper.rs",
+    "functions/src/bin/reaper.rs",
+];
+
+/// The IAM actions the SDK calls in `files` need.
+fn actions_in(files: &[(String, String)], owned: &[&str]) -> BTreeSet<String> {
     let call = Regex::new(r"client\s*\.\s*([a-z_]+)\s*\(").unwrap();
     let tx_item = Regex::new(r"\b(Put|Update|Delete|ConditionCheck|Get)::builder\(").unwrap();
-    let mut dynamodb = BTreeSet::new();
     let mut all = BTreeSet::new();
-    for (path, text) in &files {
+    for (path, text) in files
+        .iter()
+        .filter(|(path, _)| owned.iter().any(|o| path.starts_with(o)))
+    {
         for op in call.captures_iter(text).map(|c| c[1].to_owned()) {
             let service = if path.contains("dynamodb") {
                 "dynamodb"
-            } else if path.ends_with("ecs.rs") {
+            } else if path.ends_with("ecs.rs") || path.ends_with("ecs_tasks.rs") {
                 "ecs"
             } else {
                 panic!("{path}: an SDK call `{op}` of an unknown service: add it here");
             };
-            let mut needed = Vec::new();
             match (service, op.as_str()) {
                 // A transaction is authorized per item: PutItem, UpdateItem, DeleteItem,
                 // ConditionCheckItem, GetItem.
                 ("dynamodb", "transact_write_items" | "transact_get_items") => {
                     for item in tx_item.captures_iter(text) {
-                        needed.push(match &item[1] {
+                        all.insert(match &item[1] {
                             "ConditionCheck" => "dynamodb:ConditionCheckItem".to_owned(),
                             other => format!("dynamodb:{other}Item"),
                         });
                     }
                 }
                 ("ecs", "run_task") => {
-                    needed.push("ecs:RunTask".to_owned());
+                    all.insert("ecs:RunTask".to_owned());
                     // Tags at launch need TagResource (conditioned on RunTask); the task's
                     // two roles are passed to ECS.
                     if text.contains(".tags(") {
-                        needed.push("ecs:TagResource".to_owned());
+                        all.insert("ecs:TagResource".to_owned());
                     }
-                    needed.push("iam:PassRole".to_owned());
+                    all.insert("iam:PassRole".to_owned());
                 }
-                (service, op) => needed.push(format!("{service}:{}", pascal(op))),
-            }
-            for action in needed {
-                if action.starts_with("dynamodb:") {
-                    dynamodb.insert(action.clone());
+                (service, op) => {
+                    all.insert(format!("{service}:{}", pascal(op)));
                 }
-                all.insert(action);
             }
         }
     }
-    (dynamodb, all)
+    all
 }
 
 /// The actions granted in the template resource `name` (its block of lines).
@@ -130,24 +148,43 @@ fn actions_in_template(template: &str, name: &str) -> BTreeSet<String> {
 #[test]
 fn every_sdk_call_has_its_action_and_every_action_a_call() {
     let template = std::fs::read_to_string(root().join("template.yaml")).expect("template.yaml");
-    let (registry, api) = actions_in_code();
-    assert!(
-        api.contains("ecs:RunTask") && registry.contains("dynamodb:UpdateItem"),
-        "the scan found the calls: {api:?}"
-    );
-    let granted_api = actions_in_template(&template, "ApiFunction");
-    assert_eq!(
-        granted_api, api,
-        "ApiFunction's policy must grant exactly what the api code calls"
-    );
-    let granted_task = actions_in_template(&template, "AgentTaskRole");
-    assert_eq!(
-        granted_task, registry,
-        "AgentTaskRole must grant exactly the registry's DynamoDB actions"
-    );
-    for action in granted_api.iter().chain(&granted_task) {
-        assert!(!action.contains('*'), "no wildcard actions: {action}");
+    let files = deployed();
+    // Every deployed file that calls AWS belongs to some role's code.
+    let call = Regex::new(r"client\s*\.\s*[a-z_]+\s*\(").unwrap();
+    for (path, text) in &files {
+        if call.is_match(text) {
+            assert!(
+                [REGISTRY, API, REAPER]
+                    .iter()
+                    .any(|owned| owned.iter().any(|o| path.starts_with(o))),
+                "{path} calls AWS but belongs to no function: add it to API or REAPER"
+            );
+        }
     }
+    let registry = actions_in(&files, REGISTRY);
+    assert!(
+        registry.contains("dynamodb:UpdateItem"),
+        "the scan found the calls: {registry:?}"
+    );
+    for (resource, owned) in [
+        ("ApiFunction", API),
+        ("ReaperFunction", REAPER),
+        ("AgentTaskRole", REGISTRY),
+    ] {
+        let granted = actions_in_template(&template, resource);
+        let used = actions_in(&files, owned);
+        assert_eq!(
+            granted, used,
+            "{resource} must grant exactly what its code calls"
+        );
+        for action in &granted {
+            assert!(!action.contains('*'), "no wildcard actions: {action}");
+        }
+    }
+    let api = actions_in(&files, API);
+    assert!(api.contains("ecs:RunTask") && !api.contains("ecs:StopTask"));
+    let reaper = actions_in(&files, REAPER);
+    assert!(reaper.contains("ecs:StopTask") && !reaper.contains("ecs:RunTask"));
 }
 
 #[test]

@@ -160,3 +160,193 @@ async fn a_task_that_stopped_before_joining_ends_start_failed_and_an_unknown_row
         Outcome::Unknown
     );
 }
+
+mod sweep {
+    //! The scheduled sweep against moto (DynamoDB + ECS), on a manual clock for the leases.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use switchboard_aws::DynamoRegistry;
+    use switchboard_aws::ecs::{Capacity, EcsLauncher, EcsSettings};
+    use switchboard_aws::ecs_tasks::EcsTasks;
+    use switchboard_core::{
+        CallId, EndReason, Limits, ManualClock, Session, SessionRegistry, SessionStatus,
+        TaskLauncher, Timestamp,
+    };
+    use switchboard_functions::reaper::{SweepReport, Sweeper};
+
+    struct World {
+        clock: Arc<ManualClock>,
+        registry: DynamoRegistry,
+        launcher: EcsLauncher,
+        tasks: EcsTasks,
+        ecs: aws_sdk_ecs::Client,
+        cluster: String,
+        limits: Limits,
+    }
+
+    async fn world() -> World {
+        let clock = Arc::new(ManualClock::new(Timestamp::now_system()));
+        let client = switchboard_testkit::client().await;
+        let table = switchboard_testkit::table(&client).await;
+        let ecs = switchboard_testkit::ecs_client();
+        let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
+        let limits = Limits::default();
+        let launcher = EcsLauncher::new(
+            ecs.clone(),
+            EcsSettings {
+                cluster: cluster.clone(),
+                task_definition: definition,
+                container: "agent".into(),
+                subnets: vec![switchboard_testkit::subnet()],
+                security_groups: vec!["sg-0123456789abcdef0".into()],
+                assign_public_ip: false,
+                capacity: Capacity::Fargate,
+                table: table.clone(),
+                limits,
+                retry_budget: Duration::from_secs(3),
+            },
+        );
+        World {
+            registry: DynamoRegistry::new(client, table, clock.clone()),
+            clock,
+            launcher,
+            tasks: EcsTasks::new(ecs.clone(), cluster.clone()),
+            ecs,
+            cluster,
+            limits,
+        }
+    }
+
+    impl World {
+        async fn admit(&self, call: &str) -> Session {
+            super::admit(&self.registry, call).await
+        }
+        async fn launch(&self, session: &Session) -> String {
+            let arn = self
+                .launcher
+                .launch(session)
+                .await
+                .unwrap()
+                .task_arn
+                .unwrap();
+            self.registry
+                .attach_task(&session.call_id, session.id, &arn)
+                .await
+                .unwrap();
+            arn
+        }
+        async fn sweep(&self) -> SweepReport {
+            Sweeper {
+                registry: &self.registry,
+                tasks: &self.tasks,
+                limits: &self.limits,
+                start_deadline: Duration::from_secs(600),
+                clock: &*self.clock,
+            }
+            .sweep(Duration::from_secs(30))
+            .await
+            .unwrap()
+        }
+        async fn row(&self, s: &Session) -> Session {
+            self.registry.get(&s.call_id, s.id).await.unwrap().unwrap()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_leases_end_lease_expired_and_their_tasks_are_stopped() {
+        let w = world().await;
+        let dead = w.admit("call-dead").await;
+        w.registry
+            .mark_running(&dead.call_id, dead.id)
+            .await
+            .unwrap();
+        w.launch(&dead).await;
+        let alive = w.admit("call-alive").await;
+        w.registry
+            .mark_running(&alive.call_id, alive.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            w.sweep().await,
+            SweepReport::default(),
+            "nothing expired yet"
+        );
+
+        w.clock.advance(Duration::from_secs(31));
+        // The live one heartbeats; the dead one does not.
+        w.registry
+            .heartbeat(&alive.call_id, alive.id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let report = w.sweep().await;
+        assert_eq!(
+            (report.lease_expired, report.tasks_stopped),
+            (1, 1),
+            "{report:?}"
+        );
+        let row = w.row(&dead).await;
+        assert_eq!(row.end_reason, Some(EndReason::LeaseExpired));
+        assert_eq!(w.row(&alive).await.status, SessionStatus::Running);
+        assert_eq!(
+            switchboard_testkit::running_tasks(&w.ecs, &w.cluster).await,
+            0
+        );
+        let counts = w
+            .registry
+            .counts(&CallId::parse("call-dead").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (counts.global, counts.per_call),
+            (1, 0),
+            "one slot back; the live one kept"
+        );
+        assert_eq!(
+            w.sweep().await,
+            SweepReport::default(),
+            "a second sweep finds nothing"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn starting_rows_are_checked_against_ecs_before_they_end() {
+        let w = world().await;
+        let lost = w.admit("call-lost").await; // RunTask never happened (crash, ambiguous)
+        let slow = w.admit("call-slow").await; // its task is still coming up
+        w.launch(&slow).await;
+        w.clock.advance(Duration::from_secs(31));
+        let report = w.sweep().await;
+        assert_eq!(
+            (report.start_failed, report.still_starting),
+            (1, 1),
+            "{report:?}"
+        );
+        assert_eq!(w.row(&lost).await.end_reason, Some(EndReason::StartFailed));
+        assert_eq!(w.row(&slow).await.status, SessionStatus::Starting);
+
+        w.clock.advance(Duration::from_secs(600));
+        let report = w.sweep().await;
+        assert_eq!(
+            (report.start_failed, report.tasks_stopped),
+            (1, 1),
+            "{report:?}"
+        );
+        let row = w.row(&slow).await;
+        assert_eq!(row.end_reason, Some(EndReason::StartFailed));
+        assert!(row.end_detail.unwrap().contains("did not start within"));
+        assert_eq!(
+            switchboard_testkit::running_tasks(&w.ecs, &w.cluster).await,
+            0
+        );
+        assert_eq!(
+            w.registry
+                .counts(&CallId::parse("call-slow").unwrap())
+                .await
+                .unwrap()
+                .global,
+            0
+        );
+    }
+}

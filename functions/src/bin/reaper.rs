@@ -1,0 +1,84 @@
+//! The `reaper` Lambda function: ECS Task State Change STOPPED events (EventBridge rule) end
+//! their session once; a schedule sweeps expired leases and stuck starts. A failed invocation
+//! returns an error, so EventBridge retries it and then sends it to the dead-letter queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_http::lambda_runtime::{self, LambdaEvent, service_fn};
+use serde_json::{Value, json};
+use switchboard_aws::DynamoRegistry;
+use switchboard_aws::ecs_tasks::EcsTasks;
+use switchboard_core::SystemClock;
+use switchboard_functions::reaper::{Skipped, Sweeper, end_stopped, parse_stopped};
+use switchboard_functions::{ReaperConfig, init_logging};
+
+struct Reaper {
+    config: ReaperConfig,
+    registry: DynamoRegistry,
+    tasks: EcsTasks,
+}
+
+impl Reaper {
+    async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
+        let (payload, context) = event.into_parts();
+        if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
+            // Leave a margin before the function's own timeout.
+            let left = context
+                .deadline()
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            let budget = left.saturating_sub(Duration::from_secs(5));
+            let sweeper = Sweeper {
+                registry: &self.registry,
+                tasks: &self.tasks,
+                limits: &self.config.limits,
+                start_deadline: self.config.start_deadline,
+                clock: &SystemClock,
+            };
+            let report = sweeper.sweep(budget).await?;
+            tracing::info!(?report, "sweep done");
+            return Ok(json!({ "sweep": format!("{report:?}") }));
+        }
+        match parse_stopped(&payload, &self.config.container) {
+            Ok(stopped) => {
+                let outcome = end_stopped(&self.registry, &stopped, &self.config.limits).await?;
+                tracing::info!(session_id = %stopped.session_id, task_arn = %stopped.task_arn, ?outcome, "task stopped");
+                Ok(json!({ "outcome": format!("{outcome:?}") }))
+            }
+            Err(skipped @ (Skipped::NotStopped(_) | Skipped::OtherGroup(_))) => {
+                tracing::debug!(%skipped, "ignored");
+                Ok(json!({ "ignored": skipped.to_string() }))
+            }
+            Err(skipped) => {
+                tracing::warn!(%skipped, "an event the reaper cannot use");
+                Ok(json!({ "ignored": skipped.to_string() }))
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    init_logging();
+    let config = ReaperConfig::from_env().inspect_err(|e| {
+        tracing::error!(error = %e, "invalid configuration");
+    })?;
+    let sdk = switchboard_aws::sdk_config_from_env().await;
+    let registry = DynamoRegistry::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        config.table.clone(),
+        Arc::new(SystemClock),
+    );
+    let tasks = EcsTasks::new(switchboard_aws::ecs::client(&sdk), config.cluster.clone());
+    let reaper = Arc::new(Reaper {
+        config,
+        registry,
+        tasks,
+    });
+    lambda_runtime::run(service_fn(move |event| {
+        let reaper = reaper.clone();
+        async move { reaper.handle(event).await }
+    }))
+    .await
+}
