@@ -355,7 +355,7 @@ async fn a_failing_run_task_under_cargo_lambda_watch_leaves_no_slot_taken() {
 
 /// The agent binary (`demo-agent`, built with its `aws` feature by `cargo test --workspace
 /// --all-features`, next to this package's `api`).
-fn agent_binary() -> PathBuf {
+pub fn agent_binary() -> PathBuf {
     let path = std::path::Path::new(env!("CARGO_BIN_EXE_api")).with_file_name("demo-agent");
     assert!(
         path.exists(),
@@ -367,7 +367,7 @@ fn agent_binary() -> PathBuf {
 
 /// Plays Fargate for one `RunTask`: starts the agent binary's `task` with exactly the
 /// environment moto recorded in the task's container override.
-async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Child {
+pub async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Child {
     let mut cmd = Command::new(agent_binary());
     cmd.arg("task")
         .env_clear()
