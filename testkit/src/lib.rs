@@ -166,3 +166,25 @@ pub async fn task_environment(
         })
         .collect()
 }
+
+/// `EcsSettings` for a test cluster (Fargate, the emulator's subnet, any security group,
+/// 3 s of RunTask retries).
+pub fn ecs_settings(
+    cluster: &str,
+    task_definition: &str,
+    table: &str,
+    limits: switchboard_core::Limits,
+) -> switchboard_aws::EcsSettings {
+    switchboard_aws::EcsSettings {
+        cluster: cluster.to_owned(),
+        task_definition: task_definition.to_owned(),
+        container: "agent".into(),
+        subnets: vec![subnet()],
+        security_groups: vec!["sg-0123456789abcdef0".into()],
+        assign_public_ip: false,
+        capacity: switchboard_aws::ecs::Capacity::Fargate,
+        table: table.to_owned(),
+        limits,
+        retry_budget: std::time::Duration::from_secs(3),
+    }
+}

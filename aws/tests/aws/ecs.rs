@@ -4,10 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use switchboard_aws::DynamoRegistry;
-use switchboard_aws::ecs::{Capacity, EcsLauncher, EcsSettings, TASK_GROUP};
+use switchboard_aws::ecs::{EcsLauncher, TASK_GROUP};
 use switchboard_core::service::{self, StartSession};
 use switchboard_core::{
     CallId, EndReason, Error, LimitOptions, Limits, SessionRegistry, SessionStatus, SystemClock,
@@ -38,18 +37,12 @@ async fn fixture(task_definition: Option<&str>) -> Fixture {
     .unwrap();
     let launcher = EcsLauncher::new(
         ecs.clone(),
-        EcsSettings {
-            cluster: cluster.clone(),
-            task_definition: task_definition.map_or(definition, str::to_owned),
-            container: "agent".into(),
-            subnets: vec![support::subnet()],
-            security_groups: vec!["sg-0123456789abcdef0".into()],
-            assign_public_ip: false,
-            capacity: Capacity::Fargate,
-            table: table.clone(),
+        support::ecs_settings(
+            &cluster,
+            &task_definition.map_or(definition, str::to_owned),
+            &table,
             limits,
-            retry_budget: Duration::from_secs(3),
-        },
+        ),
     );
     Fixture {
         registry: DynamoRegistry::new(dynamodb, table, Arc::new(SystemClock)),

@@ -168,7 +168,7 @@ mod sweep {
     use std::time::Duration;
 
     use switchboard_aws::DynamoRegistry;
-    use switchboard_aws::ecs::{Capacity, EcsLauncher, EcsSettings};
+    use switchboard_aws::ecs::EcsLauncher;
     use switchboard_aws::ecs_tasks::EcsTasks;
     use switchboard_core::{
         CallId, EndReason, Limits, ManualClock, Session, SessionRegistry, SessionStatus,
@@ -201,18 +201,7 @@ mod sweep {
         let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
         let launcher = EcsLauncher::new(
             ecs.clone(),
-            EcsSettings {
-                cluster: cluster.clone(),
-                task_definition: definition,
-                container: "agent".into(),
-                subnets: vec![switchboard_testkit::subnet()],
-                security_groups: vec!["sg-0123456789abcdef0".into()],
-                assign_public_ip: false,
-                capacity: Capacity::Fargate,
-                table: table.clone(),
-                limits,
-                retry_budget: Duration::from_secs(3),
-            },
+            switchboard_testkit::ecs_settings(&cluster, &definition, &table, limits),
         );
         World {
             registry: DynamoRegistry::new(client, table, clock.clone()),
@@ -364,7 +353,7 @@ mod faults {
     use std::time::{Duration, Instant};
 
     use switchboard_aws::DynamoRegistry;
-    use switchboard_aws::ecs::{Capacity, EcsLauncher, EcsSettings};
+    use switchboard_aws::ecs::EcsLauncher;
     use switchboard_aws::ecs_tasks::EcsTasks;
     use switchboard_core::registry::{StartOutcome, StartRequest};
     use switchboard_core::{
@@ -388,18 +377,7 @@ mod faults {
         let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
         let launcher = EcsLauncher::new(
             ecs.clone(),
-            EcsSettings {
-                cluster: cluster.clone(),
-                task_definition: definition,
-                container: "agent".into(),
-                subnets: vec![switchboard_testkit::subnet()],
-                security_groups: vec!["sg-0123456789abcdef0".into()],
-                assign_public_ip: false,
-                capacity: Capacity::Fargate,
-                table,
-                limits,
-                retry_budget: Duration::from_secs(3),
-            },
+            switchboard_testkit::ecs_settings(&cluster, &definition, &table, limits),
         );
         let request = StartRequest {
             session_id: SessionId::generate(),
