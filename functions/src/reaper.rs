@@ -182,6 +182,8 @@ pub struct SweepReport {
     pub still_starting: u32,
     /// Tasks stopped.
     pub tasks_stopped: u32,
+    /// Sessions that could not be resolved this time (retried by the next run).
+    pub failed: u32,
     /// Whether it stopped early (time budget) with work left for the next run.
     pub incomplete: bool,
 }
@@ -216,7 +218,15 @@ impl Sweeper<'_> {
                     report.incomplete = true;
                     return Ok(report);
                 }
-                progressed |= self.resolve(&session, &mut report).await?;
+                // One session's failure (ECS throttling, a transient store error) must not
+                // block the others: it is found again by the next run.
+                match self.resolve(&session, &mut report).await {
+                    Ok(done) => progressed |= done,
+                    Err(e) => {
+                        warn!(session_id = %session.id, error = %e, "could not resolve an expired session; left for the next run");
+                        report.failed += 1;
+                    }
+                }
             }
             // A page of rows that are all still starting is no progress: they stay for the
             // next run (otherwise the same page would come back forever).
@@ -284,10 +294,7 @@ impl Sweeper<'_> {
             Ok(EndOutcome::AlreadyEnded(_)) => {}
             // Renewed or ended meanwhile.
             Err(Error::Conflict(_) | Error::NotFound) => {}
-            Err(e) => {
-                warn!(session_id = %session.id, error = %e, "could not end an expired session");
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
         Ok(true)
     }
