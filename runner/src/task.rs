@@ -155,15 +155,25 @@ async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyho
     {
         warn!(error = %e, "could not record the task ARN");
     }
-    let handle = match launcher.host_session(session).await {
-        Ok(handle) => handle,
-        // The supervisor has ended the row start_failed.
-        Err(e) => return Err(anyhow::Error::new(e).context("the agent could not start")),
+    // SIGTERM is handled from here on, also while the agent is still being created.
+    let shutdown = crate::serve::shutdown_signal();
+    tokio::pin!(shutdown);
+    let handle = tokio::select! {
+        hosted = launcher.host_session(session) => match hosted {
+            Ok(handle) => handle,
+            // The supervisor has ended the row start_failed.
+            Err(e) => return Err(anyhow::Error::new(e).context("the agent could not start")),
+        },
+        () = &mut shutdown => {
+            info!("draining before the agent joined: ending the session shutdown");
+            launcher.stop().await;
+            return Ok(0);
+        }
     };
     info!(session_id = %handle.id(), call_id = %handle.call_id(), "agent created; joining");
     let end = tokio::select! {
         end = handle.wait() => Some(end),
-        () = crate::serve::shutdown_signal() => {
+        () = &mut shutdown => {
             info!("draining: ending the session shutdown");
             launcher.stop().await;
             handle.end()
