@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_aws::DynamoRegistry;
+use switchboard_core::registry::{StartOutcome, StartRequest};
 use switchboard_core::{CallId, SessionId, SessionRegistry, SystemClock};
 use switchboard_testkit::http::{Reply, request};
 use tokio::process::{Child, Command};
@@ -60,6 +61,15 @@ async fn wait_for(addr: &str, path: &str, want: u16) {
 
 impl Stack {
     async fn start(
+        instances: usize,
+        edit: impl FnOnce(&mut HashMap<&'static str, String>),
+    ) -> Self {
+        Self::start_function(env!("CARGO_BIN_EXE_api"), instances, edit).await
+    }
+
+    /// Like [`Stack::start`], for any of the package's function binaries.
+    async fn start_function(
+        binary: &str,
         instances: usize,
         edit: impl FnOnce(&mut HashMap<&'static str, String>),
     ) -> Self {
@@ -117,7 +127,7 @@ impl Stack {
         for i in 0..instances {
             let log = dir.join(format!("api-{i}.log"));
             let file = std::fs::File::create(&log).expect("log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_api"))
+            let child = Command::new(binary)
                 .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
                 .env("AWS_LAMBDA_RUNTIME_API", format!("http://{addr}/.rt"))
                 .env("AWS_LAMBDA_FUNCTION_NAME", "_")
@@ -136,7 +146,9 @@ impl Stack {
             functions.push(child);
             logs.push(log);
         }
-        wait_for(&addr, "/lambda-url/_/health", 200).await;
+        if binary == env!("CARGO_BIN_EXE_api") {
+            wait_for(&addr, "/lambda-url/_/health", 200).await;
+        }
         let init = started.elapsed();
         Stack {
             addr,
@@ -468,4 +480,70 @@ async fn the_serverless_path_end_to_end_with_the_test_playing_fargate() {
         .await
         .unwrap();
     assert_eq!((counts.global, counts.per_call), (0, 0), "slots released");
+}
+
+/// Invokes the function with an event, as EventBridge does (the Lambda Invoke API of
+/// `cargo lambda watch`).
+async fn invoke(stack: &Stack, event: &Value) -> Value {
+    let reply = request(
+        &stack.addr,
+        "POST",
+        "/2015-03-31/functions/_/invocations",
+        &[("content-type", "application/json")],
+        &event.to_string(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_under_cargo_lambda_watch_ends_a_stopped_tasks_session_once_and_sweeps() {
+    let stack = Stack::start_function(env!("CARGO_BIN_EXE_reaper"), 1, |_| {}).await;
+    let registry = registry(&stack.table).await;
+    let call = CallId::parse("call-reaped").unwrap();
+    let StartOutcome::Created(session) = registry
+        .start(StartRequest {
+            session_id: SessionId::generate(),
+            call_id: call.clone(),
+            call_type: switchboard_core::CallType::default(),
+            metadata: None,
+            idempotency: None,
+            max_concurrent_sessions: Some(5),
+            max_sessions_per_call: None,
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    registry.mark_running(&call, session.id).await.unwrap();
+    let event: Value = serde_json::from_str(
+        &include_str!("../../../infra/events/ecs-task-state-change-stopped.json")
+            .replace("SESSION_ID_HERE", &session.id.to_string())
+            .replace("CALL_ID_HERE", call.as_str()),
+    )
+    .unwrap();
+    assert_eq!(
+        invoke(&stack, &event).await["outcome"],
+        "Ended(TaskStopped)"
+    );
+    assert_eq!(invoke(&stack, &event).await["outcome"], "AlreadyEnded");
+    let row = registry.get(&call, session.id).await.unwrap().unwrap();
+    assert_eq!(
+        row.end_reason,
+        Some(switchboard_core::EndReason::TaskStopped)
+    );
+    assert_eq!(registry.counts(&call).await.unwrap().global, 0);
+
+    let schedule: Value = serde_json::from_str(include_str!(
+        "../../../infra/events/eventbridge-schedule.json"
+    ))
+    .unwrap();
+    let swept = invoke(&stack, &schedule).await;
+    assert!(
+        swept["sweep"].as_str().unwrap().starts_with("SweepReport"),
+        "{swept}"
+    );
 }
