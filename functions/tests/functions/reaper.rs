@@ -347,7 +347,8 @@ mod sweep {
 }
 
 mod faults {
-    //! Faults with real processes: an agent task killed with SIGKILL mid-session.
+    //! Faults: an agent task killed with SIGKILL mid-session (a real process), and a
+    //! `RunTask` whose outcome stays unknown.
 
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -469,5 +470,96 @@ mod faults {
             0,
             "released once"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ambiguous_run_task_answers_503_leaves_the_row_starting_and_the_sweep_resolves_it() {
+        use aws_sdk_ecs::error::ErrorMetadata;
+        use aws_sdk_ecs::operation::run_task::RunTaskError;
+        use aws_sdk_ecs::types::error::ServerException;
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+        use switchboard_core::service::{self, StartSession};
+        use switchboard_core::{Error, ManualClock, Timestamp};
+
+        // moto cannot fail RunTask ambiguously: a mocked ECS answers 5xx every time.
+        let rule = mock!(aws_sdk_ecs::Client::run_task)
+            .sequence()
+            .error(|| {
+                RunTaskError::ServerException(
+                    ServerException::builder()
+                        .message("internal")
+                        .meta(ErrorMetadata::builder().code("ServerException").build())
+                        .build(),
+                )
+            })
+            .repeatedly()
+            .build();
+        let failing_ecs = mock_client!(aws_sdk_ecs, RuleMode::Sequential, [&rule]);
+        let clock = Arc::new(ManualClock::new(Timestamp::now_system()));
+        let client = switchboard_testkit::client().await;
+        let table = switchboard_testkit::table(&client).await;
+        let registry = DynamoRegistry::new(client, table.clone(), clock.clone());
+        let ecs = switchboard_testkit::ecs_client();
+        let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
+        let limits = Limits::default();
+        let mut settings = switchboard_testkit::ecs_settings(&cluster, &definition, &table, limits);
+        settings.retry_budget = Duration::from_millis(300);
+        let launcher = EcsLauncher::new(failing_ecs, settings);
+
+        let call = CallId::parse("call-unknown").unwrap();
+        let err = service::start_session(
+            &registry,
+            &launcher,
+            &limits,
+            call.clone(),
+            StartSession::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::Unavailable { .. }),
+            "503 + Retry-After: {err:?}"
+        );
+        assert!(rule.num_calls() >= 2, "retried with the same token");
+        let page = registry
+            .list(switchboard_core::registry::ListQuery {
+                call_id: Some(call.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.sessions.len(), 1);
+        assert_eq!(
+            page.sessions[0].session.status,
+            SessionStatus::Starting,
+            "left for the reaper"
+        );
+        assert_eq!(
+            registry.counts(&call).await.unwrap().global,
+            1,
+            "its slot is held meanwhile"
+        );
+
+        // Past its lease, the sweep asks ECS: no task was ever started → start_failed.
+        clock.advance(limits.session_lease() + Duration::from_secs(1));
+        let tasks = EcsTasks::new(ecs, cluster);
+        let report = Sweeper {
+            registry: &registry,
+            tasks: &tasks,
+            limits: &limits,
+            start_deadline: Duration::from_secs(600),
+            clock: &*clock,
+        }
+        .sweep(Duration::from_secs(10))
+        .await
+        .unwrap();
+        assert_eq!(report.start_failed, 1, "{report:?}");
+        let row = registry
+            .get(&call, page.sessions[0].session.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.end_reason, Some(EndReason::StartFailed));
+        assert_eq!(registry.counts(&call).await.unwrap().global, 0, "slot back");
     }
 }
