@@ -53,6 +53,10 @@ pub async fn client_from_env() -> Client {
     Client::new(&crate::sdk_config_from_env().await)
 }
 
+/// The condition of every write to a live row: it exists and has not ended (`:ended` bound
+/// to `"ended"`, `#st` to `status`). Never an upsert, never a resurrection.
+const LIVE_ROW: &str = "attribute_exists(PK) AND #st <> :ended";
+
 /// How long a transaction may be retried (conflicts, throttling) before it is `Unavailable`.
 pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -338,6 +342,27 @@ impl DynamoRegistry {
         }
     }
 
+    /// A conditional `UpdateItem` of a live row (it exists and has not ended), returning the
+    /// new row; a row that is missing or ended is `NotFound` or `Conflict`.
+    async fn update_live(
+        &self,
+        call_id: &CallId,
+        session_id: SessionId,
+        update: &str,
+        vals: &[(&str, AttributeValue)],
+        what: &'static str,
+    ) -> Result<Session> {
+        let mut vals = vals.to_vec();
+        vals.push((":ended", s("ended")));
+        match self
+            .update_session(call_id, session_id, update, LIVE_ROW, &vals, what)
+            .await?
+        {
+            Some(session) => Ok(session),
+            None => Err(self.not_live(call_id, session_id).await),
+        }
+    }
+
     fn counter_update(
         &self,
         pk: String,
@@ -574,21 +599,15 @@ impl SessionRegistry for DynamoRegistry {
         session_id: SessionId,
         task_arn: &str,
     ) -> Result<()> {
-        let vals = [(":arn", s(task_arn)), (":ended", s("ended"))];
-        match self
-            .update_session(
-                call_id,
-                session_id,
-                "SET task_arn = :arn",
-                "attribute_exists(PK) AND #st <> :ended",
-                &vals,
-                "UpdateItem attach_task",
-            )
-            .await?
-        {
-            Some(_) => Ok(()),
-            None => Err(self.not_live(call_id, session_id).await),
-        }
+        self.update_live(
+            call_id,
+            session_id,
+            "SET task_arn = :arn",
+            &[(":arn", s(task_arn))],
+            "UpdateItem attach_task",
+        )
+        .await
+        .map(|_| ())
     }
 
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
@@ -602,28 +621,21 @@ impl SessionRegistry for DynamoRegistry {
         let vals = [
             (":now", n(now.unix_micros())),
             (":lease", n((now + lease).unix_micros())),
-            (":ended", s("ended")),
         ];
-        let update = "SET heartbeat_at = :now, lease_expires_at = :lease";
-        let condition = "attribute_exists(PK) AND #st <> :ended";
-        match self
-            .update_session(
+        let session = self
+            .update_live(
                 call_id,
                 session_id,
-                update,
-                condition,
+                "SET heartbeat_at = :now, lease_expires_at = :lease",
                 &vals,
                 "UpdateItem heartbeat",
             )
-            .await?
-        {
-            Some(session) => Ok(Heartbeat {
-                close_requested: session.close_requested_at.is_some(),
-                lease_expires_at: session.lease_expires_at,
-                status: session.status,
-            }),
-            None => Err(self.not_live(call_id, session_id).await),
-        }
+            .await?;
+        Ok(Heartbeat {
+            close_requested: session.close_requested_at.is_some(),
+            lease_expires_at: session.lease_expires_at,
+            status: session.status,
+        })
     }
 
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
@@ -638,7 +650,7 @@ impl SessionRegistry for DynamoRegistry {
             ConditionCheck::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
-                .condition_expression("attribute_exists(PK) AND #st <> :ended")
+                .condition_expression(LIVE_ROW)
                 .set_expression_attribute_names(Some(names(&[("#st", "status")])))
                 .set_expression_attribute_values(Some(values(&[(":ended", s("ended"))])))
                 .build(),
@@ -665,28 +677,15 @@ impl SessionRegistry for DynamoRegistry {
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]
     async fn request_close(&self, call_id: &CallId, session_id: SessionId) -> Result<Session> {
         let now = self.clock.now();
-        let vals = [
-            (":now", n(now.unix_micros())),
-            (":closing", s("closing")),
-            (":ended", s("ended")),
-        ];
-        let update =
-            "SET close_requested_at = if_not_exists(close_requested_at, :now), #st = :closing";
-        let condition = "attribute_exists(PK) AND #st <> :ended";
-        match self
-            .update_session(
-                call_id,
-                session_id,
-                update,
-                condition,
-                &vals,
-                "UpdateItem request_close",
-            )
-            .await?
-        {
-            Some(session) => Ok(session),
-            None => Err(self.not_live(call_id, session_id).await),
-        }
+        let vals = [(":now", n(now.unix_micros())), (":closing", s("closing"))];
+        self.update_live(
+            call_id,
+            session_id,
+            "SET close_requested_at = if_not_exists(close_requested_at, :now), #st = :closing",
+            &vals,
+            "UpdateItem request_close",
+        )
+        .await
     }
 
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id, reason = %request.reason), err(level = "debug"))]
