@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_demo-agent");
@@ -49,29 +49,18 @@ pub async fn read_until(
 }
 
 pub async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    http_with(addr, method, path, "").await
+    http_with(addr, method, path, &[]).await
 }
 
-/// Like [`http`], with extra header lines (each ending in `\r\n`).
-pub async fn http_with(addr: &str, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: 0\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        raw.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
+/// Like [`http`], with extra headers.
+pub async fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let reply = switchboard_testkit::http::request(addr, method, path, headers, "").await;
+    (reply.status, reply.body)
 }
 
 pub async fn sigterm(child: &Child) {

@@ -17,21 +17,8 @@ const ENV: [(&str, &str); 5] = [
     ("DEMO_PARTICIPANT_SECONDS", "3600"),
 ];
 
-async fn table(endpoint: &str) -> String {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "testing", "testing", None, None, "static",
-        ))
-        .build();
-    let client = aws_sdk_dynamodb::Client::from_conf(config);
-    let name = format!("switchboard-cluster-{}", uuid::Uuid::now_v7().simple());
-    switchboard_aws::dynamodb::create_table(&client, &name)
-        .await
-        .unwrap();
-    name
+async fn table() -> String {
+    switchboard_testkit::table(&switchboard_testkit::client().await).await
 }
 
 struct Node {
@@ -92,14 +79,15 @@ async fn start_many(
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let (addr, call) = (nodes[i % nodes.len()].to_owned(), calls(i));
-            let key = format!("Idempotency-Key: {run}-{i}\r\n");
+            let key = format!("{run}-{i}");
             tokio::spawn(async move {
                 let path = format!("/calls/{call}/sessions");
                 // A client retries 503 + Retry-After; the emulator is one Python process, so
                 // give it a minute of retries rather than a count.
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
-                    let (status, body) = http_with(&addr, "POST", &path, &key).await;
+                    let (status, body) =
+                        http_with(&addr, "POST", &path, &[("Idempotency-Key", &key)]).await;
                     if status != 503 || Instant::now() > deadline {
                         return (i % 2, status, body);
                     }
@@ -117,10 +105,8 @@ async fn start_many(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_nodes_on_one_table_share_limits_and_close_each_others_sessions() {
-    let endpoint = std::env::var("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT").expect(
-        "SWITCHBOARD_TEST_DYNAMODB_ENDPOINT is not set: run ./scripts/test, which starts moto",
-    );
-    let table = table(&endpoint).await;
+    let endpoint = switchboard_testkit::endpoint();
+    let table = table().await;
     let mut a = node(&endpoint, &table).await;
     let mut b = node(&endpoint, &table).await;
     let nodes = [a.addr.as_str(), b.addr.as_str()];
