@@ -10,13 +10,15 @@ use tokio::net::TcpListener;
 
 use crate::support::{Gates, gated_launcher, http, until_status};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_is_503_while_warming_up_then_200() {
-    let gates = Arc::new(Gates {
-        hold_warmup: true,
-        ..Default::default()
-    });
-    let launcher = gated_launcher(gates.clone()).build().unwrap();
+/// `serve_on` on a free loopback port in a task; sending on the returned channel shuts it
+/// down.
+async fn spawn_server<A: switchboard_agent_task::Agent>(
+    launcher: switchboard_agent_task::AgentLauncher<A>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -28,6 +30,17 @@ async fn ready_is_503_while_warming_up_then_200() {
             let _ = stopped.await;
         },
     ));
+    (addr, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_warming_up_then_200() {
+    let gates = Arc::new(Gates {
+        hold_warmup: true,
+        ..Default::default()
+    });
+    let launcher = gated_launcher(gates.clone()).build().unwrap();
+    let (addr, stop, server) = spawn_server(launcher).await;
     assert_eq!(
         http(addr, "GET", "/health", None).await.0,
         200,
@@ -50,17 +63,7 @@ async fn shutdown_turns_ready_503_closes_sessions_with_shutdown_then_stops() {
     });
     let launcher = gated_launcher(gates.clone()).build().unwrap();
     let registry = launcher.registry();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(
-        launcher,
-        ServeOptions::default(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = spawn_server(launcher).await;
     until_status(addr, "/ready", 200).await;
     let (status, body) = http(addr, "POST", "/calls/call-1/sessions", Some("{}")).await;
     assert_eq!(status, 201, "{body}");
@@ -118,17 +121,7 @@ async fn ready_is_503_while_the_registry_does_not_answer() {
         .registry(registry.clone())
         .build()
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(
-        launcher,
-        ServeOptions::default(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = spawn_server(launcher).await;
     until_status(addr, "/ready", 200).await;
     registry
         .outage
