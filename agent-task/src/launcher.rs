@@ -263,7 +263,14 @@ impl<A: Agent> Shared<A> {
             };
             let batch = expired.len();
             for session in expired {
-                let request = EndRequest::new(EndReason::LeaseExpired)
+                // A session whose agent never joined failed to start; the others ran.
+                let reason = if session.joined() {
+                    EndReason::LeaseExpired
+                } else {
+                    EndReason::StartFailed
+                };
+                let request = EndRequest::new(reason)
+                    .detail("its node stopped renewing the lease")
                     .guard(EndGuard::LeaseExpired)
                     .retention(self.limits.session_retention());
                 match self
@@ -272,7 +279,7 @@ impl<A: Agent> Shared<A> {
                     .await
                 {
                     Ok(_) => {
-                        info!(session_id = %session.id, call_id = %session.call_id, "ended a session whose lease expired")
+                        info!(session_id = %session.id, call_id = %session.call_id, end_reason = %reason, "ended a session whose lease expired")
                     }
                     // Renewed or ended meanwhile: nothing to do.
                     Err(Error::Conflict(_) | Error::NotFound) => {}

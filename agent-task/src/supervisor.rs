@@ -105,6 +105,42 @@ impl Maintenance {
         (self.clock.now() >= self.lease_deadline()).then_some(Exit::LeaseLost)
     }
 
+    /// Renews the lease before anything else, for a session hosted long after its admission
+    /// (an ECS task: Fargate provisioning can outlast the lease). Retried for up to a lease
+    /// less an interval; meanwhile the reaper leaves a `starting` row alone while its task
+    /// exists, and a row it ended makes the heartbeat fail (`EndedElsewhere`).
+    async fn renew_first(&mut self) -> Result<(), Exit> {
+        let interval = self.limits.maintenance_interval();
+        let give_up = self.clock.now() + self.limits.session_lease().saturating_sub(interval);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let now = self.clock.now();
+            let attempt = tokio::time::timeout(
+                give_up.saturating_since(now),
+                self.registry.heartbeat(
+                    &self.call_id,
+                    self.session_id,
+                    self.limits.session_lease(),
+                ),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(hb)) => {
+                    self.lease_expires_at = hb.lease_expires_at;
+                    self.next_heartbeat = now + interval;
+                    return Ok(());
+                }
+                Ok(Err(Error::NotFound | Error::Conflict(_))) => return Err(Exit::EndedElsewhere),
+                Ok(Err(e)) if self.clock.now() + backoff < give_up => {
+                    warn!(session_id = %self.session_id, error = %e, "could not renew the lease at startup; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(interval);
+                }
+                _ => return Err(Exit::LeaseLost),
+            }
+        }
+    }
+
     async fn flush(&mut self, metrics: &MetricsRecorder) {
         let version = metrics.version();
         if version == self.flushed_version {
@@ -182,6 +218,32 @@ pub(crate) async fn supervise<A: Agent>(
         session: &session,
         signals: signals.clone(),
     };
+
+    // Hosted after admission (an ECS task coming up): the first heartbeat leaves at least an
+    // interval of retries before the lease deadline, and a lease with less than that left is
+    // renewed first (or the agent would find it spent and give up at once).
+    let interval = limits.maintenance_interval();
+    let now = shared.clock.now();
+    maintenance.next_heartbeat = maintenance
+        .next_heartbeat
+        .min(maintenance.lease_deadline() - interval);
+    if maintenance.lease_deadline() <= now + interval
+        && let Err(exit) = maintenance.renew_first().await
+    {
+        let (reason, detail, write) = match exit {
+            Exit::EndedElsewhere => (EndReason::Requested, None, false),
+            _ => (
+                EndReason::StartFailed,
+                Some("could not renew the session's lease at startup".to_owned()),
+                true,
+            ),
+        };
+        let _ = created.send(match &detail {
+            None => Ok(()),
+            Some(d) => Err(anyhow::anyhow!("{d}")),
+        });
+        return Box::pin(finisher.finish(None, None, reason, detail, &maintenance, write)).await;
+    }
 
     // Phase 1: create and warm up the agent, renewing the lease meanwhile.
     let metadata = match read_metadata(&shared, &session, maintenance.lease_deadline()).await {

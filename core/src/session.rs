@@ -228,6 +228,12 @@ impl Session {
         self.status == SessionStatus::Ended
     }
 
+    /// Whether its agent ever joined the call (marked it `running`). A session closed while
+    /// `starting` never joins: its agent, if it comes up, leaves at once.
+    pub fn joined(&self) -> bool {
+        self.running_at.is_some()
+    }
+
     /// Whether a close has been requested and not yet carried out.
     pub fn close_requested(&self) -> bool {
         self.close_requested_at.is_some() && !self.is_ended()

@@ -1,14 +1,15 @@
 //! The reaper's first trigger: ECS "Task State Change" events with `lastStatus` STOPPED.
 //!
 //! The row is found from the event's container override (`CALL_ID`, `SESSION_ID`, exactly as
-//! `EcsLauncher` set them). A row still `starting` ends `start_failed`, any other live row
-//! `task_stopped`, with the stopped reason, stop code and the agent container's exit code as
+//! `EcsLauncher` set them). A row whose agent never joined (still `starting`, or closed while
+//! starting) ends `start_failed`, any other live row `task_stopped`, with the stopped reason, stop code and the agent container's exit code as
 //! the detail. Events repeat and arrive out of order: anything but STOPPED is ignored, and an
 //! already ended row is left as it is, so a session ends (and its slots are released) once.
 //!
 //! The second trigger, a schedule, runs [`sweep`]: live rows whose lease expired end
 //! `lease_expired` (their agent stopped itself before that, or is gone) and any task still
-//! attached is stopped; `starting` rows past their lease are checked against ECS first
+//! attached is stopped; rows whose agent never joined (`starting`, or closed while starting)
+//! past their lease are checked against ECS first
 //! (PROVISIONING can last minutes): while a task exists and the start deadline has not
 //! passed they are left alone, otherwise their tasks are stopped and they end
 //! `start_failed`. Every end is guarded (`LeaseExpired`), so a row renewed meanwhile stays.
@@ -145,6 +146,8 @@ pub async fn end_stopped(
         let (reason, guard) = match row.status {
             SessionStatus::Ended => return Ok(Outcome::AlreadyEnded),
             SessionStatus::Starting => (EndReason::StartFailed, EndGuard::Starting),
+            // Closed before its agent joined: it never can now, and its task is gone.
+            SessionStatus::Closing if !row.joined() => (EndReason::StartFailed, EndGuard::Always),
             SessionStatus::Running | SessionStatus::Closing => {
                 (EndReason::TaskStopped, EndGuard::Always)
             }
@@ -238,7 +241,9 @@ impl Sweeper<'_> {
 
     async fn resolve(&self, session: &Session, report: &mut SweepReport) -> Result<bool, Error> {
         let id = session.id.to_string();
-        let (reason, detail) = if session.status == SessionStatus::Starting {
+        // A session closed while starting is still waiting for its task (whose agent will
+        // see the close and leave): it is resolved like a starting one, against ECS.
+        let (reason, detail) = if !session.joined() {
             let tasks = self.tasks.live_tasks_started_by(&id).await?;
             let age = self.clock.now().saturating_since(session.created_at);
             if !tasks.is_empty() && age < self.start_deadline {

@@ -299,7 +299,13 @@ fn task_main<A: Agent>(
     args: TaskArgs,
 ) -> u8 {
     match runtime() {
-        Ok(rt) => rt.block_on(crate::task::run(launcher, args)),
+        Ok(rt) => {
+            let code = rt.block_on(crate::task::run(launcher, args));
+            // The session is over (ended, or left to the reaper): exit now rather than wait
+            // for abandoned requests; the slot may already be someone else's.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            code
+        }
         Err(e) => fail(1, &e),
     }
 }

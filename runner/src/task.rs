@@ -5,8 +5,9 @@
 //!    `SWITCHBOARD_*` supervisor settings); an error names the variable and exits 2. When the
 //!    row can still be identified and is `starting`, it is ended `start_failed` first (its
 //!    slots come back at once); otherwise the reaper resolves it.
-//! 2. The row is read; anything but `starting` (a close already ended it, the reaper resolved
-//!    it) exits 0 without joining. The task ARN comes from `ECS_CONTAINER_METADATA_URI_V4`
+//! 2. The row is read. A session closed while it was starting is ended `requested` here (the
+//!    agent never joins); anything else but `starting` (a close already ended it, the reaper
+//!    resolved it) exits 0 without joining. The task ARN comes from `ECS_CONTAINER_METADATA_URI_V4`
 //!    when present.
 //! 3. The launcher hosts the session: the metadata is read once, the agent is created and
 //!    joins; the first write is the conditional `starting → running` (if it fails, the agent
@@ -116,6 +117,33 @@ async fn registry(table: &str) -> Arc<dyn SessionRegistry> {
     ))
 }
 
+/// Reads the session's row, riding out a store outage for as long as a lease lasts (less an
+/// interval): a task that comes up during a blip still hosts its session. A row whose lease
+/// expired meanwhile may have been resolved by the reaper; that is read from the row.
+async fn read_row(
+    registry: &dyn SessionRegistry,
+    env: &TaskEnv,
+    limits: &switchboard_core::Limits,
+) -> Result<Option<switchboard_core::Session>, switchboard_core::Error> {
+    let give_up = tokio::time::Instant::now()
+        + limits
+            .session_lease()
+            .saturating_sub(limits.maintenance_interval());
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        match registry.get(&env.call_id, env.session_id).await {
+            Err(e @ switchboard_core::Error::Unavailable { .. })
+                if tokio::time::Instant::now() + backoff < give_up =>
+            {
+                warn!(error = %e, "could not read the session row; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(limits.maintenance_interval());
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn host<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> u8 {
     match host_inner(launcher, env).await {
         Ok(code) => code,
@@ -130,8 +158,7 @@ async fn host<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> u8 {
 async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyhow::Result<u8> {
     let registry = registry(&env.table).await;
     let launcher = launcher.with_registry(registry.clone())?;
-    let session = registry
-        .get(&env.call_id, env.session_id)
+    let session = read_row(&*registry, &env, launcher.limits())
         .await
         .context("reading the session row")?
         .with_context(|| {
@@ -140,6 +167,18 @@ async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyho
                 env.session_id, env.call_id, env.table
             )
         })?;
+    if session.status == SessionStatus::Closing && !session.joined() {
+        // Closed before its agent came up: honour the close now (its slots come back with
+        // this write) rather than leave it to the reaper as a failed start.
+        info!(session_id = %session.id, "the session was closed before its agent joined; ending it requested");
+        let request = EndRequest::new(EndReason::Requested)
+            .detail("closed before its agent joined")
+            .retention(launcher.limits().session_retention());
+        if let Err(e) = registry.end(&session.call_id, session.id, request).await {
+            warn!(error = %e, "could not end the closed session; the reaper will when this task stops");
+        }
+        return Ok(0);
+    }
     if session.status != SessionStatus::Starting {
         info!(session_id = %session.id, status = %session.status, "the session is not starting; not joining");
         return Ok(0);

@@ -224,33 +224,51 @@ async fn the_lease_sweep_ends_sessions_whose_node_vanished() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let registry: Arc<dyn SessionRegistry> =
         Arc::new(switchboard_core::MemoryRegistry::new(clock.clone()));
-    // A "dead node": a session admitted in the shared registry that nobody supervises.
-    let dead = match registry
-        .start(switchboard_core::conformance::request(&call("orphan")))
-        .await
-        .unwrap()
-    {
-        switchboard_core::registry::StartOutcome::Created(s) => s,
-        other => panic!("{other:?}"),
-    };
-    let (_launcher, _) = started(|b| b.clock(clock.clone()).registry(registry.clone())).await;
-    tokio::time::sleep(Duration::from_secs(29)).await;
-    assert_eq!(
-        registry
-            .get(&call("orphan"), dead.id)
+    // A "dead node": sessions admitted in the shared registry that nobody supervises, one
+    // whose agent had joined (running) and one still starting.
+    let mut orphans = Vec::new();
+    for name in ["orphan-running", "orphan-starting"] {
+        match registry
+            .start(switchboard_core::conformance::request(&call(name)))
             .await
             .unwrap()
-            .unwrap()
-            .status,
-        SessionStatus::Starting
-    );
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let row = registry
-        .get(&call("orphan"), dead.id)
+        {
+            switchboard_core::registry::StartOutcome::Created(s) => orphans.push(s),
+            other => panic!("{other:?}"),
+        }
+    }
+    registry
+        .mark_running(&orphans[0].call_id, orphans[0].id)
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(row.end_reason, Some(EndReason::LeaseExpired));
+    let (_launcher, _) = started(|b| b.clock(clock.clone()).registry(registry.clone())).await;
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    for orphan in &orphans {
+        let row = registry
+            .get(&orphan.call_id, orphan.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!row.is_ended(), "the lease still holds: {row:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut reasons = Vec::new();
+    for orphan in &orphans {
+        let row = registry
+            .get(&orphan.call_id, orphan.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(row.ended_at.unwrap() >= row.lease_expires_at, "{row:?}");
+        reasons.push(row.end_reason);
+    }
+    // The agent that joined ran until its node vanished; the other never started.
+    assert_eq!(
+        reasons,
+        [Some(EndReason::LeaseExpired), Some(EndReason::StartFailed)]
+    );
+    let counts = registry.counts(&orphans[0].call_id).await.unwrap();
+    assert_eq!(counts.global, 0, "both slots released");
 }
 
 #[tokio::test(start_paused = true)]

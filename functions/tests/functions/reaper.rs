@@ -152,6 +152,19 @@ async fn a_task_that_stopped_before_joining_ends_start_failed_and_an_unknown_row
     assert_eq!(row.status, SessionStatus::Ended);
     assert_eq!(registry.counts(&starting.call_id).await.unwrap().global, 0);
 
+    // Closed while starting (the chaos test found these ended task_stopped, as if they had
+    // run): the agent never joined, so its task stopping is a failed start.
+    let closed = admit(&registry, "call-s").await;
+    registry
+        .request_close(&closed.call_id, closed.id)
+        .await
+        .unwrap();
+    let stopped = parse_stopped(&event(&closed, "STOPPED"), "agent").unwrap();
+    assert_eq!(
+        end_stopped(&registry, &stopped, &limits).await.unwrap(),
+        Outcome::Ended(EndReason::StartFailed)
+    );
+
     let mut ghost = starting.clone();
     ghost.id = SessionId::generate();
     let stopped = parse_stopped(&event(&ghost, "STOPPED"), "agent").unwrap();
@@ -311,26 +324,47 @@ mod sweep {
         let lost = w.admit("call-lost").await; // RunTask never happened (crash, ambiguous)
         let slow = w.admit("call-slow").await; // its task is still coming up
         w.launch(&slow).await;
+        // Closed while starting: the same two cases (the chaos test found these ended
+        // lease_expired without a look at ECS, their provisioning task left running).
+        let closed_lost = w.admit("call-lost").await;
+        let closed_slow = w.admit("call-slow").await;
+        w.launch(&closed_slow).await;
+        for s in [&closed_lost, &closed_slow] {
+            w.registry.request_close(&s.call_id, s.id).await.unwrap();
+        }
         w.clock.advance(Duration::from_secs(31));
         let report = w.sweep().await;
         assert_eq!(
-            (report.start_failed, report.still_starting),
-            (1, 1),
+            (
+                report.start_failed,
+                report.still_starting,
+                report.lease_expired
+            ),
+            (2, 2, 0),
             "{report:?}"
         );
         assert_eq!(w.row(&lost).await.end_reason, Some(EndReason::StartFailed));
+        assert_eq!(
+            w.row(&closed_lost).await.end_reason,
+            Some(EndReason::StartFailed)
+        );
         assert_eq!(w.row(&slow).await.status, SessionStatus::Starting);
+        assert_eq!(w.row(&closed_slow).await.status, SessionStatus::Closing);
+        // Its agent, once up, sees the close and leaves (`requested`); if it never comes up,
+        // past the start deadline its task is stopped like the other's.
 
         w.clock.advance(Duration::from_secs(600));
         let report = w.sweep().await;
         assert_eq!(
             (report.start_failed, report.tasks_stopped),
-            (1, 1),
+            (2, 2),
             "{report:?}"
         );
-        let row = w.row(&slow).await;
-        assert_eq!(row.end_reason, Some(EndReason::StartFailed));
-        assert!(row.end_detail.unwrap().contains("did not start within"));
+        for s in [&slow, &closed_slow] {
+            let row = w.row(s).await;
+            assert_eq!(row.end_reason, Some(EndReason::StartFailed));
+            assert!(row.end_detail.unwrap().contains("did not start within"));
+        }
         assert_eq!(
             switchboard_testkit::running_tasks(&w.ecs, &w.cluster).await,
             0

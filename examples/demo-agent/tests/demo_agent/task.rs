@@ -10,6 +10,7 @@ use switchboard_aws::DynamoRegistry;
 use switchboard_core::registry::{StartOutcome, StartRequest};
 use switchboard_core::{
     CallId, CallType, EndReason, Metadata, Session, SessionRegistry, SessionStatus, SystemClock,
+    Timestamp,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -33,6 +34,16 @@ async fn fixture() -> Fixture {
 impl Fixture {
     /// Admits a session as the API does (one slot of a limit of 20).
     async fn admit(&self, call: &str, metadata: Option<Value>) -> Session {
+        self.admit_with_lease(call, metadata, Duration::from_secs(30))
+            .await
+    }
+
+    async fn admit_with_lease(
+        &self,
+        call: &str,
+        metadata: Option<Value>,
+        lease: Duration,
+    ) -> Session {
         let request = StartRequest {
             session_id: switchboard_core::SessionId::generate(),
             call_id: CallId::parse(call).unwrap(),
@@ -41,7 +52,7 @@ impl Fixture {
             idempotency: None,
             max_concurrent_sessions: Some(20),
             max_sessions_per_call: None,
-            lease: Duration::from_secs(30),
+            lease,
         };
         match self.registry.start(request).await.unwrap() {
             StartOutcome::Created(s) => s,
@@ -248,6 +259,87 @@ async fn a_bad_environment_names_the_variable_and_frees_the_slot_when_it_can() {
     // A session that already ended: exit 0 without joining.
     let mut again = f.task(&session, &endpoint, &[]);
     assert_eq!(exit_code(&mut again).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_before_its_task_came_up_ends_requested_and_frees_its_slot() {
+    let f = fixture().await;
+    let session = f.admit("call-closed-early", None).await;
+    f.registry
+        .request_close(&session.call_id, session.id)
+        .await
+        .unwrap();
+    let mut child = f.task(&session, &switchboard_testkit::endpoint(), &[]);
+    assert_eq!(exit_code(&mut child).await, 0);
+    let row = f.row(&session).await;
+    assert_eq!(row.end_reason, Some(EndReason::Requested), "{row:?}");
+    assert_eq!(
+        row.end_detail.as_deref(),
+        Some("closed before its agent joined")
+    );
+    assert!(!row.joined(), "the agent never joined: {row:?}");
+    assert_eq!(f.registry.counts(&session.call_id).await.unwrap().global, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_comes_up_during_a_store_outage_waits_it_out_and_joins() {
+    // The chaos test found tasks exiting 1 (their sessions start_failed) when the table was
+    // unreachable for a moment as they came up.
+    let f = fixture().await;
+    let session = f.admit("call-blip", None).await;
+    let endpoint = switchboard_testkit::endpoint();
+    let proxy =
+        switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
+    proxy.cut();
+    let mut child = f.task(&session, &proxy.url, &[]);
+    // The SDK's own attempts fail; the task retries rather than exit.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    read_until(&mut lines, &mut log, |v| {
+        v["message"] == "could not read the session row; retrying"
+    })
+    .await;
+    proxy.restore();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    f.until(&session, "running", |r| r.status == SessionStatus::Running)
+        .await;
+    f.registry
+        .request_close(&session.call_id, session.id)
+        .await
+        .unwrap();
+    assert_eq!(exit_code(&mut child).await, 0);
+    assert_eq!(f.row(&session).await.end_reason, Some(EndReason::Requested));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_comes_up_after_its_admission_lease_expired_renews_it_and_runs() {
+    // Fargate provisioning can outlast the lease (30 s by default). The chaos test found
+    // agents giving up at once: the supervisor started from the admission's lease.
+    let f = fixture().await;
+    let session = f
+        .admit_with_lease("call-late", None, Duration::from_secs(1))
+        .await;
+    let expired = session
+        .lease_expires_at
+        .saturating_since(Timestamp::now_system());
+    tokio::time::sleep(expired + Duration::from_millis(200)).await;
+    let mut child = f.task(
+        &session,
+        &switchboard_testkit::endpoint(),
+        &[("SWITCHBOARD_SESSION_LEASE_SECONDS", "3")],
+    );
+    let row = f
+        .until(&session, "running and heartbeating", |r| {
+            r.status == SessionStatus::Running && r.heartbeat_at > r.running_at
+        })
+        .await;
+    assert!(row.lease_expires_at > Timestamp::now_system(), "{row:?}");
+    f.registry
+        .request_close(&session.call_id, session.id)
+        .await
+        .unwrap();
+    assert_eq!(exit_code(&mut child).await, 0);
+    assert_eq!(f.row(&session).await.end_reason, Some(EndReason::Requested));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
