@@ -3,6 +3,7 @@
 //! the end-to-end run under `cargo lambda watch`.
 #![allow(unreachable_pub)]
 
+mod chaos;
 mod config;
 mod events;
 mod handler;

@@ -105,6 +105,7 @@ async fn start_many(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_serve_nodes_on_one_table_share_limits_and_close_each_others_sessions() {
+    let _one = ONE_CLUSTER.lock().await;
     let endpoint = switchboard_testkit::endpoint();
     let table = table().await;
     let mut a = node(&endpoint, &table).await;
@@ -217,4 +218,159 @@ async fn two_serve_nodes_on_one_table_share_limits_and_close_each_others_session
             .unwrap();
         assert!(status.success(), "{:?}", n.log);
     }
+}
+
+/// The cluster tests run one at a time: each node sweeps the table's 16 index shards every
+/// interval, and the emulator serves one request at a time.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A `serve` node with a short lease (3 intervals of 2 s), for node-death tests.
+async fn short_lease_node(endpoint: &str, table: &str) -> Node {
+    let mut cmd = command(&[
+        "serve",
+        "--port",
+        "0",
+        "--no-splash",
+        "--log-format",
+        "json",
+        "--registry",
+        "dynamodb",
+        "--table",
+        table,
+        "--maintenance-interval",
+        "2",
+        "--session-lease-seconds",
+        "6",
+    ]);
+    cmd.envs(ENV).env("AWS_ENDPOINT_URL", endpoint);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let listening = read_until(&mut lines, &mut log, |v| v["message"] == "listening").await;
+    read_until(&mut lines, &mut log, |v| v["message"] == "ready").await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Node {
+        addr: listening["address"].as_str().unwrap().to_owned(),
+        child,
+        log,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sessions_of_a_node_killed_with_sigkill_are_ended_by_the_survivor_after_their_lease() {
+    let _one = ONE_CLUSTER.lock().await;
+    let endpoint = switchboard_testkit::endpoint();
+    let table = table().await;
+    let mut doomed = short_lease_node(&endpoint, &table).await;
+    let mut survivor = short_lease_node(&endpoint, &table).await;
+    let mut orphans = Vec::new();
+    for call in ["node-a", "node-b"] {
+        let (status, body) = http(&doomed.addr, "POST", &format!("/calls/{call}/sessions")).await;
+        assert_eq!(status, 201, "{body}");
+        let id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        orphans.push(format!("/calls/{call}/sessions/{id}"));
+    }
+    let (status, body) = http(&survivor.addr, "POST", "/calls/node-c/sessions").await;
+    assert_eq!(status, 201, "{body}");
+    let kept = format!(
+        "/calls/node-c/sessions/{}",
+        serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+    );
+    // Running on their node (in-process agents join at once).
+    for path in &orphans {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = http(&survivor.addr, "GET", path).await;
+            if serde_json::from_str::<Value>(&body).unwrap()["status"] == "running" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never running: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    doomed.child.start_kill().unwrap(); // SIGKILL: no drain, nothing written
+    doomed.child.wait().await.unwrap();
+    let killed = Instant::now();
+
+    // The survivor's maintenance loop ends them once their leases expire: lease_expired,
+    // never before the lease, and the slots come back.
+    let history = loop {
+        let (_, body) = http(
+            &survivor.addr,
+            "GET",
+            "/sessions?include_ended=true&limit=500",
+        )
+        .await;
+        let listed: Value = serde_json::from_str(&body).unwrap();
+        let sessions = listed["sessions"].as_array().unwrap().clone();
+        let ended = sessions
+            .iter()
+            .filter(|s| {
+                orphans
+                    .iter()
+                    .any(|p| p.ends_with(s["session_id"].as_str().unwrap()))
+            })
+            .filter(|s| s["status"] == "ended")
+            .count();
+        if ended == orphans.len() {
+            break sessions;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "not reaped: {sessions:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reaped_after = killed.elapsed();
+    eprintln!(
+        "SIGKILL of a serve node → its sessions ended by the survivor in {reaped_after:?} (lease 6 s, interval 2 s)"
+    );
+    for s in history.iter().filter(|s| {
+        orphans
+            .iter()
+            .any(|p| p.ends_with(s["session_id"].as_str().unwrap()))
+    }) {
+        assert_eq!(s["end_reason"], "lease_expired", "{s}");
+    }
+    // Never before the lease: the rows themselves.
+    let registry = switchboard_aws::DynamoRegistry::new(
+        switchboard_testkit::client().await,
+        table.clone(),
+        std::sync::Arc::new(switchboard_core::SystemClock),
+    );
+    for path in &orphans {
+        let parts: Vec<&str> = path.split('/').collect();
+        let call = switchboard_core::CallId::parse(parts[2]).unwrap();
+        let id = switchboard_core::SessionId::parse(parts[4]).unwrap();
+        let row = switchboard_core::SessionRegistry::get(&registry, &call, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            row.ended_at.unwrap() >= row.lease_expires_at,
+            "ended while its lease held: {row:?}"
+        );
+    }
+    // The survivor's own session is untouched, and the freed slots are usable.
+    let (_, body) = http(&survivor.addr, "GET", &kept).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "running"
+    );
+    for path in &orphans {
+        assert_eq!(http(&survivor.addr, "GET", path).await.0, 404);
+    }
+
+    sigterm(&survivor.child).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), survivor.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{:?}", survivor.log);
 }
