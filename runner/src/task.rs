@@ -200,8 +200,12 @@ async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyho
     let handle = tokio::select! {
         hosted = launcher.host_session(session) => match hosted {
             Ok(handle) => handle,
-            // The supervisor has ended the row start_failed.
-            Err(e) => return Err(anyhow::Error::new(e).context("the agent could not start")),
+            // The supervisor is ending the row start_failed: wait for that write before the
+            // process exits (the runtime's shutdown would cancel it).
+            Err(e) => {
+                launcher.stop().await;
+                return Err(anyhow::Error::new(e).context("the agent could not start"));
+            }
         },
         () = &mut shutdown => {
             info!("draining before the agent joined: ending the session shutdown");

@@ -585,3 +585,47 @@ async fn concurrent_starts_on_real_time_admit_exactly_the_limit() {
     launcher.stop().await;
     let _: &AgentLauncher<_> = &launcher;
 }
+
+/// An ECS task comes up after its admission: with most of the lease spent, or all of it
+/// (Fargate provisioning can outlast the lease). The supervisor renews first and runs.
+#[tokio::test(start_paused = true)]
+async fn a_session_hosted_after_most_or_all_of_its_lease_is_spent_renews_it_and_runs() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let registry: Arc<dyn SessionRegistry> =
+        Arc::new(switchboard_core::MemoryRegistry::new(clock.clone()));
+    let (launcher, _) = crate::support::launcher_with(|b| {
+        b.clock(clock.clone())
+            .registry(registry.clone())
+            .maintenance_interval(1.0)
+            .session_lease_seconds(Some(3.0))
+    });
+    for (name, late) in [("busy-late", 2.5), ("busy-later", 10.0)] {
+        let request = switchboard_core::registry::StartRequest {
+            lease: Duration::from_secs(3),
+            ..switchboard_core::conformance::request(&call(name))
+        };
+        let switchboard_core::registry::StartOutcome::Created(admitted) =
+            registry.start(request).await.unwrap()
+        else {
+            unreachable!()
+        };
+        tokio::time::sleep(Duration::from_secs_f64(late)).await;
+        let session = launcher.host_session(admitted.clone()).await.unwrap();
+        // It joins, and keeps its lease across many intervals.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let row = registry
+            .get(&call(name), session.id())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status, SessionStatus::Running, "{name}: {row:?}");
+        assert!(row.lease_expires_at > clock.now(), "{name}: {row:?}");
+        registry
+            .request_close(&call(name), session.id())
+            .await
+            .unwrap();
+        let end = session.wait().await;
+        assert_eq!(end.reason, EndReason::Requested, "{name}");
+        assert!(end.recorded, "{name}");
+    }
+}
