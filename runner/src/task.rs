@@ -5,10 +5,10 @@
 //!    `SWITCHBOARD_*` supervisor settings); an error names the variable and exits 2. When the
 //!    row can still be identified and is `starting`, it is ended `start_failed` first (its
 //!    slots come back at once); otherwise the reaper resolves it.
-//! 2. The row is read. A session closed while it was starting is ended `requested` here (the
-//!    agent never joins); anything else but `starting` (a close already ended it, the reaper
-//!    resolved it) exits 0 without joining. The task ARN comes from `ECS_CONTAINER_METADATA_URI_V4`
-//!    when present.
+//! 2. The row is read, riding out a store outage within a lease. A session closed while it
+//!    was starting is ended `requested` here (the agent never joins); anything else but
+//!    `starting` (a close already ended it, the reaper resolved it) exits 0 without joining.
+//!    The task ARN comes from `ECS_CONTAINER_METADATA_URI_V4` when present.
 //! 3. The launcher hosts the session: the metadata is read once, the agent is created and
 //!    joins; the first write is the conditional `starting → running` (if it fails, the agent
 //!    leaves without staying in the call); one heartbeat per interval renews the lease and

@@ -238,14 +238,16 @@ async fn a_registry_outage_of_two_intervals_keeps_the_agents_whose_lease_holds_a
     let violations = std::mem::take(&mut world.observations.lock().unwrap().violations);
     world.stop().await;
     assert!(violations.is_empty(), "{violations:#?}");
+    world.discard_logs();
 }
 
 // ---- chaos ----
 
 const CALLS: [&str; 3] = ["chaos-a", "chaos-b", "chaos-c"];
 
-/// Seeds that once failed (none yet), then the base seed.
-const REGRESSION_SEEDS: [u64; 0] = [];
+/// Seeds that once failed, then the base seed. 4: an agent lingering after its own end
+/// (and a provisioning model shorter than that) showed 3 live agents in a call limited to 2.
+const REGRESSION_SEEDS: [u64; 1] = [4];
 const BASE_SEED: u64 = 20_261_128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -476,12 +478,13 @@ async fn chaos(seed: u64, ops: u32) {
             .or_default() += 1;
     }
     let joined = rows.iter().filter(|r| r.joined()).count();
+    let processes = world.agents_started();
     world.stop().await;
 
     let tally = shared.tally.lock().unwrap();
     let obs = world.observations.lock().unwrap();
     eprintln!(
-        "chaos seed {seed}: chaos {chaos_took:?}, total {:?}\n  operations {:?}\n  API {:?}\n  events {:?}\n  sweeps {:?}\n  {} sessions, {joined} joined; end reasons {reasons:?}\n  observer: {} samples, at most {} live agents and {} RUNNING tasks, an agent alive up to {:?} after recording its own end; {} live at quiescence",
+        "chaos seed {seed}: chaos {chaos_took:?}, total {:?}\n  operations {:?}\n  API {:?}\n  events {:?}\n  sweeps {:?}\n  {} sessions, {processes} agent processes, {joined} joined; end reasons {reasons:?}\n  observer: {} samples, at most {} live agents and {} RUNNING tasks, an agent alive up to {:?} after recording its own end; {} live at quiescence",
         started.elapsed(),
         tally.ops,
         tally.statuses,
@@ -501,8 +504,9 @@ async fn chaos(seed: u64, ops: u32) {
     );
     assert!(
         obs.violations.is_empty(),
-        "seed {seed}: {:#?}",
-        obs.violations
+        "seed {seed}: {:#?}\nagent logs: {}",
+        obs.violations,
+        world.logs().display()
     );
     assert!(
         world.ended_twice_by_events().is_empty(),
@@ -529,4 +533,5 @@ async fn chaos(seed: u64, ops: u32) {
         untrue.is_empty(),
         "seed {seed}: untrue end reasons: {untrue:#?}"
     );
+    world.discard_logs();
 }

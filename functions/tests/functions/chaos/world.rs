@@ -505,6 +505,21 @@ impl World {
         task.env.get("SESSION_ID").cloned()
     }
 
+    /// Where the agents' logs are (one file per session).
+    pub fn logs(&self) -> &std::path::Path {
+        &self.logs
+    }
+
+    /// Deletes the agents' logs (kept when a test fails: its message names the folder).
+    pub fn discard_logs(&self) {
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+
+    /// How many agent processes the player started.
+    pub fn agents_started(&self) -> usize {
+        lock(&self.fleet).started
+    }
+
     /// The exits so far.
     pub fn exits(&self) -> Vec<Exited> {
         lock(&self.fleet).exits.clone()
