@@ -13,11 +13,22 @@ use utoipa::ToSchema;
 
 use crate::hooks::Rejection;
 
+/// One step of a 422 item's `loc`: a name (`body`, `path`, a field) or a position (the column
+/// of a JSON syntax error). Only describes the document; `loc` holds JSON values.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LocStep {
+    /// A name.
+    Name(String),
+    /// A position.
+    Position(u64),
+}
+
 /// One item of a 422 body, FastAPI's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ValidationIssue {
     /// Where: e.g. `["body", "call_type"]`, `["path", "call_id"]`, `["query", "limit"]`.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<LocStep>)]
     pub loc: Vec<Value>,
     /// What is wrong.
     pub msg: String,

@@ -8,4 +8,5 @@ mod bad_input;
 mod contract;
 mod cors;
 mod docs;
+mod properties;
 mod support;
