@@ -70,6 +70,22 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         samples: usize,
     },
+    /// A steady rate of lifecycles for a long time, sampling the server's RSS and open file
+    /// descriptors (no growth after warm-up is the pass condition).
+    Soak {
+        /// Lifecycles started per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Minutes of soak, warm-up included.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Minutes of warm-up (allocator growth, the ended-session cap filling up).
+        #[arg(long, default_value_t = 5.0)]
+        warmup_minutes: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 10.0)]
+        sample_seconds: f64,
+    },
     /// All three, in order.
     All {
         /// Concurrent clients for `lifecycles`.
@@ -163,6 +179,10 @@ impl Server {
             .and_then(|v| v.parse().ok())
             .context("no VmRSS")?;
         Ok(kb * 1024)
+    }
+
+    fn open_fds(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count())
     }
 
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
@@ -484,6 +504,153 @@ async fn held(server: &Server, sessions: usize) -> anyhow::Result<Value> {
     }))
 }
 
+/// One lifecycle (start, get, metrics, close) as the `lifecycles` clients run it; false on
+/// any unexpected status.
+async fn one_lifecycle(client: &HttpClient, base: &str, call_id: &str, e: &[Endpoint; 4]) -> bool {
+    let Some(body) = timed(
+        &e[0],
+        StatusCode::CREATED,
+        call(
+            client,
+            base,
+            Method::POST,
+            &format!("/calls/{call_id}/sessions"),
+            Some(&json!({})),
+        ),
+    )
+    .await
+    else {
+        return false;
+    };
+    let Ok(id) = session_id(&body) else {
+        return false;
+    };
+    let path = format!("/calls/{call_id}/sessions/{id}");
+    let got = timed(
+        &e[1],
+        StatusCode::OK,
+        call(client, base, Method::GET, &path, None),
+    )
+    .await;
+    let metrics = timed(
+        &e[2],
+        StatusCode::OK,
+        call(client, base, Method::GET, &format!("{path}/metrics"), None),
+    )
+    .await;
+    let closed = timed(
+        &e[3],
+        StatusCode::ACCEPTED,
+        call(client, base, Method::DELETE, &path, None),
+    )
+    .await;
+    got.is_some() && metrics.is_some() && closed.is_some()
+}
+
+/// Least-squares slope of `ys` over `xs` (per unit of `xs`).
+fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
+}
+
+async fn soak(
+    server: &Server,
+    rate: f64,
+    minutes: f64,
+    warmup_minutes: f64,
+    sample_seconds: f64,
+) -> anyhow::Result<Value> {
+    let client = client();
+    let endpoints: Arc<[Endpoint; 4]> = Arc::new(Default::default());
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // At most this many lifecycles in flight: a stalled server shows as failures, not as an
+    // ever-growing client.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let started = Instant::now();
+    let total = Duration::from_secs_f64(minutes * 60.0);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next_sample = Instant::now();
+    let mut samples = Vec::new();
+    let mut i = 0u64;
+    let cpu0 = server.cpu_seconds()?;
+    while started.elapsed() < total {
+        ticker.tick().await;
+        if Instant::now() >= next_sample {
+            let t = started.elapsed().as_secs_f64();
+            samples.push(json!({
+                "t_seconds": t,
+                "rss_bytes": server.rss_bytes()?,
+                "open_fds": server.open_fds()?,
+                "server_cpu_seconds": server.cpu_seconds()? - cpu0,
+                "lifecycles": done.load(Ordering::Relaxed),
+                "failed": failed.load(Ordering::Relaxed),
+            }));
+            next_sample += Duration::from_secs_f64(sample_seconds);
+        }
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        i += 1;
+        let (client, base, endpoints, done, failed) = (
+            client.clone(),
+            server.base.clone(),
+            endpoints.clone(),
+            done.clone(),
+            failed.clone(),
+        );
+        tokio::spawn(async move {
+            let ok = one_lifecycle(&client, &base, &format!("soak-{}", i % 1000), &endpoints).await;
+            if ok { &done } else { &failed }.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    let _ = in_flight.acquire_many(256).await;
+    let after_warmup: Vec<&Value> = samples
+        .iter()
+        .filter(|s| s["t_seconds"].as_f64().unwrap_or(0.0) >= warmup_minutes * 60.0)
+        .collect();
+    let series = |key: &str| -> Vec<f64> {
+        after_warmup
+            .iter()
+            .map(|s| s[key].as_f64().unwrap_or(0.0))
+            .collect()
+    };
+    let hours: Vec<f64> = series("t_seconds").iter().map(|t| t / 3600.0).collect();
+    let rss = series("rss_bytes");
+    let fds = series("open_fds");
+    let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+    let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    let names = [
+        "POST /calls/{c}/sessions",
+        "GET  …/{s}",
+        "GET  …/{s}/metrics",
+        "DELETE …/{s}",
+    ];
+    Ok(json!({
+        "rate_per_second": rate,
+        "minutes": minutes,
+        "warmup_minutes": warmup_minutes,
+        "lifecycles": done.load(Ordering::Relaxed),
+        "failed": failed.load(Ordering::Relaxed),
+        "after_warmup": {
+            "rss_min_bytes": min(&rss), "rss_max_bytes": max(&rss),
+            "rss_slope_bytes_per_hour": slope(&hours, &rss),
+            "fds_min": min(&fds), "fds_max": max(&fds),
+            "fds_slope_per_hour": slope(&hours, &fds),
+        },
+        "endpoints": names.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
+        "samples": samples,
+    }))
+}
+
 async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value> {
     let client = client();
     let sketch = LatencySketch::new();
@@ -567,6 +734,24 @@ fn print_report(report: &Value) {
             h["bytes_per_session"].as_f64().unwrap_or(0.0)
         );
     }
+    if let Some(k) = report.get("soak") {
+        let a = &k["after_warmup"];
+        let mib = |v: &Value| v.as_f64().unwrap_or(0.0) / 1048576.0;
+        out += &format!(
+            "soak: {}/s for {} min: {} lifecycles, {} failed; after {} min of warm-up RSS {:.1}–{:.1} MiB (slope {:.2} MiB/h), open fds {}–{} (slope {:.1}/h)\n",
+            k["rate_per_second"],
+            k["minutes"],
+            k["lifecycles"],
+            k["failed"],
+            k["warmup_minutes"],
+            mib(&a["rss_min_bytes"]),
+            mib(&a["rss_max_bytes"]),
+            mib(&a["rss_slope_bytes_per_hour"]),
+            a["fds_min"],
+            a["fds_max"],
+            a["fds_slope_per_hour"].as_f64().unwrap_or(0.0)
+        );
+    }
     if let Some(c) = report.get("close") {
         out += &format!(
             "close (DELETE → 404): {} samples, p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms\n",
@@ -605,7 +790,25 @@ async fn main() -> anyhow::Result<()> {
             .join("demo-agent"),
     };
     let mut report = json!({ "machine": machine(), "server": binary.display().to_string(), "server_args": cli.server_arg });
+    if let Cmd::Soak {
+        rate,
+        minutes,
+        warmup_minutes,
+        sample_seconds,
+    } = cli.command
+    {
+        let server = Server::start(&binary, &cli.server_arg).await?;
+        report["soak"] = soak(&server, rate, minutes, warmup_minutes, sample_seconds).await?;
+        server.stop().await;
+        print_report(&report);
+        if let Some(path) = cli.json {
+            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("could not write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let (lc, held_n, close_n) = match cli.command {
+        Cmd::Soak { .. } => unreachable!("handled above"),
         Cmd::Lifecycles { clients, duration } => (Some((clients, duration)), None, None),
         Cmd::Held { sessions } => (None, Some(sessions), None),
         Cmd::Close { samples } => (None, None, Some(samples)),
