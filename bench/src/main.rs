@@ -259,6 +259,14 @@ fn session_id(body: &Bytes) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// The four calls of a lifecycle, in the order of the `[Endpoint; 4]` arrays.
+const ENDPOINT_NAMES: [&str; 4] = [
+    "POST /calls/{c}/sessions",
+    "GET  …/{s}",
+    "GET  …/{s}/metrics",
+    "DELETE …/{s}",
+];
+
 #[derive(Default)]
 struct Endpoint {
     latency: LatencySketch,
@@ -389,12 +397,6 @@ async fn lifecycles(server: &Server, clients: usize, duration: f64) -> anyhow::R
         t.await?;
     }
     let count = done.load(Ordering::Relaxed);
-    let names = [
-        "POST /calls/{c}/sessions",
-        "GET  …/{s}",
-        "GET  …/{s}/metrics",
-        "DELETE …/{s}",
-    ];
     Ok(json!({
         "clients": clients,
         "seconds": wall,
@@ -402,7 +404,7 @@ async fn lifecycles(server: &Server, clients: usize, duration: f64) -> anyhow::R
         "lifecycles_per_second": count as f64 / wall,
         "server_cpu_cores": server_cpu / wall,
         "client_cpu_cores": client_cpu / wall,
-        "endpoints": names.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
+        "endpoints": ENDPOINT_NAMES.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
     }))
 }
 
@@ -628,12 +630,6 @@ async fn soak(
     let fds = series("open_fds");
     let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
     let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
-    let names = [
-        "POST /calls/{c}/sessions",
-        "GET  …/{s}",
-        "GET  …/{s}/metrics",
-        "DELETE …/{s}",
-    ];
     Ok(json!({
         "rate_per_second": rate,
         "minutes": minutes,
@@ -646,7 +642,7 @@ async fn soak(
             "fds_min": min(&fds), "fds_max": max(&fds),
             "fds_slope_per_hour": slope(&hours, &fds),
         },
-        "endpoints": names.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
+        "endpoints": ENDPOINT_NAMES.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
         "samples": samples,
     }))
 }

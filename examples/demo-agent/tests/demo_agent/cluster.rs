@@ -28,7 +28,30 @@ struct Node {
 }
 
 async fn node(endpoint: &str, table: &str) -> Node {
-    let mut cmd = command(&[
+    node_with(
+        endpoint,
+        table,
+        &[
+            "--max-concurrent-sessions",
+            "10",
+            "--max-sessions-per-call",
+            "3",
+            // 2 s: each node sweeps 16 index shards and heartbeats every interval, and the
+            // emulator serves one request at a time.
+            "--maintenance-interval",
+            "2",
+            // A long lease (still >= 3 intervals): a starved emulator must not expire
+            // sessions mid-test.
+            "--session-lease-seconds",
+            "60",
+        ],
+    )
+    .await
+}
+
+/// A `serve` process on the DynamoDB table with `limits` as extra options, once ready.
+async fn node_with(endpoint: &str, table: &str, limits: &[&str]) -> Node {
+    let mut args = vec![
         "serve",
         "--port",
         "0",
@@ -39,19 +62,9 @@ async fn node(endpoint: &str, table: &str) -> Node {
         "dynamodb",
         "--table",
         table,
-        "--max-concurrent-sessions",
-        "10",
-        "--max-sessions-per-call",
-        "3",
-        // 2 s: each node sweeps 16 index shards and heartbeats every interval, and the
-        // emulator serves one request at a time.
-        "--maintenance-interval",
-        "2",
-        // A long lease (still >= 3 intervals): a starved emulator must not expire sessions
-        // mid-test.
-        "--session-lease-seconds",
-        "60",
-    ]);
+    ];
+    args.extend_from_slice(limits);
+    let mut cmd = command(&args);
     cmd.envs(ENV).env("AWS_ENDPOINT_URL", endpoint);
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -226,34 +239,17 @@ static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A `serve` node with a short lease (3 intervals of 2 s), for node-death tests.
 async fn short_lease_node(endpoint: &str, table: &str) -> Node {
-    let mut cmd = command(&[
-        "serve",
-        "--port",
-        "0",
-        "--no-splash",
-        "--log-format",
-        "json",
-        "--registry",
-        "dynamodb",
-        "--table",
+    node_with(
+        endpoint,
         table,
-        "--maintenance-interval",
-        "2",
-        "--session-lease-seconds",
-        "6",
-    ]);
-    cmd.envs(ENV).env("AWS_ENDPOINT_URL", endpoint);
-    let mut child = cmd.spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = Vec::new();
-    let listening = read_until(&mut lines, &mut log, |v| v["message"] == "listening").await;
-    read_until(&mut lines, &mut log, |v| v["message"] == "ready").await;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Node {
-        addr: listening["address"].as_str().unwrap().to_owned(),
-        child,
-        log,
-    }
+        &[
+            "--maintenance-interval",
+            "2",
+            "--session-lease-seconds",
+            "6",
+        ],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
