@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::agent::{Agent, CreateContext, JoinContext, WarmupCache};
-use crate::supervisor::supervise;
+use crate::supervisor::{Hosted, supervise};
 
 type CreateFn<A> =
     Arc<dyn Fn(CreateContext) -> BoxFuture<'static, anyhow::Result<A>> + Send + Sync>;
@@ -238,7 +238,7 @@ impl<A: Agent> Shared<A> {
         let (created_tx, created_rx) = oneshot::channel();
         tokio::spawn(supervise(
             self.clone(),
-            session.clone(),
+            Hosted::from(session),
             handle.signals.clone(),
             created_tx,
         ));

@@ -195,10 +195,33 @@ fn sleep_until(clock: &dyn Clock, at: Timestamp) -> tokio::time::Sleep {
     tokio::time::sleep(at.saturating_since(clock.now()))
 }
 
+/// What the supervisor keeps of its session's row: only what it uses, since it is carried for
+/// the session's whole life (a full [`Session`] is about 300 bytes).
+#[derive(Debug)]
+pub(crate) struct Hosted {
+    pub(crate) id: SessionId,
+    pub(crate) call_id: CallId,
+    pub(crate) call_type: switchboard_core::CallType,
+    pub(crate) created_at: Timestamp,
+    pub(crate) lease_expires_at: Timestamp,
+}
+
+impl From<&Session> for Hosted {
+    fn from(session: &Session) -> Self {
+        Self {
+            id: session.id,
+            call_id: session.call_id.clone(),
+            call_type: session.call_type.clone(),
+            created_at: session.created_at,
+            lease_expires_at: session.lease_expires_at,
+        }
+    }
+}
+
 /// Runs one session. `created` is answered once the agent exists (or definitely cannot).
 pub(crate) async fn supervise<A: Agent>(
     shared: Arc<Shared<A>>,
-    session: Session,
+    session: Hosted,
     signals: Arc<SessionSignals<A>>,
     created: oneshot::Sender<anyhow::Result<()>>,
 ) {
@@ -285,8 +308,8 @@ pub(crate) async fn supervise<A: Agent>(
             Ok::<_, anyhow::Error>(Arc::new(agent))
         }
     };
-    // Boxed: the user's create and warmup futures live only during this phase, so they do
-    // not inflate the supervisor's state for the whole session.
+    // Boxed, and dropped once done: the user's create and warmup futures live only during
+    // this phase, so they do not inflate the supervisor's state for the whole session.
     let mut create = Box::pin(create);
     let agent = loop {
         let wake = maintenance.next_heartbeat.min(maintenance.lease_deadline());
@@ -306,7 +329,7 @@ pub(crate) async fn supervise<A: Agent>(
                 }
             },
             () = sleep_until(&*shared.clock, wake) => {
-                if let Some(exit) = maintenance.tick(None).await {
+                if let Some(exit) = Box::pin(maintenance.tick(None)).await {
                     let _ = created.send(Ok(()));
                     let (reason, write) = exit_reason(&exit);
                     return Box::pin(finisher.finish(None, None, reason, None, &maintenance, write)).await;
@@ -314,6 +337,7 @@ pub(crate) async fn supervise<A: Agent>(
             }
         }
     };
+    drop(create);
     signals.set_agent(agent.clone());
     let _ = created.send(Ok(()));
     info!(session_id = %session.id, call_id = %session.call_id, "agent created; joining the call");
@@ -388,7 +412,9 @@ pub(crate) async fn supervise<A: Agent>(
                 if call_clock.duration_deadline(&limits).is_some_and(|d| now >= d) {
                     break Exit::Stop(EndReason::MaxDuration);
                 }
-                if let Some(exit) = maintenance.tick(Some(agent.metrics())).await {
+                // Boxed: a heartbeat's futures exist once per interval, not in the
+                // supervisor's state for the whole session.
+                if let Some(exit) = Box::pin(maintenance.tick(Some(agent.metrics()))).await {
                     break exit;
                 }
             }
@@ -424,7 +450,7 @@ pub(crate) async fn supervise<A: Agent>(
 /// slow store must not fail the start).
 async fn read_metadata<A: Agent>(
     shared: &Shared<A>,
-    session: &Session,
+    session: &Hosted,
     deadline: Timestamp,
 ) -> switchboard_core::Result<Option<switchboard_core::Metadata>> {
     let mut backoff = Duration::from_millis(50);
@@ -456,7 +482,7 @@ fn exit_reason(exit: &Exit) -> (EndReason, bool) {
 /// Stops the agent and records the end exactly once.
 struct Finisher<'a, A: Agent> {
     shared: Arc<Shared<A>>,
-    session: &'a Session,
+    session: &'a Hosted,
     signals: Arc<SessionSignals<A>>,
 }
 

@@ -10,8 +10,8 @@
 pub mod sketch;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
@@ -242,7 +242,9 @@ impl AgentMetrics {
 #[derive(Debug)]
 struct RecorderInner {
     totals: [AtomicU64; COUNTERS],
-    latencies: [LatencySketch; LATENCIES],
+    /// Allocated on a latency's first sample: most agents record a few of the nine, and a
+    /// recorder lives as long as its session.
+    latencies: [OnceLock<Box<LatencySketch>>; LATENCIES],
     version: AtomicU64,
 }
 
@@ -264,7 +266,7 @@ impl MetricsRecorder {
     pub fn new() -> Self {
         Self(Arc::new(RecorderInner {
             totals: std::array::from_fn(|_| AtomicU64::new(0)),
-            latencies: std::array::from_fn(|_| LatencySketch::new()),
+            latencies: std::array::from_fn(|_| OnceLock::new()),
             version: AtomicU64::new(0),
         }))
     }
@@ -279,7 +281,9 @@ impl MetricsRecorder {
 
     /// Records one latency sample in milliseconds (NaN, infinite and negative are ignored).
     pub fn record(&self, latency: Latency, ms: f64) {
-        self.0.latencies[latency.index()].record(ms);
+        self.0.latencies[latency.index()]
+            .get_or_init(|| Box::new(LatencySketch::new()))
+            .record(ms);
         self.0.version.fetch_add(1, Relaxed);
     }
 
@@ -297,15 +301,22 @@ impl MetricsRecorder {
                 .latencies
                 .iter()
                 .enumerate()
+                .filter_map(|(i, sketch)| Some((i, sketch.get()?)))
                 .filter(|(_, sketch)| sketch.count() > 0)
                 .map(|(i, sketch)| (i as u8, sketch.stats()))
                 .collect(),
         }
     }
 
-    /// Heap bytes held by the latency sketches (bounded by 9 × [`sketch::MAX_HEAP_BYTES`]).
+    /// Heap bytes held by the latency sketches (bounded by 9 × ([`sketch::MAX_HEAP_BYTES`] +
+    /// the sketch itself)).
     pub fn heap_bytes(&self) -> usize {
-        self.0.latencies.iter().map(LatencySketch::heap_bytes).sum()
+        self.0
+            .latencies
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(|sketch| std::mem::size_of::<LatencySketch>() + sketch.heap_bytes())
+            .sum()
     }
 
     // The anchor's collector events, one per pipeline stage.

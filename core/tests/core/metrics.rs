@@ -170,3 +170,34 @@ fn the_per_frame_path_allocates_nothing_and_loses_no_sample_across_threads() {
         400_004
     );
 }
+
+/// A recorder lives as long as its session, so one that records nothing stays small: its
+/// sketches are allocated on each latency's first sample, and `heap_bytes` reports them.
+#[test]
+fn a_recorder_allocates_a_sketch_only_for_the_latencies_it_records() {
+    use switchboard_core::MetricsRecorder;
+    use switchboard_core::metrics::Latency;
+
+    let (recorder, empty) = allocated_by(MetricsRecorder::new);
+    assert!(
+        empty <= 320,
+        "an empty recorder is counters and nine empty slots: {empty} bytes"
+    );
+    assert_eq!(recorder.heap_bytes(), 0);
+    assert!(recorder.snapshot().is_empty());
+
+    let ((), first) = allocated_by(|| recorder.record(Latency::LlmLatencyMs, 250.0));
+    let sketch = std::mem::size_of::<LatencySketch>();
+    assert!(
+        first > sketch && first <= sketch + 368 + 256,
+        "a first sample allocates one sketch, its table and one chunk: {first} bytes"
+    );
+    assert_eq!(recorder.heap_bytes(), first);
+    let ((), again) = allocated_by(|| recorder.record(Latency::LlmLatencyMs, 251.0));
+    assert_eq!(
+        again, 0,
+        "a second sample in the same range allocates nothing"
+    );
+    let snapshot = recorder.snapshot();
+    assert_eq!(snapshot.latency(Latency::LlmLatencyMs).count, 2);
+}

@@ -132,7 +132,9 @@ impl DemoAgent {
             match event {
                 Some(CallEvent::Message { from, text }) => {
                     info!(from = %from.id, %text, "participant said");
-                    let answer = self.simple_response(&text).await?;
+                    // Boxed: a turn's futures (the model call, the tools) exist while it
+                    // runs, not in the waiting agent's state.
+                    let answer = Box::pin(self.simple_response(&text)).await?;
                     info!(%answer, "agent answered");
                 }
                 Some(CallEvent::ParticipantJoined(user)) => {
@@ -239,6 +241,6 @@ pub async fn create_agent(ctx: CreateContext) -> anyhow::Result<DemoAgent> {
 pub async fn join_call(agent: Arc<DemoAgent>, ctx: JoinContext) -> anyhow::Result<()> {
     let call = agent.create_call(&ctx.call_type, &ctx.call_id).await?;
     agent.join(&call).await?;
-    agent.simple_response(GREETING).await?;
+    Box::pin(agent.simple_response(GREETING)).await?;
     agent.finish().await
 }

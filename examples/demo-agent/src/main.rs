@@ -7,6 +7,7 @@ use switchboard_runner::Runner;
 
 // mimalloc: fewer cycles in malloc/free on the request path and less fragmentation with
 // many small per-session allocations (see docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
