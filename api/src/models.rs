@@ -1,8 +1,6 @@
 //! Request and response bodies, with their OpenAPI schemas. Field names are the wire
 //! contract: never rename or remove one; only add.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use serde_json::Value;
 use switchboard_core::registry::{ListedSession, MetricsReport};
@@ -88,14 +86,30 @@ pub struct SessionMetricsResponse {
     /// `<name>__total` (integers), `<name>__avg|__p50|__p95|__p99|__max` (numbers or null),
     /// `<name>__count` (integers).
     #[schema(value_type = Object)]
-    pub metrics: BTreeMap<&'static str, Value>,
+    #[serde(serialize_with = "wire")]
+    pub metrics: AgentMetrics,
+}
+
+/// Metrics go out in their wire form, streamed (no map is built per response).
+fn wire<S: serde::Serializer>(metrics: &AgentMetrics, serializer: S) -> Result<S::Ok, S::Error> {
+    metrics.wire().serialize(serializer)
+}
+
+fn wire_if_any<S: serde::Serializer>(
+    metrics: &Option<AgentMetrics>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match metrics {
+        Some(metrics) => serializer.serialize_some(&metrics.wire()),
+        None => serializer.serialize_none(),
+    }
 }
 
 impl SessionMetricsResponse {
     pub(crate) fn new(session: &Session, report: Option<&MetricsReport>) -> Self {
         let (metrics, generated_at) = match report {
-            Some(r) => (r.metrics.to_map(), r.generated_at),
-            None => (AgentMetrics::default().to_map(), session.created_at),
+            Some(r) => (r.metrics.clone(), r.generated_at),
+            None => (AgentMetrics::default(), session.created_at),
         };
         Self {
             session_id: session.id.to_string(),
@@ -121,9 +135,12 @@ pub struct SessionListItem {
     /// `task_stopped`, `lease_expired`, `start_failed` or `shutdown`.
     pub end_reason: Option<String>,
     /// The final metrics of an ended session.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire_if_any"
+    )]
     #[schema(value_type = Option<Object>)]
-    pub metrics: Option<BTreeMap<&'static str, Value>>,
+    pub metrics: Option<AgentMetrics>,
 }
 
 impl From<&ListedSession> for SessionListItem {
@@ -137,7 +154,7 @@ impl From<&ListedSession> for SessionListItem {
                 listed
                     .final_metrics
                     .as_ref()
-                    .map_or_else(|| AgentMetrics::default().to_map(), |r| r.metrics.to_map())
+                    .map_or_else(AgentMetrics::default, |r| r.metrics.clone())
             }),
         }
     }

@@ -121,7 +121,9 @@ fn metrics_item(
     metrics: &AgentMetrics,
     at: Timestamp,
 ) -> Result<Item> {
-    let json = serde_json::to_string(&metrics.to_map())
+    // Compact: only the entries with values (a missing name reads back as empty), so the
+    // item, and the write it is charged as, stays small.
+    let json = serde_json::to_string(&metrics.compact())
         .map_err(|e| Error::Unexpected(anyhow::Error::new(e).context("serializing metrics")))?;
     let mut item = key(call_pk(call_id), metrics_sk(id));
     item.insert("metrics".into(), s(json));

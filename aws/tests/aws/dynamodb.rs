@@ -132,6 +132,56 @@ mod items {
         assert_eq!(expires, T0.unix_seconds() + 5 + 3600);
     }
 
+    /// A flush is charged by its item's size: only the entries with values are stored (a
+    /// typical agent records a few counters and latencies of the 70), and they read back
+    /// exactly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_metrics_flush_stores_only_the_entries_with_values() {
+        let client = client().await;
+        let table = table(&client).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let registry = DynamoRegistry::new(client.clone(), table.clone(), clock.clone());
+        let c = call(&"c".repeat(256));
+        let StartOutcome::Created(session) = registry.start(request(&c)).await.unwrap() else {
+            panic!()
+        };
+        let recorder = switchboard_core::MetricsRecorder::new();
+        recorder.on_llm_response(245.0, Some(120.0), 1500, 800);
+        recorder.on_tool_call(12.0);
+        recorder.on_turn_ended(900.0, 400.0);
+        let metrics = recorder.snapshot();
+        registry
+            .flush_metrics(&c, session.id, &metrics)
+            .await
+            .unwrap();
+        let item = raw(
+            &client,
+            &table,
+            format!("CALL#{c}"),
+            format!("METRICS#{}", session.id),
+        )
+        .await;
+        // 2 WCU with the longest call id (the full 70-entry form made it 3 KB: 3 WCU).
+        assert!(size(&item) < 2048, "metrics item is {} bytes", size(&item));
+        let stored = item["metrics"].as_s().unwrap();
+        let full = serde_json::to_string(&metrics.wire()).unwrap();
+        assert!(!stored.contains("null"), "{stored}");
+        assert!(
+            stored.len() * 2 < full.len(),
+            "{} vs {}",
+            stored.len(),
+            full.len()
+        );
+        let read = registry
+            .get_metrics(&c, session.id)
+            .await
+            .unwrap()
+            .expect("the session exists")
+            .report
+            .expect("flushed metrics");
+        assert_eq!(read.metrics.to_map(), metrics.to_map());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_nodes_sharing_a_table_share_the_limits() {
         let client = client().await;

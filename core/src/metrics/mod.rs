@@ -124,37 +124,34 @@ static EMPTY_STATS: LatencyStats = LatencyStats {
     p99_ms: None,
 };
 
-/// The wire names, built once: `[counter totals]` and per latency
-/// `[avg, p50, p95, p99, max, count]`.
-struct Names {
-    totals: Vec<&'static str>,
-    latencies: Vec<[&'static str; 6]>,
+/// Where one wire value comes from.
+#[derive(Clone, Copy)]
+enum Slot {
+    Total(usize),
+    /// A latency and which of its six values (`avg, p50, p95, p99, max, count`).
+    Latency(Latency, u8),
 }
 
-fn names() -> &'static Names {
-    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+/// Every wire name with where its value comes from, in the wire's (sorted) order, built once.
+fn names() -> &'static [(&'static str, Slot)] {
+    static NAMES: std::sync::OnceLock<Vec<(&'static str, Slot)>> = std::sync::OnceLock::new();
     NAMES.get_or_init(|| {
         let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-        Names {
-            totals: Counter::ALL
-                .iter()
-                .map(|c| leak(format!("{}__total", c.name())))
-                .collect(),
-            latencies: Latency::ALL
-                .iter()
-                .map(|l| {
-                    let n = l.name();
-                    [
-                        leak(format!("{n}__avg")),
-                        leak(format!("{n}__p50")),
-                        leak(format!("{n}__p95")),
-                        leak(format!("{n}__p99")),
-                        leak(format!("{n}__max")),
-                        leak(format!("{n}__count")),
-                    ]
-                })
-                .collect(),
+        let mut sorted: Vec<(&'static str, Slot)> = Counter::ALL
+            .iter()
+            .map(|c| (leak(format!("{}__total", c.name())), Slot::Total(c.index())))
+            .collect();
+        for l in Latency::ALL {
+            for (k, suffix) in ["avg", "p50", "p95", "p99", "max", "count"]
+                .into_iter()
+                .enumerate()
+            {
+                let name = leak(format!("{}__{suffix}", l.name()));
+                sorted.push((name, Slot::Latency(*l, k as u8)));
+            }
         }
+        sorted.sort_unstable_by_key(|(name, _)| *name);
+        sorted
     })
 }
 
@@ -184,23 +181,51 @@ impl AgentMetrics {
         self.totals.iter().all(|t| *t == 0) && self.latencies.iter().all(|(_, l)| l.count == 0)
     }
 
+    /// One wire value (see [`AgentMetrics::to_map`]).
+    fn value(&self, slot: Slot) -> Value {
+        match slot {
+            Slot::Total(i) => Value::from(self.totals[i]),
+            Slot::Latency(l, k) => {
+                let s = self.latency(l);
+                match k {
+                    0 => float(s.avg_ms()),
+                    1 => float(s.p50_ms),
+                    2 => float(s.p95_ms),
+                    3 => float(s.p99_ms),
+                    4 => float(s.max_ms),
+                    _ => Value::from(s.count),
+                }
+            }
+        }
+    }
+
+    /// The wire form as a serializable object, the same keys and values in the same order as
+    /// [`AgentMetrics::to_map`], written straight to the serializer (no map is built: the
+    /// metrics endpoint answers with it on every request).
+    pub fn wire(&self) -> WireMetrics<'_> {
+        WireMetrics {
+            metrics: self,
+            compact: false,
+        }
+    }
+
+    /// The wire form without its empty entries (zero totals, and the latencies without
+    /// samples): what a registry stores, since [`AgentMetrics::from_map`] reads a missing name
+    /// as empty. A typical agent's metrics shrink from about 2.4 KB to a few hundred bytes,
+    /// which is what a DynamoDB write is charged for.
+    pub fn compact(&self) -> WireMetrics<'_> {
+        WireMetrics {
+            metrics: self,
+            compact: true,
+        }
+    }
+
     /// The wire form: every name of [`all_metric_names`] with its value (numbers or null).
     pub fn to_map(&self) -> BTreeMap<&'static str, Value> {
-        let names = names();
-        let mut map = BTreeMap::new();
-        for (i, name) in names.totals.iter().enumerate() {
-            map.insert(*name, Value::from(self.totals[i]));
-        }
-        for (l, n) in Latency::ALL.iter().zip(&names.latencies) {
-            let s = self.latency(*l);
-            map.insert(n[0], float(s.avg_ms()));
-            map.insert(n[1], float(s.p50_ms));
-            map.insert(n[2], float(s.p95_ms));
-            map.insert(n[3], float(s.p99_ms));
-            map.insert(n[4], float(s.max_ms));
-            map.insert(n[5], Value::from(s.count));
-        }
-        map
+        names()
+            .iter()
+            .map(|(name, slot)| (*name, self.value(*slot)))
+            .collect()
     }
 
     /// Rebuilds a snapshot from its wire form (as stored by a registry). Unknown keys are
@@ -236,6 +261,39 @@ impl AgentMetrics {
             metrics.latencies.push((l.index() as u8, stats));
         }
         metrics
+    }
+}
+
+/// [`AgentMetrics::wire`] and [`AgentMetrics::compact`]: serializes as the JSON object
+/// `to_map` would give (without its empty entries when compact).
+#[derive(Debug, Clone, Copy)]
+pub struct WireMetrics<'a> {
+    metrics: &'a AgentMetrics,
+    compact: bool,
+}
+
+impl serde::Serialize for WireMetrics<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let sorted = names();
+        let mut map = serializer.serialize_map((!self.compact).then_some(sorted.len()))?;
+        for (name, slot) in sorted {
+            if self.compact {
+                // A latency without samples has count 0 and null values; skip all six.
+                if let Slot::Latency(l, _) = slot
+                    && self.metrics.latency(*l).count == 0
+                {
+                    continue;
+                }
+                if let Slot::Total(i) = slot
+                    && self.metrics.totals[*i] == 0
+                {
+                    continue;
+                }
+            }
+            map.serialize_entry(name, &self.metrics.value(*slot))?;
+        }
+        map.end()
     }
 }
 
@@ -482,5 +540,41 @@ mod tests {
         let back = AgentMetrics::from_map(&m.to_map());
         assert_eq!(back.to_map(), m.to_map());
         assert_eq!(back.latency(Latency::LlmLatencyMs).avg_ms(), Some(200.0));
+    }
+
+    #[test]
+    fn the_streamed_wire_form_is_the_map_byte_for_byte() {
+        let r = MetricsRecorder::new();
+        r.on_llm_response(100.0, Some(50.0), 3, 4);
+        r.on_tool_call(12.5);
+        r.add(Counter::LlmInputTokens, 7);
+        for m in [AgentMetrics::default(), r.snapshot()] {
+            let streamed = serde_json::to_string(&m.wire()).unwrap();
+            assert_eq!(streamed, serde_json::to_string(&m.to_map()).unwrap());
+            let keys = serde_json::from_str::<serde_json::Map<String, Value>>(&streamed)
+                .unwrap()
+                .len();
+            assert_eq!(keys, 70);
+            // What a registry stores: the empty entries left out, the same metrics read back.
+            let compact = serde_json::to_string(&m.compact()).unwrap();
+            let stored: BTreeMap<String, Value> = serde_json::from_str(&compact).unwrap();
+            assert_eq!(AgentMetrics::from_map(&stored).to_map(), m.to_map());
+            assert!(!stored.values().any(Value::is_null), "{compact}");
+        }
+        let typical = r.snapshot();
+        let (full, compact) = (
+            serde_json::to_string(&typical.wire()).unwrap(),
+            serde_json::to_string(&typical.compact()).unwrap(),
+        );
+        assert!(
+            compact.len() * 3 < full.len(),
+            "{} vs {}",
+            compact.len(),
+            full.len()
+        );
+        assert_eq!(
+            serde_json::to_string(&AgentMetrics::default().compact()).unwrap(),
+            "{}"
+        );
     }
 }
