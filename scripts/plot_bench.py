@@ -1,6 +1,11 @@
-"""Renders the soak's samples (a `switchboard-bench soak --json` file) as a PNG.
+"""Renders bench results (`switchboard-bench ... --json` files) as PNGs for docs/.
 
-Usage: scripts/plot-bench SOAK.json OUT.png   (the wrapper installs matplotlib into .venv-plot)
+Usage (the wrapper installs matplotlib into .venv-plot):
+  scripts/plot-bench SOAK.json OUT.png
+      the soak's samples: RSS, open fds and rate over time.
+  scripts/plot-bench compare OUT.png LABEL=ALL.json [LABEL=ALL.json ...]
+      `all` runs side by side against the issue's targets and the anchor's figures:
+      lifecycles/s at 32 clients, worst p99, memory per held session, DELETE -> 404.
 """
 
 import json
@@ -47,5 +52,57 @@ def main(source: str, out: str) -> None:
     fig.savefig(out, dpi=100)
 
 
+# The anchor's figures and the targets (issue #9); the anchor is not re-measured here.
+ANCHOR = {"lifecycles": 310, "p99": None, "kb": 10.0, "close": 5000.0}
+TARGET = {"lifecycles": 20 * 310, "p99": 10.0, "kb": 2.0, "close": 100.0}
+
+
+def compare(out: str, runs: list[str]) -> None:
+    labels, figures = [], []
+    for run in runs:
+        label, _, path = run.partition("=")
+        report = json.load(open(path))
+        lc = report["lifecycles"]
+        labels.append(label)
+        figures.append(
+            {
+                "lifecycles": lc["lifecycles_per_second"],
+                "p99": max(e["p99_ms"] for e in lc["endpoints"]),
+                "kb": report["held"]["bytes_per_session"] / 1000,
+                "close": report["close"]["p50_ms"],
+            }
+        )
+    panels = [
+        ("lifecycles", "lifecycles/s at 32 clients (higher is better)", False),
+        ("p99", "worst endpoint p99 at 32 clients, ms", False),
+        ("kb", "server memory per held session, KB (10,000 held)", False),
+        ("close", "DELETE -> 404, p50 ms (log scale)", True),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (key, title, log) in zip(axes.flat, panels):
+        names = list(labels)
+        values = [f[key] for f in figures]
+        colors = ["tab:blue"] * len(values)
+        if ANCHOR[key] is not None:
+            names.insert(0, "anchor (issue's figure)")
+            values.insert(0, ANCHOR[key])
+            colors.insert(0, "tab:grey")
+        bars = ax.bar(names, values, color=colors)
+        ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.3g}", fontsize=8)
+        ax.axhline(TARGET[key], color="tab:red", linestyle="--", linewidth=1, label="target")
+        ax.set_title(title, fontsize=10)
+        if log:
+            ax.set_yscale("log")
+        ax.tick_params(axis="x", labelsize=8, rotation=15)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Local serve on the 2-core build machine (client and server share it)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "compare":
+        compare(sys.argv[2], sys.argv[3:])
+    else:
+        main(sys.argv[1], sys.argv[2])
