@@ -2,7 +2,8 @@
 # The serverless stack on this machine, no AWS account: moto (DynamoDB + ECS) on 127.0.0.1,
 # the sessions table and the agents' cluster created as template.yaml declares them, and the
 # `api` function under `cargo lambda watch` on http://127.0.0.1:${PORT:-9000}/lambda-url/api/.
-# Ctrl-C stops everything it started.
+# Ctrl-C stops everything it started. RELEASE=1 builds the function with optimizations (for
+# `switchboard-bench --url`, docs/benchmarks.md); MAX_CONCURRENT_SESSIONS sets the global limit.
 #
 # moto records each RunTask but runs no container: sessions stay `starting` until an agent
 # task reports in (see docs/serverless.md).
@@ -51,7 +52,7 @@ echo "==> table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION"
 
 echo "==> cargo lambda watch on http://127.0.0.1:$PORT/lambda-url/api/ (builds the function on start)"
 (exec env PATH="$PWD/.venv/bin:$PATH" cargo lambda watch --wait -A 127.0.0.1 -P "$PORT" \
-    --bin api \
+    ${RELEASE:+--release} --bin api \
     --env-var "TABLE_NAME=$TABLE" \
     --env-var "ECS_CLUSTER=$CLUSTER" \
     --env-var "TASK_DEFINITION=$TASK_DEFINITION" \

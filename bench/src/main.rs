@@ -29,6 +29,9 @@ use switchboard_core::metrics::LatencySketch;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+#[cfg(feature = "aws")]
+mod task;
+
 #[derive(Debug, Parser)]
 #[command(
     about = "Measure a Switchboard server: lifecycles/s, held sessions with RSS, close latency."
@@ -40,6 +43,10 @@ struct Cli {
     /// Extra arguments for `serve`.
     #[arg(long, global = true, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// Measure an already running server at this base URL instead of starting one (e.g.
+    /// `cargo lambda watch`'s `http://127.0.0.1:9000/lambda-url/api`): no CPU or RSS figures.
+    #[arg(long, global = true)]
+    url: Option<String>,
     /// Write the results as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -86,6 +93,24 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         sample_seconds: f64,
     },
+    /// The agent-task path (ECS mode): real `demo-agent task` processes on a DynamoDB table at
+    /// `AWS_ENDPOINT_URL` (moto); start latency, idle RSS per task, close → exit latency.
+    #[cfg(feature = "aws")]
+    Task {
+        /// The agent binary (built with `--features aws`); default: `demo-agent` next to this
+        /// binary.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Task processes per interval.
+        #[arg(long, default_value_t = 10)]
+        tasks: usize,
+        /// Maintenance intervals to measure, in seconds.
+        #[arg(long, value_delimiter = ',', default_value = "1,5")]
+        intervals: Vec<f64>,
+        /// The table to create (it must not exist); default: a fresh `bench-task-<ms>`.
+        #[arg(long)]
+        table: Option<String>,
+    },
     /// All three, in order.
     All {
         /// Concurrent clients for `lifecycles`.
@@ -106,9 +131,10 @@ enum Cmd {
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 struct Server {
-    child: Child,
+    /// The process the bench started; `None` for `--url`.
+    child: Option<Child>,
     base: String,
-    pid: u32,
+    pid: Option<u32>,
 }
 
 impl Server {
@@ -150,28 +176,50 @@ impl Server {
         // Keep draining its logs so the pipe never fills.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let server = Self {
-            child,
+            child: Some(child),
             base: format!("http://{address}"),
-            pid,
+            pid: Some(pid),
         };
+        server.wait_ready("/ready").await?;
+        Ok(server)
+    }
+
+    /// A server someone else started (`--url`); its process is not observed.
+    async fn external(url: &str) -> anyhow::Result<Self> {
+        let server = Self {
+            child: None,
+            base: url.trim_end_matches('/').to_owned(),
+            pid: None,
+        };
+        server.wait_ready("/health").await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self, path: &str) -> anyhow::Result<()> {
+        let server = self;
         let client = client();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while call(&client, &server.base, Method::GET, "/ready", None)
+        while call(&client, &server.base, Method::GET, path, None)
             .await
             .ok()
             .map(|r| r.0)
             != Some(StatusCode::OK)
         {
             if Instant::now() > deadline {
-                bail!("the server was not ready within 30 s");
+                bail!("{}{path} did not answer 200 within 30 s", server.base);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(server)
+        Ok(())
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.pid
+            .context("this needs a server the bench starts itself (not --url): it reads /proc")
     }
 
     fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
         let kb: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -182,23 +230,30 @@ impl Server {
     }
 
     fn open_fds(&self) -> anyhow::Result<usize> {
-        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count())
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()?))?.count())
     }
 
+    /// The server's CPU seconds so far; NaN (reported as null) for `--url`.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        cpu_seconds_of(&format!("/proc/{}/stat", self.pid))
+        match self.pid {
+            Some(pid) => cpu_seconds_of(&format!("/proc/{pid}/stat")),
+            None => Ok(f64::NAN),
+        }
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
+        let (Some(mut child), Some(pid)) = (self.child, self.pid) else {
+            return;
+        };
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .await;
-        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
             .is_err()
         {
-            let _ = self.child.kill().await;
+            let _ = child.kill().await;
         }
     }
 }
@@ -692,12 +747,14 @@ fn print_report(report: &Value) {
     let mut out = String::new();
     if let Some(l) = report.get("lifecycles") {
         out += &format!(
-            "lifecycles: {} clients, {:.1} s: {} lifecycles, {:.0}/s; server CPU {:.2} cores, client CPU {:.2} cores\n",
+            "lifecycles: {} clients, {:.1} s: {} lifecycles, {:.0}/s; server CPU {} cores, client CPU {:.2} cores\n",
             l["clients"],
             l["seconds"].as_f64().unwrap_or(0.0),
             l["lifecycles"],
             l["lifecycles_per_second"].as_f64().unwrap_or(0.0),
-            l["server_cpu_cores"].as_f64().unwrap_or(0.0),
+            l["server_cpu_cores"]
+                .as_f64()
+                .map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2}")),
             l["client_cpu_cores"].as_f64().unwrap_or(0.0)
         );
         out += &format!(
@@ -757,6 +814,21 @@ fn print_report(report: &Value) {
             c["max_ms"].as_f64().unwrap_or(0.0)
         );
     }
+    for run in report["task"]["runs"].as_array().into_iter().flatten() {
+        let ms = |part: &str, k: &str| run[part][k].as_f64().unwrap_or(0.0);
+        out += &format!(
+            "task, interval {} s, {} processes: admission → running p50 {:.0} ms, p95 {:.0} ms; spawn → running p50 {:.0} ms; idle RSS {:.1} MiB; close → exit p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n",
+            run["interval_seconds"],
+            run["tasks"],
+            ms("admit_to_running", "p50_ms"),
+            ms("admit_to_running", "p95_ms"),
+            ms("spawn_to_running", "p50_ms"),
+            run["idle_rss_bytes_median"].as_f64().unwrap_or(0.0) / 1048576.0,
+            ms("close_to_exit", "p50_ms"),
+            ms("close_to_exit", "p95_ms"),
+            ms("close_to_exit", "max_ms"),
+        );
+    }
     use std::io::Write;
     let _ = std::io::stdout().write_all(out.as_bytes());
 }
@@ -785,7 +857,42 @@ async fn main() -> anyhow::Result<()> {
             .context("no directory")?
             .join("demo-agent"),
     };
-    let mut report = json!({ "machine": machine(), "server": binary.display().to_string(), "server_args": cli.server_arg });
+    let server_name = cli
+        .url
+        .clone()
+        .unwrap_or_else(|| binary.display().to_string());
+    let mut report =
+        json!({ "machine": machine(), "server": server_name, "server_args": cli.server_arg });
+    let start = || async {
+        match &cli.url {
+            Some(url) => Server::external(url).await,
+            None => Server::start(&binary, &cli.server_arg).await,
+        }
+    };
+    #[cfg(feature = "aws")]
+    if let Cmd::Task {
+        agent,
+        tasks,
+        intervals,
+        table,
+    } = &cli.command
+    {
+        let agent = agent.clone().unwrap_or_else(|| binary.clone());
+        let table = table.clone().unwrap_or_else(|| {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            format!("bench-task-{ms}")
+        });
+        report["server"] = json!(agent.display().to_string());
+        report["task"] = task::measure(&agent, &table, *tasks, intervals).await?;
+        print_report(&report);
+        if let Some(path) = cli.json {
+            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("could not write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if let Cmd::Soak {
         rate,
         minutes,
@@ -793,7 +900,7 @@ async fn main() -> anyhow::Result<()> {
         sample_seconds,
     } = cli.command
     {
-        let server = Server::start(&binary, &cli.server_arg).await?;
+        let server = start().await?;
         report["soak"] = soak(&server, rate, minutes, warmup_minutes, sample_seconds).await?;
         server.stop().await;
         print_report(&report);
@@ -805,6 +912,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let (lc, held_n, close_n) = match cli.command {
         Cmd::Soak { .. } => unreachable!("handled above"),
+        #[cfg(feature = "aws")]
+        Cmd::Task { .. } => unreachable!("handled above"),
         Cmd::Lifecycles { clients, duration } => (Some((clients, duration)), None, None),
         Cmd::Held { sessions } => (None, Some(sessions), None),
         Cmd::Close { samples } => (None, None, Some(samples)),
@@ -817,17 +926,17 @@ async fn main() -> anyhow::Result<()> {
     };
     // Each scenario gets a fresh server so they do not disturb each other.
     if let Some((clients, duration)) = lc {
-        let server = Server::start(&binary, &cli.server_arg).await?;
+        let server = start().await?;
         report["lifecycles"] = lifecycles(&server, clients, duration).await?;
         server.stop().await;
     }
     if let Some(sessions) = held_n {
-        let server = Server::start(&binary, &cli.server_arg).await?;
+        let server = start().await?;
         report["held"] = held(&server, sessions).await?;
         server.stop().await;
     }
     if let Some(samples) = close_n {
-        let server = Server::start(&binary, &cli.server_arg).await?;
+        let server = start().await?;
         report["close"] = close_latency(&server, samples).await?;
         server.stop().await;
     }
