@@ -131,32 +131,39 @@ pub(crate) async fn measure(
             LatencySketch::new(),
         );
         let mut running = Vec::new();
+        let mut joins = Vec::new();
         for i in 0..tasks {
             let session = admit(&registry, &format!("bench-task-{interval}-{i}")).await?;
             let spawned = Instant::now();
             let child = spawn_task(agent, table, &session, interval)?;
-            running.push((session, child, spawned));
+            // Watched from the moment it is spawned, while the next ones start.
+            let (registry, watched) = (registry.clone(), session.clone());
+            joins.push(tokio::spawn(async move {
+                let row = until_running(&registry, &watched).await?;
+                Ok::<_, anyhow::Error>((row, spawned.elapsed()))
+            }));
+            running.push((session, child));
             // Spread the heartbeat phases over the interval, as independent tasks have.
             tokio::time::sleep(Duration::from_secs_f64(interval / tasks as f64)).await;
         }
-        for (session, _, spawned) in &running {
-            let row = until_running(&registry, session).await?;
-            spawn_to_running.record(spawned.elapsed().as_secs_f64() * 1000.0);
+        for join in joins {
+            let (row, seen_after) = join.await??;
+            spawn_to_running.record(seen_after.as_secs_f64() * 1000.0);
             let joined = row.running_at.context("running without running_at")?;
             admit_to_running.record(joined.saturating_since(row.created_at).as_secs_f64() * 1000.0);
         }
         // Idle: joined, heartbeating, nobody talking.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let mut rss = Vec::new();
-        for (_, child, _) in &running {
+        for (_, child) in &running {
             rss.push(rss_bytes(child.id().context("a task exited while idle")?)?);
         }
         // Close all at one instant; each exits at its own next heartbeat.
         let asked = Instant::now();
-        for (session, _, _) in &running {
+        for (session, _) in &running {
             registry.request_close(&session.call_id, session.id).await?;
         }
-        let exits = futures_exits(running.into_iter().map(|(_, child, _)| child)).await;
+        let exits = futures_exits(running.into_iter().map(|(_, child)| child)).await;
         for exit in exits {
             let (code, at) = exit?;
             if code != Some(0) {
