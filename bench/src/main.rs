@@ -5,7 +5,7 @@
 //! - `lifecycles`: C clients loop create → get → metrics → close; lifecycles per second and
 //!   p50/p95/p99/max per endpoint;
 //! - `held`: N sessions held open at once; server RSS before and after, bytes per session;
-//! - `close`: DELETE → 404 latency, polled.
+//! - `close`: POST → `running` and DELETE → 404 latency, polled.
 //!
 //! It prints a table and writes JSON (`--json`). The client's own CPU share is reported so
 //! a saturated client is visible. A binary, never a test: figures are reported, not asserted.
@@ -71,7 +71,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         sessions: usize,
     },
-    /// DELETE → 404 latency.
+    /// POST → `running` and DELETE → 404 latency.
     Close {
         /// Samples.
         #[arg(long, default_value_t = 200)]
@@ -702,12 +702,16 @@ async fn soak(
     }))
 }
 
+/// POST → `running` (the agent joined its call), then DELETE → 404 (the agent stopped and its
+/// end recorded), one session at a time, both polled with GET.
 async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value> {
     let client = client();
     let sketch = LatencySketch::new();
+    let started = LatencySketch::new();
     let mut polls = 0u64;
     for i in 0..samples {
         let call_id = format!("close-{i}");
+        let asked = Instant::now();
         let (_, body) = call(
             &client,
             &server.base,
@@ -717,6 +721,16 @@ async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value>
         )
         .await?;
         let path = format!("/calls/{call_id}/sessions/{}", session_id(&body)?);
+        let mut status_body = body;
+        while serde_json::from_slice::<Value>(&status_body)?["status"] != "running" {
+            if asked.elapsed() > Duration::from_secs(30) {
+                bail!("{path} not running after 30 s");
+            }
+            status_body = call(&client, &server.base, Method::GET, &path, None)
+                .await?
+                .1;
+        }
+        started.record(asked.elapsed().as_secs_f64() * 1000.0);
         let start = Instant::now();
         let (status, _) = call(&client, &server.base, Method::DELETE, &path, None).await?;
         if status != StatusCode::ACCEPTED {
@@ -737,10 +751,11 @@ async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value>
         }
         sketch.record(start.elapsed().as_secs_f64() * 1000.0);
     }
-    let s = sketch.stats();
-    Ok(
-        json!({"samples": samples, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "max_ms": s.max_ms, "polls": polls}),
-    )
+    let (s, up) = (sketch.stats(), started.stats());
+    Ok(json!({
+        "samples": samples, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "max_ms": s.max_ms, "polls": polls,
+        "start_to_running": {"p50_ms": up.p50_ms, "p95_ms": up.p95_ms, "max_ms": up.max_ms},
+    }))
 }
 
 fn print_report(report: &Value) {
@@ -812,6 +827,13 @@ fn print_report(report: &Value) {
             c["p50_ms"].as_f64().unwrap_or(0.0),
             c["p95_ms"].as_f64().unwrap_or(0.0),
             c["max_ms"].as_f64().unwrap_or(0.0)
+        );
+        let up = &c["start_to_running"];
+        out += &format!(
+            "start (POST → running): p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms\n",
+            up["p50_ms"].as_f64().unwrap_or(0.0),
+            up["p95_ms"].as_f64().unwrap_or(0.0),
+            up["max_ms"].as_f64().unwrap_or(0.0)
         );
     }
     for run in report["task"]["runs"].as_array().into_iter().flatten() {
