@@ -211,8 +211,8 @@ impl AgentMetrics {
 
     /// The wire form without its empty entries (zero totals, and the latencies without
     /// samples): what a registry stores, since [`AgentMetrics::from_map`] reads a missing name
-    /// as empty. A typical agent's metrics shrink from about 2.4 KB to a few hundred bytes,
-    /// which is what a DynamoDB write is charged for.
+    /// as empty. A typical agent's metrics (a few counters and latencies) shrink from about
+    /// 2.5 KB to under 1 KB, and a DynamoDB write is charged by size.
     pub fn compact(&self) -> WireMetrics<'_> {
         WireMetrics {
             metrics: self,
