@@ -79,7 +79,7 @@ pub enum ApiError {
     /// 404 `Session with id '<id>' not found`.
     SessionNotFound(String),
     /// A permission hook's refusal.
-    Rejected(Rejection),
+    Rejected(Box<Rejection>),
     /// 413.
     PayloadTooLarge,
     /// 429.
@@ -150,7 +150,7 @@ impl ApiError {
 
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
-        Self::Rejected(rejection)
+        Self::Rejected(Box::new(rejection))
     }
 }
 
@@ -184,6 +184,9 @@ impl IntoResponse for ApiError {
             }
         };
         let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        if let Self::Rejected(rejection) = &self {
+            response.headers_mut().extend(rejection.headers.clone());
+        }
         if let Self::Unavailable { retry_after, .. } = &self {
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {

@@ -33,13 +33,16 @@ impl RequestInfo {
     }
 }
 
-/// A hook's refusal: any status, any JSON detail (answered as `{"detail": detail}`).
+/// A hook's refusal: any status, any JSON detail (answered as `{"detail": detail}`), and
+/// response headers (`WWW-Authenticate` on a 401, say).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     /// The status code.
     pub status: StatusCode,
     /// The detail.
     pub detail: serde_json::Value,
+    /// Headers added to the response.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Rejection {
@@ -48,7 +51,14 @@ impl Rejection {
         Self {
             status,
             detail: serde_json::Value::String(detail.into()),
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// 401 with `detail`.
@@ -169,6 +179,52 @@ pub struct PermissionHooks {
     pub can_view_metrics: Option<Permission>,
     /// `GET /sessions` (all calls), which may also filter the calls shown.
     pub can_list_sessions: Option<ListPermission>,
+}
+
+fn both(first: Option<Permission>, then: Option<Permission>) -> Option<Permission> {
+    match (first, then) {
+        (Some(a), Some(b)) => Some(Permission::new(
+            move |call_id: String, request: RequestInfo| {
+                let (a, b) = (a.clone(), b.clone());
+                async move {
+                    (a.0)(call_id.clone(), request.clone()).await?;
+                    (b.0)(call_id, request).await
+                }
+            },
+        )),
+        (a, b) => a.or(b),
+    }
+}
+
+impl PermissionHooks {
+    /// These hooks, then `next`'s: an action is allowed when both allow it (the first
+    /// refusal answers), and `GET /sessions` shows the calls both filters let through. How a
+    /// built-in policy (authentication) and your own rules (business checks) combine.
+    pub fn then(self, next: PermissionHooks) -> PermissionHooks {
+        let list = match (self.can_list_sessions, next.can_list_sessions) {
+            (Some(a), Some(b)) => Some(ListPermission::new(move |request: RequestInfo| {
+                let (a, b) = (a.clone(), b.clone());
+                async move {
+                    let first = (a.0)(request.clone()).await?;
+                    let second = (b.0)(request).await?;
+                    Ok(match (first, second) {
+                        (CallFilter::All, other) | (other, CallFilter::All) => other,
+                        (CallFilter::Only(x), CallFilter::Only(y)) => {
+                            CallFilter::Only(Arc::new(move |call| x(call) && y(call)))
+                        }
+                    })
+                }
+            })),
+            (a, b) => a.or(b),
+        };
+        PermissionHooks {
+            can_start_session: both(self.can_start_session, next.can_start_session),
+            can_close_session: both(self.can_close_session, next.can_close_session),
+            can_view_session: both(self.can_view_session, next.can_view_session),
+            can_view_metrics: both(self.can_view_metrics, next.can_view_metrics),
+            can_list_sessions: list,
+        }
+    }
 }
 
 pub(crate) async fn check(

@@ -5,6 +5,7 @@
 //! - [`router`]: builds the router from an [`AppState`] and [`ServeOptions`].
 //! - [`state`]: [`AppState`], the ports the handlers use (`SessionRegistry`, `TaskLauncher`).
 //! - [`hooks`]: permission hooks (`can_start_session`, ...) run before any lookup.
+//! - [`auth`]: the built-in policies on those hooks: allow-all and [`auth::JwtPolicy`].
 //! - [`cors`]: CORS with the anchor's defaults and origin mirroring for `*` + credentials.
 //! - [`error`]: [`ApiError`], the single status table; every error body is `{"detail": ...}`.
 //! - [`models`]: request and response bodies (with their OpenAPI schemas).
@@ -14,6 +15,7 @@
 //! No `aws-*` or `lambda_*` crate and no agent runtime: the API talks to the ports only, so the
 //! same router runs in-process and behind API Gateway.
 
+pub mod auth;
 pub mod cors;
 pub mod error;
 mod handlers;
@@ -114,5 +116,16 @@ pub fn router(state: AppState, options: ServeOptions) -> Result<Router, ConfigEr
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(cors)
-        .layer(TraceLayer::new_for_http()))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span)))
+}
+
+/// The request's span: method and path, never the query (the beacon's `?token=` must not
+/// reach the logs).
+fn request_span(request: &http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        version = ?request.version(),
+    )
 }

@@ -10,6 +10,7 @@ pub mod reaper;
 use std::sync::Arc;
 
 use axum::Router;
+use switchboard_api::auth::JwtPolicy;
 use switchboard_api::{AppState, CorsOptions, ServeOptions, registry_readiness};
 use switchboard_aws::DynamoRegistry;
 use switchboard_aws::ecs::{Capacity, DEFAULT_RETRY_BUDGET, EcsLauncher, EcsSettings};
@@ -48,6 +49,9 @@ pub enum ConfigError {
     /// A required variable is not set (or is empty).
     #[error("{0} is not set (required)")]
     Missing(&'static str),
+    /// The authentication settings (`AUTH_*`) cannot be used (no secret is ever shown).
+    #[error("invalid authentication configuration: {0}")]
+    Auth(#[from] switchboard_api::auth::AuthConfigError),
     /// A variable has a value that cannot be used.
     #[error("{name}={value:?} is invalid: {reason}")]
     Invalid {
@@ -71,6 +75,8 @@ pub struct ApiConfig {
     pub limits: Limits,
     /// CORS.
     pub cors: CorsOptions,
+    /// The JWT policy (`AUTH_MODE=jwt`), or `None` for allow-all (`AUTH_MODE=none`).
+    pub auth: Option<Arc<JwtPolicy>>,
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -203,11 +209,14 @@ impl ApiConfig {
             value: cors.allow_origins.join(","),
             reason: e.to_string(),
         })?;
+        // Keys are read once, here (a key file in the package, or the variable itself).
+        let auth = JwtPolicy::from_vars(|name| (vars.0)(name))?.map(Arc::new);
         Ok(Self {
             table,
             ecs,
             limits,
             cors,
+            auth,
         })
     }
 }
@@ -275,6 +284,11 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
         .with_readiness(registry_readiness(registry));
     let options = ServeOptions {
         cors: config.cors.clone(),
+        hooks: config
+            .auth
+            .as_ref()
+            .map(|policy| policy.hooks())
+            .unwrap_or_default(),
         ..ServeOptions::default()
     };
     Ok(switchboard_api::router(state, options)?)

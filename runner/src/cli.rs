@@ -4,6 +4,7 @@
 //! code on the `AgentLauncher` builder > the anchor's default.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -339,9 +340,28 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
             );
         }
     };
+    // AUTH_MODE and AUTH_JWT_*: read once, here; the policy runs before the program's own
+    // hooks (both must allow).
+    let auth = match switchboard_api::auth::JwtPolicy::from_vars(|name| std::env::var(name).ok()) {
+        Ok(policy) => policy.map(Arc::new),
+        Err(e) => {
+            return fail(
+                2,
+                &anyhow::Error::new(e).context("invalid authentication configuration"),
+            );
+        }
+    };
+    let options = match &auth {
+        Some(policy) => ServeOptions {
+            hooks: policy.hooks().then(options.hooks),
+            ..options
+        },
+        None => options,
+    };
     if args.common.print_config {
         print_json(&json!({
             "command": "serve",
+            "auth_mode": if auth.is_some() { "jwt" } else { "none" },
             "host": args.host,
             "port": args.port,
             "agents_log_level": agents.directive(),

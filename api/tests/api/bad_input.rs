@@ -311,6 +311,7 @@ async fn hooks_may_answer_any_status_and_json_detail() {
                 Err(Rejection {
                     status: StatusCode::PAYMENT_REQUIRED,
                     detail: json!({"reason": "quota"}),
+                    headers: Default::default(),
                 })
             }
         })),

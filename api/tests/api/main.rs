@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod anchor_contract;
+mod auth;
 mod bad_input;
 mod contract;
 mod cors;

@@ -3,6 +3,7 @@
 //! the end-to-end run under `cargo lambda watch`.
 #![allow(unreachable_pub)]
 
+mod auth;
 mod chaos;
 mod config;
 mod events;

@@ -1,0 +1,440 @@
+//! Built-in permission policies on the [`hooks`](crate::hooks): allow-all (no hooks, the
+//! local default, as the anchor) and [`JwtPolicy`].
+//!
+//! # The JWT policy
+//! - **Token**: `Authorization: Bearer <jwt>`. The sendBeacon close
+//!   (`POST /calls/{call_id}/sessions/{session_id}/close`) cannot send headers, so that one
+//!   route also takes `?token=<jwt>`, with the same checks. Tokens are never logged (the trace
+//!   layer records the path without its query) and never echoed in an error.
+//! - **Keys**: HS256 (a shared secret of at least 32 bytes), RS256 or ES256 (a PEM public
+//!   key), from configuration, read once at start-up ([`JwtPolicy::from_vars`]).
+//! - **Claims**: `sub` and `exp` are required (60 s of clock leeway); `scope` is a
+//!   space-separated string or an array of `sessions:start`, `sessions:close`,
+//!   `sessions:view`, `metrics:view` (others are ignored); `calls` (an array of call ids)
+//!   and/or `call_prefix` restrict the calls the token may touch (neither: every call). With
+//!   `AUTH_JWT_ISSUER` / `AUTH_JWT_AUDIENCE` set, `iss` / `aud` must match.
+//! - **Answers**: no token, a malformed one, a bad signature, the wrong algorithm, an expired
+//!   token or a missing claim → 401 with `WWW-Authenticate: Bearer`; a valid token without
+//!   the action's scope or for another call → 403. Hooks run before any lookup, so the work
+//!   and the answer do not depend on whether the session exists.
+//! - **Actions**: start `sessions:start`; close (both routes) `sessions:close`; get one
+//!   session and list one call `sessions:view`; metrics `metrics:view`; `GET /sessions`
+//!   `sessions:view`, showing only the calls the token may view.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::Method;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::hooks::{
+    CallFilter, ListPermission, Permission, PermissionHooks, Rejection, RequestInfo,
+};
+
+/// `none` (default: allow all) or `jwt`.
+pub const AUTH_MODE: &str = "AUTH_MODE";
+/// `HS256`, `RS256` or `ES256`.
+pub const AUTH_JWT_ALGORITHM: &str = "AUTH_JWT_ALGORITHM";
+/// The key itself: the HS256 secret, or the RS256/ES256 public key as PEM.
+pub const AUTH_JWT_KEY: &str = "AUTH_JWT_KEY";
+/// A file holding the key (instead of `AUTH_JWT_KEY`).
+pub const AUTH_JWT_KEY_FILE: &str = "AUTH_JWT_KEY_FILE";
+/// When set, the `iss` every token must carry.
+pub const AUTH_JWT_ISSUER: &str = "AUTH_JWT_ISSUER";
+/// When set, an `aud` every token must include.
+pub const AUTH_JWT_AUDIENCE: &str = "AUTH_JWT_AUDIENCE";
+
+/// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's 256 bits).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `POST /calls/{call_id}/sessions`.
+    SessionsStart,
+    /// `DELETE …/{session_id}` and `POST …/{session_id}/close`.
+    SessionsClose,
+    /// `GET …/{session_id}`, `GET /calls/{call_id}/sessions`, `GET /sessions`.
+    SessionsView,
+    /// `GET …/{session_id}/metrics`.
+    MetricsView,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 4] = [
+        Scope::SessionsStart,
+        Scope::SessionsClose,
+        Scope::SessionsView,
+        Scope::MetricsView,
+    ];
+
+    /// The claim's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::SessionsStart => "sessions:start",
+            Scope::SessionsClose => "sessions:close",
+            Scope::SessionsView => "sessions:view",
+            Scope::MetricsView => "metrics:view",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Invalid authentication configuration (start-up fails with it).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// `AUTH_MODE` is neither `none` nor `jwt`.
+    #[error("{AUTH_MODE} must be 'none' or 'jwt', not '{0}'")]
+    Mode(String),
+    /// The algorithm is not one of the supported ones.
+    #[error("{AUTH_JWT_ALGORITHM} must be HS256, RS256 or ES256, not '{0}'")]
+    Algorithm(String),
+    /// No key (or both sources) given.
+    #[error("{AUTH_MODE}=jwt needs exactly one of {AUTH_JWT_KEY} and {AUTH_JWT_KEY_FILE}")]
+    MissingKey,
+    /// The key file could not be read.
+    #[error("could not read {AUTH_JWT_KEY_FILE} {path}: {source}")]
+    KeyFile {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HS256 secret is too short.
+    #[error("the HS256 secret must be at least {MIN_HS256_SECRET_BYTES} bytes, not {0}")]
+    ShortSecret(usize),
+    /// The key is not a valid key for the algorithm (the key itself is never shown).
+    #[error("the {algorithm:?} key is not a valid {expected}")]
+    Key {
+        /// The algorithm.
+        algorithm: Algorithm,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// No cryptography provider is available in this build.
+    #[error("jsonwebtoken has no crypto provider in this build")]
+    NoCryptoProvider,
+}
+
+/// The calls a token may touch.
+#[derive(Debug, Clone)]
+enum Calls {
+    Any,
+    Only {
+        ids: Vec<String>,
+        prefix: Option<String>,
+    },
+}
+
+impl Calls {
+    fn allows(&self, call_id: &str) -> bool {
+        match self {
+            Calls::Any => true,
+            Calls::Only { ids, prefix } => {
+                ids.iter().any(|id| id == call_id)
+                    || prefix.as_deref().is_some_and(|p| call_id.starts_with(p))
+            }
+        }
+    }
+}
+
+/// A verified token: who, what and where.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The token's subject.
+    pub subject: String,
+    scopes: u8,
+    calls: Calls,
+}
+
+impl Grant {
+    /// Whether the token carries `scope`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes & scope.bit() != 0
+    }
+
+    /// Whether the token may touch `call_id`.
+    pub fn allows_call(&self, call_id: &str) -> bool {
+        self.calls.allows(call_id)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScopeClaim {
+    Text(String),
+    List(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    scope: Option<ScopeClaim>,
+    #[serde(default)]
+    calls: Option<Vec<String>>,
+    #[serde(default)]
+    call_prefix: Option<String>,
+}
+
+/// Verifies bearer tokens and turns them into [`PermissionHooks`]. Cheap to share: build it
+/// once at start-up.
+pub struct JwtPolicy {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for JwtPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("JwtPolicy")
+            .field("algorithms", &self.validation.algorithms)
+            .field("issuer", &self.validation.iss)
+            .field("audience", &self.validation.aud)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unauthorized(detail: &str) -> Rejection {
+    Rejection::unauthorized(detail).with_header(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    )
+}
+
+impl JwtPolicy {
+    /// A policy for `algorithm` (`HS256`, `RS256`, `ES256`) with `key`: the HS256 secret, or
+    /// the PEM public key.
+    pub fn new(algorithm: &str, key: &[u8]) -> Result<Self, AuthConfigError> {
+        if jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
+            return Err(AuthConfigError::NoCryptoProvider);
+        }
+        let (algorithm, key) = match algorithm.trim().to_ascii_uppercase().as_str() {
+            "HS256" => {
+                if key.len() < MIN_HS256_SECRET_BYTES {
+                    return Err(AuthConfigError::ShortSecret(key.len()));
+                }
+                let key = DecodingKey::from_secret(key).map_err(|_| AuthConfigError::Key {
+                    algorithm: Algorithm::HS256,
+                    expected: "secret",
+                })?;
+                (Algorithm::HS256, key)
+            }
+            "RS256" => (
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem(key).map_err(|_| AuthConfigError::Key {
+                    algorithm: Algorithm::RS256,
+                    expected: "PEM RSA public key",
+                })?,
+            ),
+            "ES256" => (
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem(key).map_err(|_| AuthConfigError::Key {
+                    algorithm: Algorithm::ES256,
+                    expected: "PEM P-256 public key",
+                })?,
+            ),
+            other => return Err(AuthConfigError::Algorithm(other.to_owned())),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_aud = false;
+        Ok(Self { key, validation })
+    }
+
+    /// Tokens must carry this `iss`.
+    pub fn with_issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self.validation.required_spec_claims.insert("iss".into());
+        self
+    }
+
+    /// Tokens must include this `aud`.
+    pub fn with_audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self.validation.required_spec_claims.insert("aud".into());
+        self
+    }
+
+    /// The policy `AUTH_MODE` and the `AUTH_JWT_*` variables describe, read through `var`
+    /// (the process environment in `serve` and the Lambda function); `None` for
+    /// `AUTH_MODE=none` or unset. The key file is read here, once.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, AuthConfigError> {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        match set(AUTH_MODE).as_deref().map(str::trim) {
+            None => return Ok(None),
+            Some(mode) if mode.eq_ignore_ascii_case("none") => return Ok(None),
+            Some(mode) if mode.eq_ignore_ascii_case("jwt") => {}
+            Some(other) => return Err(AuthConfigError::Mode(other.to_owned())),
+        }
+        let algorithm = set(AUTH_JWT_ALGORITHM).unwrap_or_else(|| "HS256".to_owned());
+        let key = match (set(AUTH_JWT_KEY), set(AUTH_JWT_KEY_FILE)) {
+            (Some(key), None) => key.into_bytes(),
+            (None, Some(path)) => {
+                std::fs::read(&path).map_err(|source| AuthConfigError::KeyFile { path, source })?
+            }
+            _ => return Err(AuthConfigError::MissingKey),
+        };
+        let mut policy = Self::new(&algorithm, &key)?;
+        if let Some(issuer) = set(AUTH_JWT_ISSUER) {
+            policy = policy.with_issuer(&issuer);
+        }
+        if let Some(audience) = set(AUTH_JWT_AUDIENCE) {
+            policy = policy.with_audience(&audience);
+        }
+        Ok(Some(policy))
+    }
+
+    /// Verifies `token`: its signature, algorithm, expiry and claims. The rejection never
+    /// contains the token.
+    pub fn verify(&self, token: &str) -> Result<Grant, Rejection> {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                unauthorized(match e.kind() {
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                        "Invalid token: bad signature or algorithm"
+                    }
+                    ErrorKind::ExpiredSignature => "Invalid token: expired",
+                    ErrorKind::ImmatureSignature => "Invalid token: not valid yet",
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        "Invalid token: a required claim is missing"
+                    }
+                    ErrorKind::InvalidIssuer => "Invalid token: wrong issuer",
+                    ErrorKind::InvalidAudience => "Invalid token: wrong audience",
+                    _ => "Invalid token: malformed",
+                })
+            })?;
+        let claims = data.claims;
+        let scopes = match claims.scope {
+            None => 0,
+            Some(ScopeClaim::Text(text)) => text
+                .split_whitespace()
+                .filter_map(Scope::parse)
+                .fold(0, |acc, s| acc | s.bit()),
+            Some(ScopeClaim::List(list)) => list
+                .iter()
+                .filter_map(|s| Scope::parse(s))
+                .fold(0, |acc, s| acc | s.bit()),
+        };
+        let calls = match (claims.calls, claims.call_prefix) {
+            (None, None) => Calls::Any,
+            (ids, prefix) => Calls::Only {
+                ids: ids.unwrap_or_default(),
+                prefix,
+            },
+        };
+        Ok(Grant {
+            subject: claims.sub,
+            scopes,
+            calls,
+        })
+    }
+
+    /// The token of a request: the bearer header, or for the beacon close only, `?token=`.
+    fn token(request: &RequestInfo, beacon: bool) -> Result<String, Rejection> {
+        if let Some(value) = request.headers.get(http::header::AUTHORIZATION) {
+            let value = value
+                .to_str()
+                .map_err(|_| unauthorized("Invalid token: malformed"))?;
+            let (scheme, token) = value
+                .split_once(' ')
+                .ok_or_else(|| unauthorized("Not authenticated: use the Bearer scheme"))?;
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(unauthorized("Not authenticated: use the Bearer scheme"));
+            }
+            return Ok(token.trim().to_owned());
+        }
+        if beacon
+            && request.method == Method::POST
+            && request.uri.path().ends_with("/close")
+            && let Some(query) = request.uri.query()
+            && let Some(token) = form_urlencoded::parse(query.as_bytes())
+                .find(|(name, _)| name == "token")
+                .map(|(_, value)| value.into_owned())
+        {
+            return Ok(token);
+        }
+        Err(unauthorized("Not authenticated"))
+    }
+
+    /// Authenticates the request and authorizes `scope` on `call_id`.
+    pub fn authorize(
+        &self,
+        request: &RequestInfo,
+        scope: Scope,
+        call_id: &str,
+    ) -> Result<Grant, Rejection> {
+        let token = Self::token(request, scope == Scope::SessionsClose)?;
+        let grant = self.verify(&token)?;
+        if !grant.has(scope) {
+            return Err(Rejection::forbidden(format!(
+                "This token does not grant {scope}"
+            )));
+        }
+        if !grant.allows_call(call_id) {
+            return Err(Rejection::forbidden(
+                "This token does not grant access to this call",
+            ));
+        }
+        Ok(grant)
+    }
+
+    /// The hooks of this policy: each action needs its scope and its call.
+    pub fn hooks(self: &Arc<Self>) -> PermissionHooks {
+        let per_call = |scope: Scope| {
+            let policy = self.clone();
+            Some(Permission::new(
+                move |call_id: String, request: RequestInfo| {
+                    let result = policy.authorize(&request, scope, &call_id).map(drop);
+                    async move { result }
+                },
+            ))
+        };
+        let policy = self.clone();
+        let list = ListPermission::new(move |request: RequestInfo| {
+            let result = Self::token(&request, false)
+                .and_then(|token| policy.verify(&token))
+                .and_then(|grant| {
+                    if !grant.has(Scope::SessionsView) {
+                        return Err(Rejection::forbidden(format!(
+                            "This token does not grant {}",
+                            Scope::SessionsView
+                        )));
+                    }
+                    Ok(match grant.calls {
+                        Calls::Any => CallFilter::All,
+                        calls => {
+                            CallFilter::Only(Arc::new(move |call| calls.allows(call.as_str())))
+                        }
+                    })
+                });
+            async move { result }
+        });
+        PermissionHooks {
+            can_start_session: per_call(Scope::SessionsStart),
+            can_close_session: per_call(Scope::SessionsClose),
+            can_view_session: per_call(Scope::SessionsView),
+            can_view_metrics: per_call(Scope::MetricsView),
+            can_list_sessions: Some(list),
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `AUTH_MODE=jwt` through the `api` handler: API Gateway HTTP API v2 events as the template
+//! sends them (no authorizer: the function checks every token), against moto. The security
+//! matrix of the local router (api/tests/api/auth.rs) on the deployed path: every endpoint ×
+//! {no token, garbage, bad signature, expired, wrong scope, wrong call}, and the beacon's
+//! `?token=`, with no state change on a refusal.
+
+use serde_json::{Value, json};
+use switchboard_functions::{ApiConfig, api_router};
+
+use crate::events::{Event, get, invoke};
+
+const SECRET: &str = "a deployment's hs256 secret, thirty-two bytes or more";
+const ALL: &str = "sessions:start sessions:close sessions:view metrics:view";
+
+fn token(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn scoped(scope: &str, calls: Option<&[&str]>) -> String {
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let mut claims = json!({"sub": "svc", "exp": exp, "scope": scope});
+    if let Some(calls) = calls {
+        claims["calls"] = json!(calls);
+    }
+    token(SECRET, claims)
+}
+
+fn bearer(event: Event, token: Option<&str>) -> Event {
+    let event = event.unauthenticated();
+    match token {
+        Some(t) => event.header("authorization", format!("Bearer {t}")),
+        None => event,
+    }
+}
+
+#[tokio::test]
+async fn the_deployed_handler_checks_every_token_itself() {
+    let sdk = switchboard_testkit::sdk_config().await;
+    let table = switchboard_testkit::table(&switchboard_testkit::client().await).await;
+    let ecs = switchboard_testkit::ecs_client();
+    let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
+    let mut vars = crate::config::complete();
+    vars.insert("TABLE_NAME", table);
+    vars.insert("ECS_CLUSTER", cluster);
+    vars.insert("TASK_DEFINITION", definition);
+    vars.insert("SUBNETS", switchboard_testkit::subnet());
+    vars.insert("AUTH_MODE", "jwt".into());
+    vars.insert("AUTH_JWT_KEY", SECRET.into());
+    let config = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
+    assert!(
+        !format!("{config:?}").contains(SECRET),
+        "the configuration never shows the secret"
+    );
+    let router = api_router(&config, &sdk).expect("router");
+
+    let admin = scoped(ALL, None);
+    let created = invoke(
+        &router,
+        &bearer(
+            get("/calls/jwt-call/sessions")
+                .method("POST")
+                .json(json!({})),
+            Some(&admin),
+        ),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["session_id"].as_str().unwrap().to_owned();
+    let path = format!("/calls/jwt-call/sessions/{id}");
+    let state = |router| {
+        let (path, admin) = (path.clone(), admin.clone());
+        async move {
+            let got = invoke(router, &bearer(get(&path), Some(&admin))).await;
+            assert_eq!(got.status, 200, "{got:?}");
+            let listed = invoke(
+                router,
+                &bearer(get("/calls/jwt-call/sessions"), Some(&admin)),
+            )
+            .await;
+            (
+                got.json()["status"].clone(),
+                got.json()["close_requested_at"].clone(),
+                listed.json()["sessions"].as_array().unwrap().len(),
+            )
+        }
+    };
+    let before = state(&router).await;
+    assert_eq!(before, (json!("starting"), Value::Null, 1));
+
+    let mut tampered = admin.clone();
+    tampered.truncate(tampered.len() - 2);
+    tampered.push_str("xx");
+    let expired = token(
+        SECRET,
+        json!({"sub": "svc", "exp": jsonwebtoken::get_current_timestamp() - 3600, "scope": ALL}),
+    );
+    let endpoints: [(&str, Event, &str); 7] = [
+        (
+            "start",
+            get("/calls/jwt-call/sessions")
+                .method("POST")
+                .json(json!({})),
+            "sessions:start",
+        ),
+        ("get", get(&path), "sessions:view"),
+        (
+            "list call",
+            get("/calls/jwt-call/sessions"),
+            "sessions:view",
+        ),
+        ("metrics", get(format!("{path}/metrics")), "metrics:view"),
+        ("close", get(&path).method("DELETE"), "sessions:close"),
+        (
+            "beacon",
+            get(format!("{path}/close")).method("POST"),
+            "sessions:close",
+        ),
+        ("list all", get("/sessions"), "sessions:view"),
+    ];
+    let mut results = Vec::new();
+    for (name, event, scope) in &endpoints {
+        let others: Vec<&str> = ALL.split(' ').filter(|s| s != scope).collect();
+        let cases: [(&str, Option<String>, u16); 6] = [
+            ("no token", None, 401),
+            ("garbage", Some("garbage".into()), 401),
+            ("bad signature", Some(tampered.clone()), 401),
+            ("expired", Some(expired.clone()), 401),
+            ("wrong scope", Some(scoped(&others.join(" "), None)), 403),
+            (
+                "wrong call",
+                Some(scoped(ALL, Some(&["another-call"]))),
+                if *name == "list all" { 200 } else { 403 },
+            ),
+        ];
+        for (case, token, want) in cases {
+            let reply = invoke(&router, &bearer(event.clone(), token.as_deref())).await;
+            assert_eq!(reply.status, want, "{name} with {case}: {reply:?}");
+            if want == 401 {
+                assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+            }
+            if let Some(token) = &token {
+                assert!(
+                    !reply.body.contains(token.as_str()),
+                    "{name}: the token is echoed"
+                );
+            }
+            if *name == "list all" && want == 200 {
+                assert_eq!(
+                    reply.json()["sessions"],
+                    json!([]),
+                    "another call's token sees nothing"
+                );
+            }
+            results.push((*name, case, reply.status));
+        }
+        assert_eq!(state(&router).await, before, "after {name}");
+    }
+    assert_eq!(results.len(), 42);
+
+    // The beacon's query token, through the event's rawQueryString: same checks, then 202.
+    let viewer = scoped("sessions:view", None);
+    let beacon = get(format!("{path}/close")).method("POST");
+    let refused = invoke(
+        &router,
+        &bearer(beacon.clone().query(&format!("token={viewer}")), None),
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let not_here = invoke(
+        &router,
+        &bearer(
+            get(&path).method("DELETE").query(&format!("token={admin}")),
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(not_here.status, 401, "only the beacon reads ?token=");
+    assert_eq!(state(&router).await, before);
+    let closer = scoped("sessions:close", Some(&["jwt-call"]));
+    let closed = invoke(
+        &router,
+        &bearer(beacon.query(&format!("token={closer}")), None),
+    )
+    .await;
+    assert_eq!(closed.status, 202, "{closed:?}");
+    let after = state(&router).await;
+    assert_eq!(after.0, json!("closing"));
+}
