@@ -82,6 +82,10 @@ pub enum ApiError {
     Rejected(Box<Rejection>),
     /// 413.
     PayloadTooLarge,
+    /// 414: the path and query are longer than [`crate::MAX_URI_BYTES`].
+    UriTooLong,
+    /// 431: a header, or all of them, are larger than the limits.
+    HeadersTooLarge,
     /// 429.
     LimitReached(LimitKind),
     /// 503 `/ready`.
@@ -140,6 +144,8 @@ impl ApiError {
             Self::SessionNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Rejected(r) => r.status,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -164,6 +170,15 @@ impl IntoResponse for ApiError {
             Self::PayloadTooLarge => json!(format!(
                 "Request body is larger than the limit of {} bytes",
                 crate::MAX_BODY_BYTES
+            )),
+            Self::UriTooLong => json!(format!(
+                "The request's path and query are longer than the limit of {} bytes",
+                crate::MAX_URI_BYTES
+            )),
+            Self::HeadersTooLarge => json!(format!(
+                "The request's headers are larger than the limits ({} bytes per header, {} in all)",
+                crate::MAX_HEADER_BYTES,
+                crate::MAX_HEADERS_BYTES
             )),
             Self::LimitReached(LimitKind::Global) => json!(MAX_CONCURRENT),
             Self::LimitReached(LimitKind::PerCall) => json!(MAX_PER_CALL),

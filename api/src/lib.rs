@@ -36,6 +36,14 @@ pub use state::{AppState, DEFAULT_REQUEST_DEADLINE, ReadinessCheck, registry_rea
 
 /// The largest request body accepted (16 KiB); larger is 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The longest path and query accepted (4 KiB: a 256-byte call id, a session id and a
+/// beacon's `?token=` fit many times over); longer is 414.
+pub const MAX_URI_BYTES: usize = 4 * 1024;
+/// The largest single header value accepted (8 KiB: a bearer token with room to spare);
+/// larger is 431.
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// The largest total of header names and values accepted (32 KiB); larger is 431.
+pub const MAX_HEADERS_BYTES: usize = 32 * 1024;
 
 /// How the router is assembled (the anchor's `ServeOptions`).
 #[derive(Default)]
@@ -116,7 +124,33 @@ pub fn router(state: AppState, options: ServeOptions) -> Result<Router, ConfigEr
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(cors)
+        .layer(axum::middleware::from_fn(request_limits))
         .layer(TraceLayer::new_for_http().make_span_with(request_span)))
+}
+
+/// 414 and 431 before anything else runs (CORS included): a hostile client's oversized
+/// request costs one length check and never reaches a hook or the registry.
+async fn request_limits(
+    request: http::Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = request.uri();
+    let uri_bytes = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
+    if uri_bytes > MAX_URI_BYTES {
+        return ApiError::UriTooLong.into_response();
+    }
+    let mut total = 0;
+    for (name, value) in request.headers() {
+        if value.len() > MAX_HEADER_BYTES {
+            return ApiError::HeadersTooLarge.into_response();
+        }
+        total += name.as_str().len() + value.len();
+    }
+    if total > MAX_HEADERS_BYTES {
+        return ApiError::HeadersTooLarge.into_response();
+    }
+    next.run(request).await
 }
 
 /// The request's span: method and path, never the query (the beacon's `?token=` must not

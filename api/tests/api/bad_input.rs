@@ -336,3 +336,60 @@ async fn hooks_may_answer_any_status_and_json_detail() {
         .unwrap();
     assert_eq!(app.send(request).await.status, StatusCode::CREATED);
 }
+
+/// Oversized paths and headers are refused before anything else runs (414, 431), with a
+/// `detail`; requests just under the limits are served.
+#[tokio::test]
+async fn oversized_paths_and_headers_are_414_and_431() {
+    use switchboard_api::{MAX_HEADER_BYTES, MAX_HEADERS_BYTES, MAX_URI_BYTES};
+    let hooks = PermissionHooks {
+        can_view_session: Some(Permission::new(|_, _| async {
+            panic!("a hook ran for an oversized request")
+        })),
+        ..Default::default()
+    };
+    let app = spawn_app_with(
+        |b| b,
+        ServeOptions {
+            hooks,
+            ..Default::default()
+        },
+    )
+    .await;
+    let send = |uri: String, headers: Vec<(String, String)>| {
+        let app = &app;
+        async move {
+            let mut builder = Request::builder().method(Method::GET).uri(uri);
+            for (name, value) in headers {
+                builder = builder.header(name, value);
+            }
+            app.send(builder.body(Body::empty()).unwrap()).await
+        }
+    };
+    let path = "/calls/c/sessions/x";
+    let long_query = format!("{path}?pad={}", "a".repeat(MAX_URI_BYTES));
+    let r = send(long_query, vec![]).await;
+    assert_eq!(r.status, StatusCode::URI_TOO_LONG, "{}", r.text());
+    assert!(r.detail().as_str().unwrap().contains("4096"));
+
+    let r = send(
+        "/health".into(),
+        vec![("x-big".into(), "v".repeat(MAX_HEADER_BYTES + 1))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(r.detail().is_string());
+    let many: Vec<(String, String)> = (0..=MAX_HEADERS_BYTES / 4000)
+        .map(|i| (format!("x-h{i}"), "v".repeat(4000)))
+        .collect();
+    let r = send("/health".into(), many).await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    // Just under the limits: a long query and a header of exactly the limit are served.
+    let r = send(
+        format!("/health?pad={}", "a".repeat(MAX_URI_BYTES - 20)),
+        vec![("x-big".into(), "v".repeat(MAX_HEADER_BYTES))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
