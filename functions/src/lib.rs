@@ -6,6 +6,7 @@
 //! `lambda_http::run`.
 
 pub mod reaper;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -77,6 +78,26 @@ pub struct ApiConfig {
     pub cors: CorsOptions,
     /// The JWT policy (`AUTH_MODE=jwt`), or `None` for allow-all (`AUTH_MODE=none`).
     pub auth: Option<Arc<JwtPolicy>>,
+    /// `AUTH_MODE=jwt` with its key in Secrets Manager: the `AUTH_*` settings, until
+    /// [`ApiConfig::load_auth`] reads the secret (the router refuses to be built before).
+    pub auth_pending: Option<PendingAuth>,
+}
+
+/// JWT settings whose key is still in Secrets Manager.
+#[derive(Clone)]
+pub struct PendingAuth {
+    /// The secret's name or ARN.
+    pub secret_id: String,
+    /// The other `AUTH_*` variables (mode, algorithm, issuer, audience).
+    vars: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for PendingAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAuth")
+            .field("secret_id", &self.secret_id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn list(value: &str) -> Vec<String> {
@@ -209,15 +230,71 @@ impl ApiConfig {
             value: cors.allow_origins.join(","),
             reason: e.to_string(),
         })?;
-        // Keys are read once, here (a key file in the package, or the variable itself).
-        let auth = JwtPolicy::from_vars(|name| (vars.0)(name))?.map(Arc::new);
+        // Keys are read once: here (the variable itself, or a file in the package), or from
+        // Secrets Manager by `load_auth` at init.
+        let (auth, auth_pending) = match vars.optional(secrets::AUTH_JWT_KEY_SECRET_ID) {
+            Some(secret_id) => {
+                use switchboard_api::auth::{
+                    AUTH_JWT_ALGORITHM, AUTH_JWT_AUDIENCE, AUTH_JWT_ISSUER, AUTH_MODE,
+                };
+                let jwt = vars
+                    .optional(AUTH_MODE)
+                    .is_some_and(|m| m.eq_ignore_ascii_case("jwt"));
+                if !jwt {
+                    return Err(ConfigError::Invalid {
+                        name: secrets::AUTH_JWT_KEY_SECRET_ID,
+                        value: secret_id,
+                        reason: "is only used with AUTH_MODE=jwt".into(),
+                    });
+                }
+                let vars = [
+                    AUTH_MODE,
+                    AUTH_JWT_ALGORITHM,
+                    AUTH_JWT_ISSUER,
+                    AUTH_JWT_AUDIENCE,
+                ]
+                .into_iter()
+                .filter_map(|name| Some((name, vars.optional(name)?)))
+                .collect();
+                (None, Some(PendingAuth { secret_id, vars }))
+            }
+            None => (
+                JwtPolicy::from_vars(|name| (vars.0)(name))?.map(Arc::new),
+                None,
+            ),
+        };
         Ok(Self {
             table,
             ecs,
             limits,
             cors,
             auth,
+            auth_pending,
         })
+    }
+
+    /// Reads the JWT key from Secrets Manager when `AUTH_JWT_KEY_SECRET_ID` names it (once,
+    /// at init); a no-op otherwise.
+    pub async fn load_auth(&mut self, sdk: &aws_config::SdkConfig) -> anyhow::Result<()> {
+        let Some(pending) = self.auth_pending.take() else {
+            return Ok(());
+        };
+        let key = secrets::secret_string(sdk, &pending.secret_id).await?;
+        let lookup = |name: &str| {
+            if name == switchboard_api::auth::AUTH_JWT_KEY {
+                return Some(key.clone());
+            }
+            pending
+                .vars
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let policy = JwtPolicy::from_vars(lookup)
+            .map_err(ConfigError::from)?
+            .ok_or_else(|| anyhow::anyhow!("AUTH_MODE is not jwt"))?;
+        self.auth = Some(Arc::new(policy));
+        Ok(())
     }
 }
 
@@ -271,6 +348,13 @@ impl ReaperConfig {
 
 /// The API router over DynamoDB and ECS, with `/ready` probing the table.
 pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Result<Router> {
+    // Fail closed: never serve without the policy the configuration asks for.
+    if let Some(pending) = &config.auth_pending {
+        anyhow::bail!(
+            "the JWT key in {} was not loaded (call ApiConfig::load_auth first)",
+            pending.secret_id
+        );
+    }
     let registry: Arc<dyn SessionRegistry> = Arc::new(DynamoRegistry::new(
         aws_sdk_dynamodb::Client::new(sdk),
         config.table.clone(),

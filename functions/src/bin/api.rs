@@ -7,11 +7,20 @@ use switchboard_functions::{ApiConfig, api_router, init_logging};
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     init_logging();
-    let config = ApiConfig::from_env().inspect_err(|e| {
+    let mut config = ApiConfig::from_env().inspect_err(|e| {
         tracing::error!(error = %e, "invalid configuration");
     })?;
     let sdk = switchboard_aws::sdk_config_from_env().await;
+    // The JWT key, when it lives in Secrets Manager: read once, here.
+    config.load_auth(&sdk).await.inspect_err(|e| {
+        tracing::error!(error = %format!("{e:#}"), "could not load the JWT key");
+    })?;
     let router = api_router(&config, &sdk)?;
-    tracing::info!(table = %config.table, cluster = %config.ecs.cluster, "api function ready");
+    tracing::info!(
+        table = %config.table,
+        cluster = %config.ecs.cluster,
+        auth = if config.auth.is_some() { "jwt" } else { "none" },
+        "api function ready"
+    );
     lambda_http::run(router).await
 }

@@ -191,3 +191,68 @@ async fn the_deployed_handler_checks_every_token_itself() {
     let after = state(&router).await;
     assert_eq!(after.0, json!("closing"));
 }
+
+/// The template's way: the key in Secrets Manager (here moto's), read once at init. Until it
+/// is read the router refuses to be built (fail closed), and a missing secret fails the init.
+#[tokio::test]
+async fn the_key_comes_from_secrets_manager_at_init_and_the_router_fails_closed_without_it() {
+    const ES_PUBLIC: &str = include_str!("../../../api/tests/api/keys/es256-public.pem");
+    const ES_PRIVATE: &[u8] = include_bytes!("../../../api/tests/api/keys/es256-private.pem");
+    let sdk = switchboard_testkit::sdk_config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let name = format!("switchboard-jwt-{}", uuid::Uuid::now_v7().simple());
+    let arn = secrets
+        .create_secret()
+        .name(&name)
+        .secret_string(ES_PUBLIC)
+        .send()
+        .await
+        .expect("create secret")
+        .arn
+        .expect("arn");
+    let table = switchboard_testkit::table(&switchboard_testkit::client().await).await;
+    let ecs = switchboard_testkit::ecs_client();
+    let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
+    let mut vars = crate::config::complete();
+    vars.insert("TABLE_NAME", table);
+    vars.insert("ECS_CLUSTER", cluster);
+    vars.insert("TASK_DEFINITION", definition);
+    vars.insert("SUBNETS", switchboard_testkit::subnet());
+    vars.insert("AUTH_MODE", "jwt".into());
+    vars.insert("AUTH_JWT_ALGORITHM", "ES256".into());
+    vars.insert("AUTH_JWT_KEY_SECRET_ID", arn.clone());
+
+    let mut config = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
+    assert!(config.auth.is_none() && config.auth_pending.is_some());
+    let refused = api_router(&config, &sdk).expect_err("no router before the key is read");
+    assert!(refused.to_string().contains("was not loaded"), "{refused}");
+    config.load_auth(&sdk).await.expect("the key");
+    let router = api_router(&config, &sdk).expect("router");
+
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let es = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({"sub": "svc", "exp": exp, "scope": "sessions:start"}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(ES_PRIVATE).unwrap(),
+    )
+    .unwrap();
+    let start = get("/calls/secret-call/sessions")
+        .method("POST")
+        .json(json!({}));
+    let created = invoke(&router, &bearer(start.clone(), Some(&es))).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let hs = invoke(
+        &router,
+        &bearer(start, Some(&scoped("sessions:start", None))),
+    )
+    .await;
+    assert_eq!(hs.status, 401, "an HS256 token against an ES256 key");
+
+    // A secret that does not exist fails the init; the id without AUTH_MODE=jwt is refused.
+    vars.insert("AUTH_JWT_KEY_SECRET_ID", format!("{arn}-missing"));
+    let mut missing = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
+    let error = missing.load_auth(&sdk).await.expect_err("no such secret");
+    assert!(format!("{error:#}").contains("GetSecretValue"), "{error:#}");
+    vars.insert("AUTH_MODE", "none".into());
+    assert!(ApiConfig::from_lookup(|name| vars.get(name).cloned()).is_err());
+}

@@ -68,6 +68,7 @@ const API: &[&str] = &[
     "aws/src/dynamodb/",
     "aws/src/ecs.rs",
     "functions/src/lib.rs",
+    "functions/src/secrets.rs",
     "functions/src/bin/api.rs",
 ];
 const REAPER: &[&str] = &[
@@ -92,6 +93,8 @@ fn actions_in(files: &[(String, String)], owned: &[&str]) -> BTreeSet<String> {
                 "dynamodb"
             } else if path.ends_with("ecs.rs") || path.ends_with("ecs_tasks.rs") {
                 "ecs"
+            } else if path.ends_with("secrets.rs") {
+                "secretsmanager"
             } else {
                 panic!("{path}: an SDK call `{op}` of an unknown service: add it here");
             };
