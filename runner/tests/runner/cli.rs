@@ -9,7 +9,7 @@ use switchboard_runner::Runner;
 
 use crate::support::gated_launcher;
 
-const ENV_VARS: [&str; 7] = [
+const ENV_VARS: [&str; 13] = [
     "SWITCHBOARD_MAX_CONCURRENT_SESSIONS",
     "SWITCHBOARD_MAX_SESSIONS_PER_CALL",
     "SWITCHBOARD_MAX_SESSION_DURATION_SECONDS",
@@ -17,6 +17,12 @@ const ENV_VARS: [&str; 7] = [
     "SWITCHBOARD_MAINTENANCE_INTERVAL",
     "SWITCHBOARD_SESSION_LEASE_SECONDS",
     "SWITCHBOARD_LOG_FORMAT",
+    "AUTH_MODE",
+    "AUTH_JWT_ALGORITHM",
+    "AUTH_JWT_KEY",
+    "AUTH_JWT_KEY_FILE",
+    "AUTH_JWT_ISSUER",
+    "AUTH_JWT_AUDIENCE",
 ];
 
 /// The child: a launcher configured in code (max_concurrent_sessions 5, agent_idle_timeout
@@ -293,4 +299,38 @@ fn invalid_options_are_refused_with_the_anchors_messages() {
         "{}",
         c.stderr
     );
+}
+
+/// `serve` reads `AUTH_MODE` and the `AUTH_JWT_*` variables once at start-up: `none` (or
+/// unset) allows all, `jwt` needs a usable key, and a bad setting stops it with exit code 2
+/// and a message that never shows the key.
+#[test]
+fn serve_reads_the_auth_mode_and_refuses_an_unusable_key() {
+    let mode = |env: &[(&str, &str)]| {
+        let c = child(&["serve", "--print-config"], env);
+        assert_eq!(c.code, 0, "{}", c.stderr);
+        c.config.expect("printed config")["auth_mode"].clone()
+    };
+    assert_eq!(mode(&[]), json!("none"));
+    assert_eq!(mode(&[("AUTH_MODE", "none")]), json!("none"));
+    assert_eq!(
+        mode(&[
+            ("AUTH_MODE", "jwt"),
+            ("AUTH_JWT_KEY", "a local hs256 secret of thirty-two bytes+"),
+        ]),
+        json!("jwt")
+    );
+    for (env, says) in [
+        (vec![("AUTH_MODE", "jwt")], "AUTH_JWT_KEY"),
+        (vec![("AUTH_MODE", "open")], "AUTH_MODE"),
+        (
+            vec![("AUTH_MODE", "jwt"), ("AUTH_JWT_KEY", "short-secret")],
+            "at least 32 bytes",
+        ),
+    ] {
+        let c = child(&["serve", "--print-config"], &env);
+        assert_eq!(c.code, 2, "{env:?}: {}", c.stderr);
+        assert!(c.stderr.contains(says), "{env:?}: {}", c.stderr);
+        assert!(!c.stderr.contains("short-secret"), "the key is never shown");
+    }
 }
