@@ -166,10 +166,13 @@ pub(crate) async fn get_session_metrics(
     }
 }
 
-async fn close(app: AppState, request: Request) -> Result<Response, ApiError> {
+async fn close(app: AppState, request: Request, beacon: bool) -> Result<Response, ApiError> {
     let (mut parts, _) = request.into_parts();
     let raw = path_params(&mut parts).await?;
     hooks::check(app.hooks.can_close_session.as_ref(), &raw.call_id, &parts).await?;
+    if beacon {
+        crate::request::check_beacon_token(&parts.uri)?;
+    }
     let call_id = parse_call_id(&raw.call_id)?;
     let id = session_id(&raw.session_id)?;
     service::request_close(&*app.registry, &*app.launcher, &call_id, id)
@@ -195,7 +198,7 @@ pub(crate) async fn close_session(
     State(app): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    close(app, request).await
+    close(app, request, false).await
 }
 
 /// Request a session's close with `navigator.sendBeacon` (POST; any body is ignored).
@@ -214,7 +217,7 @@ pub(crate) async fn close_session_beacon(
     State(app): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    close(app, request).await
+    close(app, request, true).await
 }
 
 async fn list(

@@ -36,9 +36,12 @@ pub use state::{AppState, DEFAULT_REQUEST_DEADLINE, ReadinessCheck, registry_rea
 
 /// The largest request body accepted (16 KiB); larger is 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// The longest path and query accepted (4 KiB: a 256-byte call id, a session id and a
-/// beacon's `?token=` fit many times over); longer is 414.
-pub const MAX_URI_BYTES: usize = 4 * 1024;
+/// The longest path and query accepted (32 KiB: a percent-encoded 256-byte call id, a session
+/// id and the longest beacon `?token=`, even percent-encoded, fit); longer is 414.
+pub const MAX_URI_BYTES: usize = 32 * 1024;
+/// The longest beacon `?token=` accepted, in characters (2,048: a JWT for one call is a few
+/// hundred; longer is 422, or 401 under the JWT policy). Send big tokens in the header.
+pub const MAX_TOKEN_CHARS: usize = 2048;
 /// The largest single header value accepted (8 KiB: a bearer token with room to spare);
 /// larger is 431.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;

@@ -54,7 +54,97 @@ struct ApiDoc;
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     constrain_parameters(&mut doc);
+    declare_auth_and_limits(&mut doc);
     doc
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        utoipa::openapi::ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::Content::new(Some(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))),
+            )
+            .build(),
+    )
+}
+
+/// The bearer scheme of the JWT policy (`AUTH_MODE=jwt`; with `none`, the default, no token
+/// is needed, hence the empty alternative), its 401/403 on the session routes, the beacon's
+/// `?token=`, and the request-size limits (414, 431) that every route applies.
+fn declare_auth_and_limits(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+    if let Some(components) = doc.components.as_mut() {
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "With AUTH_MODE=jwt: a JWT with `sub`, `exp`, a `scope` \
+                         (sessions:start, sessions:close, sessions:view, metrics:view) and \
+                         optionally `calls` / `call_prefix`. See docs/api.md.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let guarded = path.starts_with("/calls") || path == "/sessions";
+        let beacon = path.ends_with("/close");
+        let operations = [&mut item.get, &mut item.post, &mut item.delete];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            responses.insert("414".into(), error_response("Path and query over 32 KiB"));
+            responses.insert(
+                "431".into(),
+                error_response("A header over 8 KiB, or headers over 32 KiB in all"),
+            );
+            if !guarded {
+                continue;
+            }
+            responses.insert(
+                "401".into(),
+                error_response(
+                    "AUTH_MODE=jwt: no token, or a malformed, badly signed or expired one",
+                ),
+            );
+            responses.insert(
+                "403".into(),
+                error_response("AUTH_MODE=jwt: the token lacks this action's scope or this call"),
+            );
+            operation.security = Some(vec![
+                SecurityRequirement::new("bearer", Vec::<String>::new()),
+                SecurityRequirement::default(),
+            ]);
+            if beacon {
+                operation
+                    .parameters
+                    .get_or_insert_with(Vec::new)
+                    .push(RefOr::T(
+                        ParameterBuilder::new()
+                            .name("token")
+                            .parameter_in(ParameterIn::Query)
+                            .required(utoipa::openapi::Required::False)
+                            .description(Some(
+                                "The bearer token, for navigator.sendBeacon (which cannot send \
+                             headers); only this route reads it",
+                            ))
+                            .schema(Some(
+                                ObjectBuilder::new()
+                                    .schema_type(Type::String)
+                                    .max_length(Some(crate::MAX_TOKEN_CHARS)),
+                            ))
+                            .build(),
+                    ));
+            }
+        }
+    }
 }
 
 /// Call ids and types: 1–256 bytes (JSON Schema counts characters: 256 is the bound for ASCII),

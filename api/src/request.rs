@@ -282,3 +282,23 @@ pub(crate) fn fail_if_any(issues: Vec<ValidationIssue>) -> Result<(), ApiError> 
         Err(ApiError::Validation(issues))
     }
 }
+
+/// The beacon's `?token=` is at most [`crate::MAX_TOKEN_CHARS`] (as the document states),
+/// whether or not a policy reads it.
+pub(crate) fn check_beacon_token(uri: &http::Uri) -> Result<(), ApiError> {
+    let too_long = uri.query().is_some_and(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| name == "token" && value.chars().count() > crate::MAX_TOKEN_CHARS)
+    });
+    if too_long {
+        return Err(ApiError::invalid(
+            &["query", "token"],
+            format!(
+                "String should have at most {} characters",
+                crate::MAX_TOKEN_CHARS
+            ),
+            "string_too_long",
+        ));
+    }
+    Ok(())
+}

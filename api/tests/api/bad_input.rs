@@ -370,7 +370,7 @@ async fn oversized_paths_and_headers_are_414_and_431() {
     let long_query = format!("{path}?pad={}", "a".repeat(MAX_URI_BYTES));
     let r = send(long_query, vec![]).await;
     assert_eq!(r.status, StatusCode::URI_TOO_LONG, "{}", r.text());
-    assert!(r.detail().as_str().unwrap().contains("4096"));
+    assert!(r.detail().as_str().unwrap().contains("32768"));
 
     let r = send(
         "/health".into(),
@@ -392,4 +392,33 @@ async fn oversized_paths_and_headers_are_414_and_431() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+/// The beacon's `?token=` is bounded as the document states, even when no policy reads it.
+#[tokio::test]
+async fn an_overlong_beacon_token_is_422() {
+    let app = spawn_app().await;
+    let id = app.start("beacon-limit").await;
+    let base = format!("/calls/beacon-limit/sessions/{id}/close");
+    let r = app
+        .post(
+            &format!(
+                "{base}?token={}",
+                "t".repeat(switchboard_api::MAX_TOKEN_CHARS + 1)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert_eq!(r.detail()[0]["loc"], json!(["query", "token"]));
+    let r = app
+        .post(
+            &format!(
+                "{base}?token={}",
+                "t".repeat(switchboard_api::MAX_TOKEN_CHARS)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
 }
