@@ -369,11 +369,22 @@ async fn a_token_scoped_to_a_call_does_everything_on_it_with_each_algorithm() {
     ] {
         let app = app_with(policy).await;
         let token = sign(algorithm, &claims(ALL_SCOPES, Some(&["call-a"])));
-        // Another algorithm's token is refused (keys are per algorithm).
-        let foreign = if algorithm == Algorithm::HS256 {
-            sign(Algorithm::RS256, &claims(ALL_SCOPES, None))
-        } else {
-            hs(ALL_SCOPES, None)
+        // Another algorithm's token is refused (keys are per algorithm), the classic
+        // confusion included: HS256 "signed" with the server's own public key as the secret.
+        let foreign = match algorithm {
+            Algorithm::HS256 => sign(Algorithm::RS256, &claims(ALL_SCOPES, None)),
+            Algorithm::RS256 => jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(ALL_SCOPES, None),
+                &EncodingKey::from_secret(RS_PUBLIC).unwrap(),
+            )
+            .unwrap(),
+            _ => jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(ALL_SCOPES, None),
+                &EncodingKey::from_secret(ES_PUBLIC).unwrap(),
+            )
+            .unwrap(),
         };
         let r = app
             .call_as(Method::POST, "/calls/call-a/sessions", Some(&foreign), None)
