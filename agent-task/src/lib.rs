@@ -5,6 +5,8 @@
 //!   [`WarmupCache`], and the contexts handed to `create_agent` and `join_call`.
 //! - [`edge`] and [`llm`]: the agent-side ports (a call transport, a model). Local stand-ins and
 //!   real integrations implement them.
+//! - [`local_call`]: the local call's WebSocket protocol (version 1), for the `Edge` that
+//!   people and agents join on the embedded server.
 //! - [`launcher`]: [`AgentLauncher`] (the anchor's API: start, stop, warmup, sessions) and
 //!   [`InProcessLauncher`], the [`TaskLauncher`](switchboard_core::TaskLauncher) that runs
 //!   agents as tokio tasks in this process.
@@ -19,6 +21,7 @@ pub mod agent;
 pub mod edge;
 pub mod launcher;
 pub mod llm;
+pub mod local_call;
 pub mod supervisor;
 
 pub use agent::{Agent, CreateContext, JoinContext, Presence, PresenceState, WarmupCache};
