@@ -5,8 +5,8 @@
 //!   [`WarmupCache`], and the contexts handed to `create_agent` and `join_call`.
 //! - [`edge`] and [`llm`]: the agent-side ports (a call transport, a model). Local stand-ins and
 //!   real integrations implement them.
-//! - [`local_call`]: the local call's WebSocket protocol (version 1), for the `Edge` that
-//!   people and agents join on the embedded server.
+//! - [`local_call`] and [`call_hub`]: the local call's WebSocket protocol (version 1), its
+//!   rooms ([`call_hub::CallHub`]) and the agent's side of them ([`call_hub::HubEdge`]).
 //! - [`launcher`]: [`AgentLauncher`] (the anchor's API: start, stop, warmup, sessions) and
 //!   [`InProcessLauncher`], the [`TaskLauncher`](switchboard_core::TaskLauncher) that runs
 //!   agents as tokio tasks in this process.
@@ -18,6 +18,7 @@
 //! crate, not the other way round. Time comes from the `Clock` port and tokio timers only.
 
 pub mod agent;
+pub mod call_hub;
 pub mod edge;
 pub mod launcher;
 pub mod llm;

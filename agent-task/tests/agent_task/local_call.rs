@@ -185,3 +185,144 @@ proptest! {
         prop_assert_eq!(parse_client_frame(&say).is_ok(), !text.is_empty());
     }
 }
+
+mod hub {
+    use std::sync::Arc;
+
+    use switchboard_agent_task::Presence;
+    use switchboard_agent_task::call_hub::{CallHub, HubEdge, PERSON_QUEUE};
+    use switchboard_agent_task::edge::{CallEvent, Edge, User};
+    use switchboard_agent_task::local_call::ServerFrame;
+    use switchboard_core::{CallId, CallType, SystemClock};
+    use tokio::sync::mpsc::Receiver;
+
+    fn next(rx: &mut Receiver<ServerFrame>) -> ServerFrame {
+        rx.try_recv().expect("a frame is waiting")
+    }
+
+    /// People and the agent hear each other; joins and leaves reach the agent's presence, so
+    /// the agent is alone (its idle clock runs) once the last person has left.
+    #[tokio::test]
+    async fn people_and_the_agent_hear_each_other_and_presence_follows() {
+        let hub = CallHub::new(Arc::new(SystemClock));
+        let (mut ada, mut ada_rx) = hub.join_person("c", "Ada");
+        let ada_id = ada.participant().id.clone();
+        let ServerFrame::Welcome {
+            call_id,
+            you,
+            participants,
+        } = next(&mut ada_rx)
+        else {
+            panic!("welcome first")
+        };
+        assert_eq!((call_id.as_str(), you.name.as_str()), ("c", "Ada"));
+        assert!(participants.is_empty());
+
+        let edge = HubEdge::new(hub.clone());
+        let presence = Presence::new();
+        let call = edge
+            .create_call(&CallType::default(), &CallId::parse("c").unwrap())
+            .await
+            .unwrap();
+        let mut agent = edge
+            .join(&call, &User::new("agent", "Assistant"), presence.clone())
+            .await
+            .unwrap();
+        let state = presence.state();
+        assert!(state.joined && state.participants.contains(&ada_id) && !presence.is_alone());
+        let ServerFrame::Joined { participant } = next(&mut ada_rx) else {
+            panic!("the agent's join")
+        };
+        assert!(participant.agent);
+        assert_eq!(participant.name, "Assistant");
+
+        agent
+            .send_message("Hello! How can I help you today?")
+            .await
+            .unwrap();
+        let ServerFrame::Message { from, text, at } = next(&mut ada_rx) else {
+            panic!("the greeting")
+        };
+        assert!(from.agent && text.starts_with("Hello") && at.ends_with('Z'));
+
+        assert!(ada.say("What's the weather in Paris?"));
+        assert_eq!(
+            agent.next_event().await,
+            Some(CallEvent::Message {
+                from: User::new(&ada_id, "Ada"),
+                text: "What's the weather in Paris?".into()
+            })
+        );
+        assert!(
+            matches!(next(&mut ada_rx), ServerFrame::Message { from, .. } if from.id == ada_id)
+        );
+
+        let (bob, mut bob_rx) = hub.join_person("c", "Bob");
+        let ServerFrame::Welcome { participants, .. } = next(&mut bob_rx) else {
+            panic!()
+        };
+        let names: Vec<&str> = participants.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["Assistant", "Ada"], "agents first");
+        assert!(
+            matches!(next(&mut ada_rx), ServerFrame::Joined { participant } if participant.name == "Bob")
+        );
+        assert!(
+            matches!(agent.next_event().await, Some(CallEvent::ParticipantJoined(u)) if u.name == "Bob")
+        );
+        drop(bob);
+        assert!(
+            matches!(next(&mut ada_rx), ServerFrame::Left { participant } if participant.name == "Bob")
+        );
+        assert!(
+            matches!(agent.next_event().await, Some(CallEvent::ParticipantLeft(u)) if u.name == "Bob")
+        );
+
+        ada.leave();
+        assert!(
+            presence.is_alone(),
+            "the last person left: the idle clock runs"
+        );
+        assert!(!ada.say("still there?"), "a person who left cannot speak");
+        assert!(
+            matches!(agent.next_event().await, Some(CallEvent::ParticipantLeft(u)) if u.id == ada_id)
+        );
+        assert_eq!(hub.participants("c").len(), 1);
+        agent.leave().await;
+        assert!(!presence.state().joined);
+        assert!(hub.participants("c").is_empty(), "the empty room is gone");
+        assert_eq!(agent.next_event().await, None);
+    }
+
+    /// A person who stops reading is disconnected once their queue is full; the others see
+    /// them leave and the call goes on.
+    #[tokio::test]
+    async fn a_person_who_does_not_read_is_dropped_and_the_call_goes_on() {
+        let hub = CallHub::new(Arc::new(SystemClock));
+        let (slow, _slow_rx) = hub.join_person("c", "Slow");
+        let (fast, mut fast_rx) = hub.join_person("c", "Fast");
+        let presence = Presence::new();
+        let edge = HubEdge::new(hub.clone());
+        let call = edge
+            .create_call(&CallType::default(), &CallId::parse("c").unwrap())
+            .await
+            .unwrap();
+        let agent = edge
+            .join(&call, &User::new("agent", "Assistant"), presence.clone())
+            .await
+            .unwrap();
+        assert_eq!(presence.state().participants.len(), 2);
+        let mut left = None;
+        for i in 0..=PERSON_QUEUE {
+            agent.send_message(&format!("message {i}")).await.unwrap();
+            while let Ok(frame) = fast_rx.try_recv() {
+                if let ServerFrame::Left { participant } = frame {
+                    left = Some(participant);
+                }
+            }
+        }
+        assert_eq!(left.map(|p| p.name), Some("Slow".to_owned()));
+        assert_eq!(presence.state().participants.len(), 1, "only Fast is left");
+        assert!(!slow.say("hello?"), "the dropped person is out of the call");
+        assert!(fast.say("still here"));
+    }
+}
