@@ -247,6 +247,20 @@ impl ApiConfig {
                         reason: "is only used with AUTH_MODE=jwt".into(),
                     });
                 }
+                let other_sources = [
+                    switchboard_api::auth::AUTH_JWT_KEY,
+                    switchboard_api::auth::AUTH_JWT_KEY_FILE,
+                ];
+                if other_sources
+                    .iter()
+                    .any(|name| vars.optional(name).is_some())
+                {
+                    return Err(ConfigError::Invalid {
+                        name: secrets::AUTH_JWT_KEY_SECRET_ID,
+                        value: secret_id,
+                        reason: "give the key in exactly one place (not also AUTH_JWT_KEY or AUTH_JWT_KEY_FILE)".into(),
+                    });
+                }
                 let vars = [
                     AUTH_MODE,
                     AUTH_JWT_ALGORITHM,
@@ -276,7 +290,8 @@ impl ApiConfig {
     /// Reads the JWT key from Secrets Manager when `AUTH_JWT_KEY_SECRET_ID` names it (once,
     /// at init); a no-op otherwise.
     pub async fn load_auth(&mut self, sdk: &aws_config::SdkConfig) -> anyhow::Result<()> {
-        let Some(pending) = self.auth_pending.take() else {
+        // Cleared only on success: after a failed read the router still refuses to be built.
+        let Some(pending) = self.auth_pending.clone() else {
             return Ok(());
         };
         let key = secrets::secret_string(sdk, &pending.secret_id).await?;
@@ -294,6 +309,7 @@ impl ApiConfig {
             .map_err(ConfigError::from)?
             .ok_or_else(|| anyhow::anyhow!("AUTH_MODE is not jwt"))?;
         self.auth = Some(Arc::new(policy));
+        self.auth_pending = None;
         Ok(())
     }
 }

@@ -253,6 +253,19 @@ async fn the_key_comes_from_secrets_manager_at_init_and_the_router_fails_closed_
     let mut missing = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
     let error = missing.load_auth(&sdk).await.expect_err("no such secret");
     assert!(format!("{error:#}").contains("GetSecretValue"), "{error:#}");
+    assert!(
+        api_router(&missing, &sdk).is_err(),
+        "still closed after a failed read"
+    );
+    vars.insert(
+        "AUTH_JWT_KEY",
+        "a second source of the key, 32 bytes+".into(),
+    );
+    assert!(
+        ApiConfig::from_lookup(|name| vars.get(name).cloned()).is_err(),
+        "one source of the key only"
+    );
+    vars.remove("AUTH_JWT_KEY");
     vars.insert("AUTH_MODE", "none".into());
     assert!(ApiConfig::from_lookup(|name| vars.get(name).cloned()).is_err());
 }
