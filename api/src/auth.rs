@@ -211,6 +211,17 @@ impl fmt::Debug for JwtPolicy {
     }
 }
 
+/// 403 unless `grant` carries `scope`.
+fn require(grant: &Grant, scope: Scope) -> Result<(), Rejection> {
+    if grant.has(scope) {
+        Ok(())
+    } else {
+        Err(Rejection::forbidden(format!(
+            "This token does not grant {scope}"
+        )))
+    }
+}
+
 fn unauthorized(detail: &str) -> Rejection {
     Rejection::unauthorized(detail).with_header(
         http::header::WWW_AUTHENTICATE,
@@ -385,11 +396,7 @@ impl JwtPolicy {
     ) -> Result<Grant, Rejection> {
         let token = Self::token(request, scope == Scope::SessionsClose)?;
         let grant = self.verify(&token)?;
-        if !grant.has(scope) {
-            return Err(Rejection::forbidden(format!(
-                "This token does not grant {scope}"
-            )));
-        }
+        require(&grant, scope)?;
         if !grant.allows_call(call_id) {
             return Err(Rejection::forbidden(
                 "This token does not grant access to this call",
@@ -414,12 +421,7 @@ impl JwtPolicy {
             let result = Self::token(&request, false)
                 .and_then(|token| policy.verify(&token))
                 .and_then(|grant| {
-                    if !grant.has(Scope::SessionsView) {
-                        return Err(Rejection::forbidden(format!(
-                            "This token does not grant {}",
-                            Scope::SessionsView
-                        )));
-                    }
+                    require(&grant, Scope::SessionsView)?;
                     Ok(match grant.calls {
                         Calls::Any => CallFilter::All,
                         calls => {

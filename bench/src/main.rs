@@ -219,14 +219,7 @@ impl Server {
     }
 
     fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS")?;
-        Ok(kb * 1024)
+        rss_bytes_of(self.pid()?)
     }
 
     fn open_fds(&self) -> anyhow::Result<usize> {
@@ -256,6 +249,18 @@ impl Server {
             let _ = child.kill().await;
         }
     }
+}
+
+/// A process's resident set size, from `/proc/<pid>/status`.
+fn rss_bytes_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    Ok(kb * 1024)
 }
 
 fn clock_ticks() -> f64 {

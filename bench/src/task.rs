@@ -35,17 +35,6 @@ fn stats(sketch: &LatencySketch) -> Value {
     json!({"samples": s.count, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "max_ms": s.max_ms})
 }
 
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")?;
-    Ok(kb * 1024)
-}
-
 async fn admit(registry: &DynamoRegistry, call: &str) -> anyhow::Result<Session> {
     let request = StartRequest {
         session_id: SessionId::generate(),
@@ -156,7 +145,9 @@ pub(crate) async fn measure(
         tokio::time::sleep(Duration::from_secs(3)).await;
         let mut rss = Vec::new();
         for (_, child) in &running {
-            rss.push(rss_bytes(child.id().context("a task exited while idle")?)?);
+            rss.push(crate::rss_bytes_of(
+                child.id().context("a task exited while idle")?,
+            )?);
         }
         // Close all at one instant; each exits at its own next heartbeat.
         let asked = Instant::now();

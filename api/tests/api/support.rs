@@ -141,7 +141,21 @@ impl TestApp {
     }
 
     pub async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> TestResponse {
+        self.call_with(method, uri, &[], body).await
+    }
+
+    /// Like [`TestApp::call`], with extra request headers.
+    pub async fn call_with(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> TestResponse {
         let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         let body = match body {
             Some(json) => {
                 builder = builder.header("content-type", "application/json");

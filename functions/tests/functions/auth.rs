@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use switchboard_functions::{ApiConfig, api_router};
 
 use crate::events::{Event, get, invoke};
+use crate::handler::deployment_vars;
 
 const SECRET: &str = "a deployment's hs256 secret, thirty-two bytes or more";
 const ALL: &str = "sessions:start sessions:close sessions:view metrics:view";
@@ -41,14 +42,7 @@ fn bearer(event: Event, token: Option<&str>) -> Event {
 #[tokio::test]
 async fn the_deployed_handler_checks_every_token_itself() {
     let sdk = switchboard_testkit::sdk_config().await;
-    let table = switchboard_testkit::table(&switchboard_testkit::client().await).await;
-    let ecs = switchboard_testkit::ecs_client();
-    let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
-    let mut vars = crate::config::complete();
-    vars.insert("TABLE_NAME", table);
-    vars.insert("ECS_CLUSTER", cluster);
-    vars.insert("TASK_DEFINITION", definition);
-    vars.insert("SUBNETS", switchboard_testkit::subnet());
+    let (mut vars, _, _) = deployment_vars().await;
     vars.insert("AUTH_MODE", "jwt".into());
     vars.insert("AUTH_JWT_KEY", SECRET.into());
     let config = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
@@ -210,14 +204,7 @@ async fn the_key_comes_from_secrets_manager_at_init_and_the_router_fails_closed_
         .expect("create secret")
         .arn
         .expect("arn");
-    let table = switchboard_testkit::table(&switchboard_testkit::client().await).await;
-    let ecs = switchboard_testkit::ecs_client();
-    let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
-    let mut vars = crate::config::complete();
-    vars.insert("TABLE_NAME", table);
-    vars.insert("ECS_CLUSTER", cluster);
-    vars.insert("TASK_DEFINITION", definition);
-    vars.insert("SUBNETS", switchboard_testkit::subnet());
+    let (mut vars, _, _) = deployment_vars().await;
     vars.insert("AUTH_MODE", "jwt".into());
     vars.insert("AUTH_JWT_ALGORITHM", "ES256".into());
     vars.insert("AUTH_JWT_KEY_SECRET_ID", arn.clone());

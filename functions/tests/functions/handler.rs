@@ -14,8 +14,10 @@ struct Api {
     cluster: String,
 }
 
-async fn api(edit: impl FnOnce(&mut HashMap<&'static str, String>)) -> Api {
-    let sdk = switchboard_testkit::sdk_config().await;
+/// The `api` function's variables for a fresh deployment on moto: its own table, cluster and
+/// task definition, the default-VPC subnet. Returns them with the ECS client and the cluster.
+pub(crate) async fn deployment_vars() -> (HashMap<&'static str, String>, aws_sdk_ecs::Client, String)
+{
     let table = switchboard_testkit::table(&switchboard_testkit::client().await).await;
     let ecs = switchboard_testkit::ecs_client();
     let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
@@ -24,6 +26,12 @@ async fn api(edit: impl FnOnce(&mut HashMap<&'static str, String>)) -> Api {
     vars.insert("ECS_CLUSTER", cluster.clone());
     vars.insert("TASK_DEFINITION", definition);
     vars.insert("SUBNETS", switchboard_testkit::subnet());
+    (vars, ecs, cluster)
+}
+
+async fn api(edit: impl FnOnce(&mut HashMap<&'static str, String>)) -> Api {
+    let sdk = switchboard_testkit::sdk_config().await;
+    let (mut vars, ecs, cluster) = deployment_vars().await;
     vars.insert("SWITCHBOARD_MAX_CONCURRENT_SESSIONS", "3".into());
     vars.insert("SWITCHBOARD_MAX_SESSIONS_PER_CALL", "2".into());
     edit(&mut vars);
