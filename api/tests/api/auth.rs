@@ -620,3 +620,64 @@ fn the_configuration_is_checked_at_start_up() {
         Err(AuthConfigError::KeyFile { .. })
     ));
 }
+
+/// A `Write` into a shared buffer, for capturing what the trace layer logs.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Tokens never reach the logs, even at TRACE: the request span records the path, not the
+/// query that carries the beacon's token, and no refusal logs the header.
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let app = hs_app().await;
+    let session = app.start_as_admin("logged-call").await;
+    let closer = hs("sessions:close", Some(&["logged-call"]));
+    let viewer = hs("sessions:view", None);
+    let base = format!("/calls/logged-call/sessions/{session}");
+    let r = app.call_as(Method::GET, &base, Some(&viewer), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app
+        .call_as(Method::GET, &format!("{base}/metrics"), Some(&viewer), None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .call_as(
+            Method::POST,
+            &format!("{base}/close?token={closer}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    app.wait_ended(&session).await;
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains(&format!("{base}/close")),
+        "the requests were logged with their path: {logs}"
+    );
+    for token in [&closer, &viewer] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(
+            !logs.contains(signature),
+            "a token reached the logs: {logs}"
+        );
+    }
+}
