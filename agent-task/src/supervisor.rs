@@ -147,14 +147,22 @@ impl Maintenance {
             return;
         }
         let snapshot = metrics.snapshot();
-        match self
-            .registry
-            .flush_metrics(&self.call_id, self.session_id, &snapshot)
-            .await
-        {
-            Ok(()) => self.flushed_version = version,
-            Err(e) => {
+        // Bounded by the lease deadline like the heartbeat: a store that stops answering
+        // right after a heartbeat must not keep the agent in the call past it.
+        let budget = self.lease_deadline().saturating_since(self.clock.now());
+        let flush = tokio::time::timeout(
+            budget,
+            self.registry
+                .flush_metrics(&self.call_id, self.session_id, &snapshot),
+        )
+        .await;
+        match flush {
+            Ok(Ok(())) => self.flushed_version = version,
+            Ok(Err(e)) => {
                 debug!(session_id = %self.session_id, error = %e, "metrics flush failed; next interval")
+            }
+            Err(_) => {
+                debug!(session_id = %self.session_id, "metrics flush did not answer before the lease deadline")
             }
         }
     }
