@@ -909,11 +909,14 @@ pub async fn invalid_next_token_is_invalid_input(h: Harness) {
 }
 
 /// A registry that fails every call with `Unavailable` while `outage` is set: a store that is
-/// down, for tests of what runs on top of a registry (supervisors, sweeps, readiness).
+/// down, for tests of what runs on top of a registry (supervisors, sweeps, readiness). While
+/// `hang_flushes` is set, `flush_metrics` never answers: a store that stops answering
+/// between two calls (an SDK stuck in timeouts and retries).
 #[derive(Debug)]
 pub struct OutageRegistry<R = crate::MemoryRegistry> {
     pub inner: R,
     pub outage: std::sync::atomic::AtomicBool,
+    pub hang_flushes: std::sync::atomic::AtomicBool,
 }
 
 impl OutageRegistry {
@@ -922,6 +925,7 @@ impl OutageRegistry {
         Self {
             inner: crate::MemoryRegistry::new(clock),
             outage: std::sync::atomic::AtomicBool::new(false),
+            hang_flushes: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -968,6 +972,9 @@ impl<R: SessionRegistry> SessionRegistry for OutageRegistry<R> {
         metrics: &crate::AgentMetrics,
     ) -> crate::Result<()> {
         self.check()?;
+        if self.hang_flushes.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.flush_metrics(call_id, id, metrics).await
     }
     async fn request_close(&self, call_id: &CallId, id: SessionId) -> crate::Result<Session> {

@@ -188,6 +188,48 @@ async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lea
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_metrics_flush_that_never_answers_stops_the_agent_before_its_lease_expires() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let registry = Arc::new(FlakyRegistry::memory(clock.clone()));
+    let (launcher, _) = started(|b| {
+        b.clock(clock.clone())
+            .registry(registry.clone())
+            .maintenance_interval(5.0)
+            .session_lease_seconds(30.0)
+    })
+    .await;
+    let session = launcher
+        .start_session(call("busy-1"), CallType::default(), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await; // two good heartbeats (5 s, 10 s)
+    // The store answers heartbeats but no longer flushes; the agent has new metrics to flush.
+    registry.hang_flushes.store(true, Ordering::SeqCst);
+    session.agent().unwrap().metrics().on_tool_call(12.0);
+
+    // Without a bound on the flush, the supervisor would wait on it forever.
+    let end = tokio::time::timeout(Duration::from_secs(120), session.wait())
+        .await
+        .expect("the supervisor is still waiting on the hung flush");
+    assert_eq!(end.reason, EndReason::LeaseExpired);
+    let stopped_at = clock.now();
+    // The heartbeat at 15 s renewed the lease to 45 s; the flush after it hung.
+    let row = registry
+        .inner
+        .get(&call("busy-1"), session.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopped_at < row.lease_expires_at,
+        "agent stopped {}s after the lease expired",
+        secs_between(row.lease_expires_at, stopped_at)
+    );
+    assert!(session.agent().unwrap().closed());
+    launcher.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_short_outage_does_not_stop_the_agent() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let registry = Arc::new(FlakyRegistry::memory(clock.clone()));
