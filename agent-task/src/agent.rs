@@ -181,6 +181,10 @@ pub struct CreateContext {
     pub metadata: Option<Metadata>,
     /// A local video file to play instead of incoming video (`run --video-track-override`).
     pub video_track_override: Option<std::path::PathBuf>,
+    /// The local call's rooms, when this process serves them (`serve`, `run` with its demo
+    /// page): an agent joins them with [`HubEdge`](crate::call_hub::HubEdge) to meet the
+    /// people on the demo page.
+    pub local_call: Option<Arc<crate::call_hub::CallHub>>,
 }
 
 impl CreateContext {

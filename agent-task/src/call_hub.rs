@@ -3,6 +3,9 @@
 //! `HubEdge`, and both hear each other. Joins and leaves reach the agent's [`Presence`], so
 //! when the last person leaves the agent is alone and its idle clock runs.
 //!
+//! Agents hear people, not each other: two agents in one call (`max_sessions_per_call` > 1)
+//! would otherwise answer each other's messages forever. People see everyone.
+//!
 //! Fan-out never waits on a slow reader: each person has a bounded queue of
 //! [`PERSON_QUEUE`] frames, and a person whose queue is full is disconnected (everyone else
 //! sees them leave). Agents' queues are unbounded: an agent is this process's own code, and
@@ -68,11 +71,9 @@ impl Room {
         dropped
     }
 
-    fn send_to_agents(&self, event: &CallEvent, except: Option<&str>) {
+    fn send_to_agents(&self, event: &CallEvent) {
         for agent in &self.agents {
-            if except != Some(agent.participant.id.as_str()) {
-                let _ = agent.events.send(event.clone());
-            }
+            let _ = agent.events.send(event.clone());
         }
     }
 
@@ -85,10 +86,9 @@ impl Room {
                     agent.presence.participant_left(&who.id);
                 }
             }
-            self.send_to_agents(
-                &CallEvent::ParticipantLeft(User::new(&who.id, &who.name)),
-                Some(&who.id),
-            );
+            if !who.agent {
+                self.send_to_agents(&CallEvent::ParticipantLeft(User::new(&who.id, &who.name)));
+            }
             pending.extend(self.send_to_people(&ServerFrame::Left { participant: who }, None));
         }
     }
@@ -161,10 +161,10 @@ impl CallHub {
         for agent in &room.agents {
             agent.presence.participant_joined(&participant.id);
         }
-        room.send_to_agents(
-            &CallEvent::ParticipantJoined(User::new(&participant.id, &participant.name)),
-            None,
-        );
+        room.send_to_agents(&CallEvent::ParticipantJoined(User::new(
+            &participant.id,
+            &participant.name,
+        )));
         let dropped = room.send_to_people(
             &ServerFrame::Joined {
                 participant: participant.clone(),
@@ -190,8 +190,8 @@ impl CallHub {
         )
     }
 
-    /// `from` says `text`: every person (the sender included) gets `message`, every agent
-    /// but the sender a `CallEvent::Message`. Returns false when `from` is no longer in the
+    /// `from` says `text`: every person (the sender included) gets `message`; when `from` is
+    /// a person, every agent gets a `CallEvent::Message`. Returns false when `from` is no longer in the
     /// call (left, or dropped as too slow).
     fn say(&self, call_id: &str, from: &Participant, text: &str) -> bool {
         let mut rooms = self.lock();
@@ -203,13 +203,12 @@ impl CallHub {
         if !present {
             return false;
         }
-        room.send_to_agents(
-            &CallEvent::Message {
+        if !from.agent {
+            room.send_to_agents(&CallEvent::Message {
                 from: User::new(&from.id, &from.name),
                 text: text.to_owned(),
-            },
-            Some(&from.id),
-        );
+            });
+        }
         let message = ServerFrame::Message {
             from: from.clone(),
             text: text.to_owned(),
@@ -329,10 +328,6 @@ impl Edge for HubEdge {
                 &ServerFrame::Joined {
                     participant: participant.clone(),
                 },
-                None,
-            );
-            room.send_to_agents(
-                &CallEvent::ParticipantJoined(User::new(&participant.id, &participant.name)),
                 None,
             );
             room.agents.push(AgentSlot {

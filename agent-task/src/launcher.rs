@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::agent::{Agent, CreateContext, JoinContext, WarmupCache};
+use crate::call_hub::CallHub;
 use crate::supervisor::{Hosted, supervise};
 
 type CreateFn<A> =
@@ -193,6 +194,9 @@ pub(crate) struct Shared<A> {
     pub(crate) registry: Arc<dyn SessionRegistry>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cache: WarmupCache,
+    /// The local call's rooms, once `serve` or `run` asked for them (see
+    /// [`AgentLauncher::local_call`]).
+    pub(crate) local_call: std::sync::OnceLock<Arc<CallHub>>,
     pub(crate) agent_close_timeout: Duration,
     sessions: Mutex<HashMap<SessionId, AgentSession<A>>>,
     warmed_up: OnceCell<()>,
@@ -383,6 +387,7 @@ impl<A: Agent> AgentLauncherBuilder<A> {
                 registry,
                 clock,
                 cache: WarmupCache::default(),
+                local_call: std::sync::OnceLock::new(),
                 agent_close_timeout: self.agent_close_timeout,
                 sessions: Mutex::new(HashMap::new()),
                 warmed_up: OnceCell::new(),
@@ -489,6 +494,7 @@ impl<A: Agent> AgentLauncher<A> {
                 registry,
                 clock: old.clock.clone(),
                 cache: WarmupCache::default(),
+                local_call: old.local_call.clone(),
                 agent_close_timeout: old.agent_close_timeout,
                 sessions: Mutex::new(HashMap::new()),
                 warmed_up: OnceCell::new(),
@@ -517,6 +523,17 @@ impl<A: Agent> AgentLauncher<A> {
     /// The clock every rule reads.
     pub fn clock(&self) -> Arc<dyn Clock> {
         self.shared.clock.clone()
+    }
+
+    /// The local call's rooms (one hub per launcher, made on first use): the local server's
+    /// WebSocket route puts people in them, and every agent created afterwards finds the hub
+    /// in [`CreateContext::local_call`] to join the same rooms. Never asked for (an ECS
+    /// task, the console `run --no-demo`), agents get `None` and use their own transport.
+    pub fn local_call(&self) -> Arc<CallHub> {
+        self.shared
+            .local_call
+            .get_or_init(|| CallHub::new(self.shared.clock.clone()))
+            .clone()
     }
 
     /// The [`TaskLauncher`] to hand to the HTTP API.
@@ -553,6 +570,7 @@ impl<A: Agent> AgentLauncher<A> {
                     session: None,
                     metadata: None,
                     video_track_override: None,
+                    local_call: None,
                 })
                 .await
                 .map_err(|e| Error::Unexpected(e.context("create_agent failed during warmup")))?;

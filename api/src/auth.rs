@@ -3,14 +3,15 @@
 //!
 //! # The JWT policy
 //! - **Token**: `Authorization: Bearer <jwt>`. The sendBeacon close
-//!   (`POST /calls/{call_id}/sessions/{session_id}/close`) cannot send headers, so that one
-//!   route also takes `?token=<jwt>`, with the same checks. Tokens are never logged (the trace
+//!   (`POST /calls/{call_id}/sessions/{session_id}/close`) and a browser's WebSocket join
+//!   (`GET /calls/{call_id}/ws`) cannot send headers, so those two routes also take
+//!   `?token=<jwt>`, with the same checks. Tokens are never logged (the trace
 //!   layer records the path without its query) and never echoed in an error.
 //! - **Keys**: HS256 (a shared secret of at least 32 bytes), RS256 or ES256 (a PEM public
 //!   key), from configuration, read once at start-up ([`JwtPolicy::from_vars`]).
 //! - **Claims**: `sub` and `exp` are required (60 s of clock leeway); `scope` is a
 //!   space-separated string or an array of `sessions:start`, `sessions:close`,
-//!   `sessions:view`, `metrics:view` (others are ignored); `calls` (an array of call ids)
+//!   `sessions:view`, `metrics:view`, `calls:join` (others are ignored); `calls` (an array of call ids)
 //!   and/or `call_prefix` restrict the calls the token may touch (neither: every call). With
 //!   `AUTH_JWT_ISSUER` / `AUTH_JWT_AUDIENCE` set, `iss` / `aud` must match.
 //! - **Answers**: no token, a malformed one, a bad signature, the wrong algorithm, an expired
@@ -19,7 +20,8 @@
 //!   and the answer do not depend on whether the session exists.
 //! - **Actions**: start `sessions:start`; close (both routes) `sessions:close`; get one
 //!   session and list one call `sessions:view`; metrics `metrics:view`; `GET /sessions`
-//!   `sessions:view`, showing only the calls the token may view.
+//!   `sessions:view`, showing only the calls the token may view; joining the local call
+//!   `calls:join`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -60,15 +62,18 @@ pub enum Scope {
     SessionsView,
     /// `GET …/{session_id}/metrics`.
     MetricsView,
+    /// `GET /calls/{call_id}/ws`: join the local call as a person.
+    CallsJoin,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Scope::SessionsStart,
         Scope::SessionsClose,
         Scope::SessionsView,
         Scope::MetricsView,
+        Scope::CallsJoin,
     ];
 
     /// The claim's spelling.
@@ -78,6 +83,7 @@ impl Scope {
             Scope::SessionsClose => "sessions:close",
             Scope::SessionsView => "sessions:view",
             Scope::MetricsView => "metrics:view",
+            Scope::CallsJoin => "calls:join",
         }
     }
 
@@ -360,8 +366,9 @@ impl JwtPolicy {
         })
     }
 
-    /// The token of a request: the bearer header, or for the beacon close only, `?token=`.
-    fn token(request: &RequestInfo, beacon: bool) -> Result<String, Rejection> {
+    /// The token of a request: the bearer header, or `?token=` on the two routes a browser
+    /// cannot send headers to (`query` is the action those routes need).
+    fn token(request: &RequestInfo, query: Option<Scope>) -> Result<String, Rejection> {
         if let Some(value) = request.headers.get(http::header::AUTHORIZATION) {
             let value = value
                 .to_str()
@@ -374,9 +381,15 @@ impl JwtPolicy {
             }
             return Ok(token.trim().to_owned());
         }
-        if beacon
-            && request.method == Method::POST
-            && request.uri.path().ends_with("/close")
+        let path = request.uri.path();
+        let header_less = match query {
+            Some(Scope::SessionsClose) => {
+                request.method == Method::POST && path.ends_with("/close")
+            }
+            Some(Scope::CallsJoin) => request.method == Method::GET && path.ends_with("/ws"),
+            _ => false,
+        };
+        if header_less
             && let Some(query) = request.uri.query()
             && let Some(token) = form_urlencoded::parse(query.as_bytes())
                 .find(|(name, _)| name == "token")
@@ -394,7 +407,7 @@ impl JwtPolicy {
         scope: Scope,
         call_id: &str,
     ) -> Result<Grant, Rejection> {
-        let token = Self::token(request, scope == Scope::SessionsClose)?;
+        let token = Self::token(request, Some(scope))?;
         let grant = self.verify(&token)?;
         require(&grant, scope)?;
         if !grant.allows_call(call_id) {
@@ -418,7 +431,7 @@ impl JwtPolicy {
         };
         let policy = self.clone();
         let list = ListPermission::new(move |request: RequestInfo| {
-            let result = Self::token(&request, false)
+            let result = Self::token(&request, None)
                 .and_then(|token| policy.verify(&token))
                 .and_then(|grant| {
                     require(&grant, Scope::SessionsView)?;
@@ -437,6 +450,7 @@ impl JwtPolicy {
             can_view_session: per_call(Scope::SessionsView),
             can_view_metrics: per_call(Scope::MetricsView),
             can_list_sessions: Some(list),
+            can_join_call: per_call(Scope::CallsJoin),
         }
     }
 }

@@ -286,13 +286,24 @@ pub(crate) async fn list_call_sessions(
         ("limit" = Option<u32>, Query, description = "Page size, 1–500 (default 50)"),
         ("next_token" = Option<String>, Query, description = "The previous page's next_token"),
     ),
-    responses((status = 200, description = "OK", body = SessionListResponse), (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody))
+    responses(
+        (status = 200, description = "The sessions as JSON; a browser that asks for HTML first (`Accept: text/html`) gets the sessions dashboard page, which loads them from this same route", content(
+            (SessionListResponse = "application/json"),
+            (String = "text/html")
+        )),
+        (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody)
+    )
 )]
 pub(crate) async fn list_sessions(
     State(app): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
+    if prefers_html(&parts.headers) {
+        // The dashboard's shell is static and carries no data: the sessions reach it
+        // through this route as JSON, under `can_list_sessions` like any other client.
+        return Ok(dashboard());
+    }
     let filter = match &app.hooks.can_list_sessions {
         Some(hook) => hook.check(&parts).await?,
         None => CallFilter::All,
@@ -300,7 +311,49 @@ pub(crate) async fn list_sessions(
     let mut issues = Vec::new();
     let params = list_params(&parts, &mut issues);
     fail_if_any(issues)?;
-    list(&app, None, params, &filter).await
+    let mut response = list(&app, None, params, &filter).await?;
+    response
+        .headers_mut()
+        .insert(http::header::VARY, http::HeaderValue::from_static("accept"));
+    Ok(response)
+}
+
+/// The sessions dashboard (`GET /sessions` from a browser).
+pub(crate) const DASHBOARD_HTML: &str = include_str!("../static/dashboard.html");
+
+fn dashboard() -> Response {
+    (
+        [
+            (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (http::header::VARY, "accept"),
+            (http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
+/// Whether `Accept` ranks `text/html` above JSON (a browser's navigation does; `fetch`,
+/// curl and SDKs send `*/*` or `application/json` and get JSON). Ties go to JSON.
+fn prefers_html(headers: &http::HeaderMap) -> bool {
+    let (mut html, mut json) = (0.0_f32, 0.0_f32);
+    for value in headers.get_all(http::header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut params = range.split(';');
+            let media = params.next().unwrap_or_default().trim();
+            let q = params
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if media.eq_ignore_ascii_case("text/html") {
+                html = html.max(q);
+            } else if media.eq_ignore_ascii_case("application/json") || media == "*/*" {
+                json = json.max(q);
+            }
+        }
+    }
+    html > json
 }
 
 /// Liveness: 200 while the process serves requests.
@@ -330,4 +383,34 @@ pub(crate) async fn not_found() -> ApiError {
 
 pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_html;
+
+    fn accept(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::ACCEPT, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn only_a_client_that_ranks_html_first_gets_the_dashboard() {
+        let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(prefers_html(&accept(browser)));
+        assert!(prefers_html(&accept("text/html")));
+        assert!(prefers_html(&accept("application/json;q=0.5, TEXT/HTML")));
+        for json in [
+            "*/*",
+            "application/json",
+            "text/html, application/json",
+            "text/html;q=0.5, application/json",
+            "text/html;q=0",
+            "text/plain",
+        ] {
+            assert!(!prefers_html(&accept(json)), "{json}");
+        }
+        assert!(!prefers_html(&http::HeaderMap::new()), "no Accept: JSON");
+    }
 }

@@ -104,6 +104,16 @@ impl Permission {
     ) -> Result<(), Rejection> {
         (self.0)(call_id.to_owned(), RequestInfo::from_parts(parts)).await
     }
+
+    /// Runs the hook for `call_id` on a request's head (for routes added beside the default
+    /// ones, such as the local call's WebSocket).
+    pub async fn check_parts(
+        &self,
+        call_id: &str,
+        parts: &http::request::Parts,
+    ) -> Result<(), Rejection> {
+        self.check(call_id, parts).await
+    }
 }
 
 /// Which calls a `GET /sessions` caller may see.
@@ -179,6 +189,8 @@ pub struct PermissionHooks {
     pub can_view_metrics: Option<Permission>,
     /// `GET /sessions` (all calls), which may also filter the calls shown.
     pub can_list_sessions: Option<ListPermission>,
+    /// `GET /calls/{call_id}/ws`: a person joins the local call (served by `serve`).
+    pub can_join_call: Option<Permission>,
 }
 
 fn both(first: Option<Permission>, then: Option<Permission>) -> Option<Permission> {
@@ -223,6 +235,7 @@ impl PermissionHooks {
             can_view_session: both(self.can_view_session, next.can_view_session),
             can_view_metrics: both(self.can_view_metrics, next.can_view_metrics),
             can_list_sessions: list,
+            can_join_call: both(self.can_join_call, next.can_join_call),
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   that fall back to `SWITCHBOARD_*` environment variables, then to the values set in code.
 //! - [`serve`]: the local server: the API router over the in-process launcher, readiness,
 //!   and the graceful shutdown (Ctrl-C/SIGTERM → `/ready` 503 → sessions end `shutdown`).
+//! - [`local_call`]: the local call on that server: the WebSocket route people join calls
+//!   through, and the demo page.
 //! - [`telemetry`]: structured logs (text, or JSON with `--log-format json`).
 //! - `splash`: the banner, on interactive terminals only.
 //!
@@ -13,6 +15,7 @@
 //! the AWS issues, behind their own crates and features.
 
 pub mod cli;
+pub mod local_call;
 pub mod serve;
 mod splash;
 #[cfg(feature = "aws")]

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use switchboard_agent_task::{Agent, AgentLauncher};
 use switchboard_api::{AppState, ServeOptions};
+
+use crate::local_call::LocalCall;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -50,6 +52,38 @@ pub async fn serve<A: Agent>(
     serve_on(launcher, options, listener, shutdown).await
 }
 
+/// The API router over `launcher`, with the local call's routes (the demo page at `/` and
+/// `GET /calls/{call_id}/ws` on the launcher's [`local_call`](AgentLauncher::local_call)
+/// hub) beside the program's own extra routes. People's sockets end when `calls_stopped`
+/// turns true.
+pub fn local_router<A: Agent>(
+    launcher: &AgentLauncher<A>,
+    options: ServeOptions,
+    calls_stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<axum::Router> {
+    let state = AppState::new(
+        launcher.registry(),
+        launcher.task_launcher(),
+        *launcher.limits(),
+    )
+    .with_readiness(switchboard_api::registry_readiness(launcher.registry()));
+    let calls = LocalCall::new(
+        launcher.local_call(),
+        options.hooks.can_join_call.clone(),
+        calls_stopped,
+    )
+    .routes();
+    let extra_routes = Some(match options.extra_routes {
+        Some(extra) => calls.merge(extra),
+        None => calls,
+    });
+    let options = ServeOptions {
+        extra_routes,
+        ..options
+    };
+    switchboard_api::router(state, options).context("invalid server options")
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains.
 ///
 /// The listener accepts at once, so `/health` answers and `/ready` says 503 while the
@@ -62,13 +96,8 @@ pub async fn serve_on<A: Agent>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(
-        launcher.registry(),
-        launcher.task_launcher(),
-        *launcher.limits(),
-    )
-    .with_readiness(switchboard_api::registry_readiness(launcher.registry()));
-    let router = switchboard_api::router(state, options).context("invalid server options")?;
+    let (stop_calls, calls_stopped) = tokio::sync::watch::channel(false);
+    let router = local_router(&launcher, options, calls_stopped)?;
     let address = listener.local_addr().context("listener has no address")?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
@@ -101,6 +130,8 @@ pub async fn serve_on<A: Agent>(
     let sessions = launcher.local_sessions().len();
     info!(sessions, "draining: closing every session");
     launcher.stop().await;
+    // The agents have left (people saw them go); now the people's sockets close.
+    let _ = stop_calls.send(true);
     let _ = stop_http.send(());
     server
         .await

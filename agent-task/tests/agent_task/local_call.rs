@@ -325,4 +325,67 @@ mod hub {
         assert!(!slow.say("hello?"), "the dropped person is out of the call");
         assert!(fast.say("still here"));
     }
+
+    #[tokio::test]
+    async fn two_agents_in_one_call_hear_the_people_but_not_each_other() {
+        let hub = CallHub::new(Arc::new(SystemClock));
+        let edge = HubEdge::new(hub.clone());
+        let call = edge
+            .create_call(&CallType::default(), &CallId::parse("c").unwrap())
+            .await
+            .unwrap();
+        let (first_presence, second_presence) = (Presence::new(), Presence::new());
+        let mut first = edge
+            .join(&call, &User::new("a1", "First"), first_presence.clone())
+            .await
+            .unwrap();
+        let mut second = edge
+            .join(&call, &User::new("a2", "Second"), second_presence.clone())
+            .await
+            .unwrap();
+        let (ada, mut ada_rx) = hub.join_person("c", "Ada");
+        let ServerFrame::Welcome { participants, .. } = next(&mut ada_rx) else {
+            panic!("welcome first")
+        };
+        assert_eq!(participants.len(), 2, "Ada sees both agents");
+        // Each agent sees Ada join, and only Ada: another agent is not a participant.
+        for (agent, presence) in [
+            (&mut first, &first_presence),
+            (&mut second, &second_presence),
+        ] {
+            assert!(matches!(
+                agent.next_event().await,
+                Some(CallEvent::ParticipantJoined(user)) if user.name == "Ada"
+            ));
+            assert_eq!(presence.state().participants.len(), 1);
+        }
+        // An agent's message reaches Ada, not the other agent (which would answer it, and
+        // so on forever); Ada's reaches both.
+        first.send_message("Hello from First").await.unwrap();
+        assert!(
+            matches!(next(&mut ada_rx), ServerFrame::Message { text, .. } if text == "Hello from First")
+        );
+        assert!(ada.say("hi both"));
+        for agent in [&mut first, &mut second] {
+            assert!(matches!(
+                agent.next_event().await,
+                Some(CallEvent::Message { text, .. }) if text == "hi both"
+            ));
+        }
+        // The first agent leaving is no event for the second.
+        first.leave().await;
+        assert!(
+            matches!(next(&mut ada_rx), ServerFrame::Message { .. }),
+            "Ada's own message"
+        );
+        assert!(
+            matches!(next(&mut ada_rx), ServerFrame::Left { participant } if participant.name == "First")
+        );
+        drop(ada);
+        assert!(matches!(
+            second.next_event().await,
+            Some(CallEvent::ParticipantLeft(user)) if user.name == "Ada"
+        ));
+        assert!(second_presence.is_alone());
+    }
 }

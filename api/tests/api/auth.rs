@@ -18,7 +18,7 @@ const RS_PRIVATE: &[u8] = include_bytes!("keys/rs256-private.pem");
 const RS_PUBLIC: &[u8] = include_bytes!("keys/rs256-public.pem");
 const ES_PRIVATE: &[u8] = include_bytes!("keys/es256-private.pem");
 const ES_PUBLIC: &[u8] = include_bytes!("keys/es256-public.pem");
-const ALL_SCOPES: &str = "sessions:start sessions:close sessions:view metrics:view";
+const ALL_SCOPES: &str = "sessions:start sessions:close sessions:view metrics:view calls:join";
 
 fn now() -> i64 {
     jsonwebtoken::get_current_timestamp() as i64
@@ -717,4 +717,60 @@ fn tokens_never_reach_the_logs() {
             "a token reached the logs: {logs}"
         );
     }
+}
+
+const BROWSER_ACCEPT: &str =
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8";
+
+#[tokio::test]
+async fn the_dashboard_shell_is_public_and_its_data_goes_through_can_list_sessions() {
+    let app = hs_app().await;
+    app.start_as_admin("secret-call").await;
+    // A browser's navigation gets the page, with no token: the shell carries no data.
+    let page = app
+        .call_with(
+            Method::GET,
+            "/sessions",
+            &[("accept", BROWSER_ACCEPT)],
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert_eq!(page.header("vary"), Some("accept"));
+    let html = page.text();
+    assert!(html.contains("<title>Sessions"));
+    assert!(
+        !html.contains("secret-call"),
+        "no session data in the shell"
+    );
+    // The data it loads is JSON under the hook: no token 401, wrong scope 403, a token for
+    // one call sees only that call.
+    for (token, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (
+            Some(hs("metrics:view calls:join", None)),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let r = app
+            .call_as(Method::GET, "/sessions", token.as_deref(), None)
+            .await;
+        assert_eq!(r.status, status, "{}", r.text());
+        assert!(!r.text().contains("secret-call"));
+    }
+    let r = app
+        .call_as(
+            Method::GET,
+            "/sessions",
+            Some(&hs("sessions:view", Some(&["other-call"]))),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["sessions"], json!([]));
 }

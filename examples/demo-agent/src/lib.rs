@@ -1,14 +1,16 @@
 //! The demo agent: the Basic Example of Vision Agents' HTTP server docs, in Rust.
 //!
-//! An assistant with instructions and a registered `get_weather` tool greets the call on join
-//! and answers until it is closed. Its call and its model are local, in-memory stand-ins
-//! ([`edge::LocalEdge`], [`llm::LocalLlm`]) because no network service is reachable from the
-//! build machines; a real integration implements the same `Edge` and `Llm` ports. Its metrics
+//! An assistant with instructions and a registered `get_weather` tool greets the call on join,
+//! welcomes each person who joins, and answers every message until it is closed. Its metrics
 //! go through the `MetricsRecorder` and are measured from what it really does.
 //!
-//! Environment: `DEMO_PARTICIPANT_SECONDS` (default 30) is how long the scripted participant
-//! stays before leaving the agent alone (then the idle timeout closes the session); the
-//! session's metadata may set `participant_seconds` too.
+//! Its call: under `serve` (and `run` with its demo page) the local call
+//! ([`HubEdge`]), where people join from the demo page over a WebSocket; the idle timeout runs
+//! once the last person leaves. Elsewhere (an ECS task, `run --no-demo`), or when a scripted
+//! participant is asked for, an in-memory call ([`edge::LocalEdge`]) with a participant who
+//! asks about the weather and leaves after `DEMO_PARTICIPANT_SECONDS` (or the session
+//! metadata's `participant_seconds`; default 30). Its model: [`llm::LocalLlm`], a
+//! deterministic local responder; a real integration implements the same `Llm` port.
 
 pub mod edge;
 pub mod llm;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
+use switchboard_agent_task::call_hub::HubEdge;
 use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, User};
 use switchboard_agent_task::llm::{ChatMessage, FunctionRegistry, Llm, Role, ToolSpec, respond};
 use switchboard_agent_task::{Agent, CreateContext, JoinContext, Presence, WarmupCache};
@@ -113,13 +116,19 @@ impl DemoAgent {
             history.push(ChatMessage::new(Role::User, text));
             respond(&*self.llm, &self.functions, &mut history, &self.metrics).await?
         };
+        self.say(&answer).await?;
+        Ok(answer)
+    }
+
+    /// Says `text` in the call as it is (no model turn).
+    pub async fn say(&self, text: &str) -> anyhow::Result<()> {
         if let Some(connection) = self.connection.lock().await.as_ref() {
-            connection.send_message(&answer).await?;
+            connection.send_message(text).await?;
         }
         if let Ok(mut said) = self.said.lock() {
-            said.push(answer.clone());
+            said.push(text.to_owned());
         }
-        Ok(answer)
+        Ok(())
     }
 
     /// Converses until the call ends: answers every message.
@@ -138,7 +147,9 @@ impl DemoAgent {
                     info!(%answer, "agent answered");
                 }
                 Some(CallEvent::ParticipantJoined(user)) => {
-                    info!(participant = %user.id, "participant joined")
+                    info!(participant = %user.id, "participant joined");
+                    self.say(&format!("Welcome, {}! {GREETING}", user.name))
+                        .await?;
                 }
                 Some(CallEvent::ParticipantLeft(user)) => {
                     info!(participant = %user.id, "participant left")
@@ -179,7 +190,9 @@ impl Agent for DemoAgent {
     }
 }
 
-fn participant_seconds(ctx: &CreateContext) -> f64 {
+/// How long a scripted participant stays, when one is asked for: the session's metadata
+/// `participant_seconds`, else `DEMO_PARTICIPANT_SECONDS`.
+fn participant_seconds(ctx: &CreateContext) -> Option<f64> {
     ctx.metadata
         .as_ref()
         .and_then(|m| m.as_map().get("participant_seconds"))
@@ -190,7 +203,19 @@ fn participant_seconds(ctx: &CreateContext) -> f64 {
                 .and_then(|v| v.parse().ok())
         })
         .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-        .unwrap_or(30.0)
+}
+
+/// The call transport: the local call when the process serves one (`serve`, `run` with its
+/// demo page) and no scripted participant was asked for; otherwise the in-memory call with a
+/// scripted participant (30 s unless asked otherwise), as in an ECS task or `run --no-demo`.
+fn edge(ctx: &CreateContext) -> Arc<dyn Edge> {
+    match (&ctx.local_call, participant_seconds(ctx)) {
+        (Some(hub), None) => Arc::new(HubEdge::new(hub.clone())),
+        (_, seconds) => Arc::new(LocalEdge::new(ParticipantScript {
+            stay_for: Duration::from_secs_f64(seconds.unwrap_or(30.0)),
+            ..Default::default()
+        })),
+    }
 }
 
 /// The functions the demo registers (`get_weather`), built once and shared by every agent.
@@ -224,16 +249,8 @@ pub fn functions() -> Arc<FunctionRegistry> {
 
 /// The anchor's `create_agent`: an assistant with a `get_weather` tool.
 pub async fn create_agent(ctx: CreateContext) -> anyhow::Result<DemoAgent> {
-    let script = ParticipantScript {
-        stay_for: Duration::from_secs_f64(participant_seconds(&ctx)),
-        ..Default::default()
-    };
-    let agent = DemoAgent::new(
-        Arc::new(LocalEdge::new(script)),
-        Arc::new(LocalLlm),
-        INSTRUCTIONS,
-    )
-    .with_functions(functions());
+    let agent =
+        DemoAgent::new(edge(&ctx), Arc::new(LocalLlm), INSTRUCTIONS).with_functions(functions());
     Ok(agent)
 }
 

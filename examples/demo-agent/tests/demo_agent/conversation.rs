@@ -1,4 +1,5 @@
-//! The Basic Example's behaviour, in-process on paused time: greet, answer with the tool,
+//! The Basic Example's behaviour, in-process on paused time: greet, welcome the participant,
+//! answer with the tool,
 //! the participant leaves, the idle timeout closes the session, and the metrics are what
 //! really happened.
 
@@ -40,6 +41,7 @@ async fn greets_answers_with_the_weather_tool_and_closes_when_left_alone() {
         agent.said(),
         vec![
             GREETING.to_owned(),
+            format!("Welcome, Demo User! {GREETING}"),
             "The weather in Paris is sunny and 72°F.".to_owned()
         ]
     );

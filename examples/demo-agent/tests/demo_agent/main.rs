@@ -6,4 +6,5 @@
 mod binary;
 mod cluster;
 mod conversation;
+mod local_call;
 mod task;
