@@ -186,9 +186,14 @@ pub struct RunArgs {
     /// Log level.
     #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
     pub log_level: LogLevel,
-    /// Do not open the demo page (the page comes with the local call transport).
+    /// Do not serve the demo page: the agent joins an in-memory call with a scripted
+    /// participant instead of the local call.
     #[arg(long)]
     pub no_demo: bool,
+    /// Port of the demo page and the local call, on 127.0.0.1 (0 picks a free one; the log
+    /// says which).
+    #[arg(long, default_value_t = 0)]
+    pub demo_port: u16,
     /// A local video file to play instead of incoming video (must exist).
     #[arg(long, value_parser = existing_file)]
     pub video_track_override: Option<PathBuf>,
@@ -467,6 +472,7 @@ fn run<A: Agent>(launcher: AgentLauncher<A>, args: RunArgs) -> u8 {
             "call_type": call_type.as_str(),
             "log_level": level.directive(),
             "no_demo": args.no_demo,
+            "demo_port": args.demo_port,
             "video_track_override": args.video_track_override,
             "limits": limits_json(launcher.limits()),
         }));
@@ -476,11 +482,86 @@ fn run<A: Agent>(launcher: AgentLauncher<A>, args: RunArgs) -> u8 {
         args.common.no_splash,
         &format!("running one agent in call {call_type}:{call_id}"),
     );
-    let result =
-        runtime().and_then(|rt| rt.block_on(run_one(launcher, call_id, call_type, args.no_demo)));
+    let demo = (!args.no_demo).then_some(args.demo_port);
+    let result = runtime().and_then(|rt| rt.block_on(run_one(launcher, call_id, call_type, demo)));
     match result {
         Ok(()) => 0,
         Err(e) => fail(1, &e),
+    }
+}
+
+/// The demo page's server under `run`: the local API and call on 127.0.0.1.
+struct DemoServer {
+    address: std::net::SocketAddr,
+    stop_calls: tokio::sync::watch::Sender<bool>,
+    stop_http: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DemoServer {
+    async fn start<A: Agent>(launcher: &AgentLauncher<A>, port: u16) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("could not listen on 127.0.0.1:{port} for the demo page"))?;
+        let address = listener
+            .local_addr()
+            .context("the demo listener has no address")?;
+        let (stop_calls, calls_stopped) = tokio::sync::watch::channel(false);
+        let router = crate::serve::local_router(launcher, ServeOptions::default(), calls_stopped)?;
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = http_stopped.await;
+                })
+                .into_future(),
+        );
+        Ok(Self {
+            address,
+            stop_calls,
+            stop_http,
+            server,
+        })
+    }
+
+    /// The page for `call_id`, attached to `session_id`, joining on load.
+    fn url(&self, call_id: &CallId, session_id: &str) -> String {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("call_id", call_id.as_str())
+            .append_pair("session_id", session_id)
+            .append_pair("join", "1")
+            .finish();
+        format!("http://{}/?{query}", self.address)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop_calls.send(true);
+        let _ = self.stop_http.send(());
+        if let Ok(Err(e)) = self.server.await {
+            tracing::warn!(error = %e, "the demo page's server failed");
+        }
+    }
+}
+
+/// Opens `url` in the desktop's browser when there is someone to see it (a terminal).
+fn open_in_browser(url: &str) {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    let opened = std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = opened {
+        tracing::debug!(opener, error = %e, "could not open a browser; open the URL by hand");
     }
 }
 
@@ -488,12 +569,22 @@ async fn run_one<A: Agent>(
     launcher: AgentLauncher<A>,
     call_id: CallId,
     call_type: CallType,
-    no_demo: bool,
+    demo_port: Option<u16>,
 ) -> anyhow::Result<()> {
-    launcher
-        .start()
-        .await
-        .context("the agent launcher could not start")?;
+    // The demo page's server first: the agent then joins the local call (the launcher's hub).
+    let demo = match demo_port {
+        Some(port) => Some(DemoServer::start(&launcher, port).await?),
+        None => None,
+    };
+    let stop_demo = |demo: Option<DemoServer>| async move {
+        if let Some(demo) = demo {
+            demo.stop().await;
+        }
+    };
+    if let Err(e) = launcher.start().await {
+        stop_demo(demo).await;
+        return Err(anyhow::Error::new(e).context("the agent launcher could not start"));
+    }
     let session = match launcher
         .start_session(call_id.clone(), call_type, None)
         .await
@@ -501,19 +592,21 @@ async fn run_one<A: Agent>(
         Ok(s) => s,
         Err(e) => {
             launcher.stop().await;
+            stop_demo(demo).await;
             return Err(anyhow::Error::new(e).context("the agent could not start"));
         }
     };
     info!(session_id = %session.id(), %call_id, "agent started");
-    if !no_demo {
-        info!(
-            "no demo page yet: it arrives with the local call transport (use --no-demo to silence this)"
-        );
+    if let Some(demo) = &demo {
+        let url = demo.url(&call_id, &session.id().to_string());
+        info!(%url, "demo page: join the call in a browser");
+        open_in_browser(&url);
     }
     tokio::select! {
         end = session.wait() => info!(end_reason = %end.reason, detail = ?end.detail, "the agent's session ended"),
         () = crate::serve::shutdown_signal() => {}
     }
     launcher.stop().await;
+    stop_demo(demo).await;
     Ok(())
 }

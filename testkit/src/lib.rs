@@ -4,6 +4,7 @@
 //! parallel and never reset the emulator), and the default-VPC subnet awsvpc tasks need.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod browser;
 pub mod http;
 pub mod proxy;
 

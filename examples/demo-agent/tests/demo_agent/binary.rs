@@ -188,3 +188,55 @@ async fn a_port_in_use_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn run_serves_the_demo_page_and_its_call_then_ends_idle_after_the_person_leaves() {
+    let mut child = command(&[
+        "run",
+        "--call-id",
+        "run-demo",
+        "--no-splash",
+        "--log-format",
+        "json",
+        "--agent-idle-timeout",
+        "0.5",
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let line = read_until(&mut lines, &mut log, |v| {
+        v["message"] == "demo page: join the call in a browser"
+    })
+    .await;
+    let url = line["url"].as_str().unwrap().to_owned();
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, query) = rest.split_once("/?").unwrap();
+    assert!(addr.starts_with("127.0.0.1:"), "loopback only: {url}");
+    assert!(query.starts_with("call_id=run-demo&session_id="), "{url}");
+    assert!(query.ends_with("&join=1"), "{url}");
+    let (status, page) = http(addr, "GET", "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Switchboard demo call"));
+
+    // A person joins the agent's call from "the page": the agent is there and welcomes them.
+    let socket_addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut socket = crate::local_call::connect(socket_addr, "/calls/run-demo/ws", &[])
+        .await
+        .unwrap();
+    let welcome = crate::local_call::join(&mut socket, "Tester").await;
+    assert_eq!(welcome["participants"][0]["name"], "Assistant");
+    assert_eq!(
+        crate::local_call::agent_says(&mut socket).await,
+        format!("Welcome, Tester! {}", demo_agent::GREETING)
+    );
+    // They leave; alone for the idle timeout, the agent's session ends and `run` exits 0.
+    drop(socket);
+    let ended = read_until(&mut lines, &mut log, |v| v["message"] == "session ended").await;
+    assert_eq!(ended["end_reason"], "idle");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("run exits")
+        .unwrap();
+    assert!(status.success(), "{log:#?}");
+}

@@ -148,7 +148,7 @@ pub async fn join(socket: &mut Socket, name: &str) -> Value {
 }
 
 /// The next `message` frame from an agent.
-async fn agent_says(socket: &mut Socket) -> String {
+pub async fn agent_says(socket: &mut Socket) -> String {
     loop {
         let (frame, _) = until(socket, "message").await;
         if frame["from"]["agent"] == true {

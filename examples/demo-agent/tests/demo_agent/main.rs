@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod binary;
+mod browser;
 mod cluster;
 mod conversation;
 mod local_call;
