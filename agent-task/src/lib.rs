@@ -4,7 +4,8 @@
 //! - [`agent`]: the [`Agent`] trait, [`Presence`] (who is in the call; drives the idle clock),
 //!   [`WarmupCache`], and the contexts handed to `create_agent` and `join_call`.
 //! - [`edge`] and [`llm`]: the agent-side ports (a call transport, a model). Local stand-ins and
-//!   real integrations implement them.
+//!   real integrations implement them; `openai` (feature `openai`) is an OpenAI-compatible
+//!   streaming model.
 //! - [`local_call`] and [`call_hub`]: the local call's WebSocket protocol (version 1), its
 //!   rooms ([`call_hub::CallHub`]) and the agent's side of them ([`call_hub::HubEdge`]).
 //! - [`launcher`]: [`AgentLauncher`] (the anchor's API: start, stop, warmup, sessions) and
@@ -23,6 +24,8 @@ pub mod edge;
 pub mod launcher;
 pub mod llm;
 pub mod local_call;
+#[cfg(feature = "openai")]
+pub mod openai;
 pub mod supervisor;
 
 pub use agent::{Agent, CreateContext, JoinContext, Presence, PresenceState, WarmupCache};

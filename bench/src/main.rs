@@ -29,6 +29,7 @@ use switchboard_core::metrics::LatencySketch;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod call;
 #[cfg(feature = "aws")]
 mod task;
 
@@ -110,6 +111,16 @@ enum Cmd {
         /// The table to create (it must not exist); default: a fresh `bench-task-<ms>`.
         #[arg(long)]
         table: Option<String>,
+    },
+    /// Message round trips through the local call (WebSocket): a person asks the demo agent,
+    /// waits for their own message to come back and for the agent's answer.
+    Call {
+        /// Round trips.
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// Other people in the call, reading everything (the fan-out).
+        #[arg(long, default_value_t = 0)]
+        listeners: usize,
     },
     /// All three, in order.
     All {
@@ -765,6 +776,27 @@ async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value>
 
 fn print_report(report: &Value) {
     let mut out = String::new();
+    if let Some(c) = report.get("call") {
+        let ms = |v: &Value| {
+            v.as_f64()
+                .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}"))
+        };
+        out += &format!(
+            "call: {} round trips, {} listeners, {:.0}/s; own message back p50 {} ms, p95 {} ms; agent's answer p50 {} ms, p95 {} ms, p99 {} ms, max {} ms; server CPU {} µs per round trip\n",
+            c["samples"],
+            c["listeners"],
+            c["round_trips_per_second"].as_f64().unwrap_or(0.0),
+            ms(&c["echo"]["p50_ms"]),
+            ms(&c["echo"]["p95_ms"]),
+            ms(&c["answer"]["p50_ms"]),
+            ms(&c["answer"]["p95_ms"]),
+            ms(&c["answer"]["p99_ms"]),
+            ms(&c["answer"]["max_ms"]),
+            c["server_cpu_us_per_round_trip"]
+                .as_f64()
+                .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.0}")),
+        );
+    }
     if let Some(l) = report.get("lifecycles") {
         out += &format!(
             "lifecycles: {} clients, {:.1} s: {} lifecycles, {:.0}/s; server CPU {} cores, client CPU {:.2} cores\n",
@@ -920,6 +952,17 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Cmd::Call { samples, listeners } = cli.command {
+        let server = start().await?;
+        report["call"] = call::round_trips(&server, samples, listeners).await?;
+        server.stop().await;
+        print_report(&report);
+        if let Some(path) = cli.json {
+            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("could not write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if let Cmd::Soak {
         rate,
         minutes,
@@ -938,7 +981,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let (lc, held_n, close_n) = match cli.command {
-        Cmd::Soak { .. } => unreachable!("handled above"),
+        Cmd::Soak { .. } | Cmd::Call { .. } => unreachable!("handled above"),
         #[cfg(feature = "aws")]
         Cmd::Task { .. } => unreachable!("handled above"),
         Cmd::Lifecycles { clients, duration } => (Some((clients, duration)), None, None),

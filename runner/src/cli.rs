@@ -510,7 +510,7 @@ impl DemoServer {
         let router = crate::serve::local_router(launcher, ServeOptions::default(), calls_stopped)?;
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
-            axum::serve(listener, router)
+            axum::serve(crate::serve::no_delay(listener), router)
                 .with_graceful_shutdown(async {
                     let _ = http_stopped.await;
                 })

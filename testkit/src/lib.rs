@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod http;
+pub mod openai;
 pub mod proxy;
 
 use aws_sdk_dynamodb::Client;

@@ -8,5 +8,7 @@
 mod anchor_launcher;
 mod anchor_with_registry;
 mod local_call;
+#[cfg(feature = "openai")]
+mod openai;
 mod supervisor;
 mod support;

@@ -10,7 +10,8 @@
 //! participant is asked for, an in-memory call ([`edge::LocalEdge`]) with a participant who
 //! asks about the weather and leaves after `DEMO_PARTICIPANT_SECONDS` (or the session
 //! metadata's `participant_seconds`; default 30). Its model: [`llm::LocalLlm`], a
-//! deterministic local responder; a real integration implements the same `Llm` port.
+//! deterministic local responder, unless `OPENAI_MODEL` names an OpenAI-compatible model
+//! (with `OPENAI_BASE_URL` and `OPENAI_API_KEY`; build with the `openai` feature).
 
 pub mod edge;
 pub mod llm;
@@ -167,12 +168,10 @@ impl DemoAgent {
 
 #[async_trait]
 impl Agent for DemoAgent {
-    async fn warmup(&self, cache: &WarmupCache) -> anyhow::Result<()> {
-        // A real model would load weights or open a connection pool here, once per process.
-        cache
-            .get_or_try_init("local-llm", || async { Ok(LocalLlm) })
-            .await?;
-        Ok(())
+    async fn warmup(&self, _cache: &WarmupCache) -> anyhow::Result<()> {
+        // The model is built once per process (its connection pool shared by every agent);
+        // a configuration error stops the server at start-up, not at the first session.
+        model().map(drop)
     }
 
     async fn close(&self) {
@@ -218,6 +217,33 @@ fn edge(ctx: &CreateContext) -> Arc<dyn Edge> {
     }
 }
 
+/// The demo's model, built once per process from the environment: the OpenAI-compatible
+/// model when `OPENAI_MODEL` is set (built with the `openai` feature), else [`LocalLlm`].
+pub fn model() -> anyhow::Result<Arc<dyn Llm>> {
+    static MODEL: std::sync::OnceLock<Result<Arc<dyn Llm>, String>> = std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| build_model(|name| std::env::var(name).ok()).map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The model the variables read through `var` configure (see [`model`]).
+pub fn build_model(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Arc<dyn Llm>> {
+    #[cfg(feature = "openai")]
+    if let Some(config) = switchboard_agent_task::openai::OpenAiConfig::from_vars(&var)? {
+        info!(model = %config.model, base_url = %config.base_url, "the demo answers with an OpenAI-compatible model");
+        return Ok(Arc::new(switchboard_agent_task::openai::OpenAiLlm::new(
+            config,
+        )?));
+    }
+    #[cfg(not(feature = "openai"))]
+    anyhow::ensure!(
+        var("OPENAI_MODEL").is_none_or(|m| m.trim().is_empty()),
+        "OPENAI_MODEL is set but this demo-agent was built without the `openai` feature (cargo run -p demo-agent --features openai -- serve)"
+    );
+    Ok(Arc::new(LocalLlm))
+}
+
 /// The functions the demo registers (`get_weather`), built once and shared by every agent.
 pub fn functions() -> Arc<FunctionRegistry> {
     static FUNCTIONS: std::sync::OnceLock<Arc<FunctionRegistry>> = std::sync::OnceLock::new();
@@ -249,8 +275,7 @@ pub fn functions() -> Arc<FunctionRegistry> {
 
 /// The anchor's `create_agent`: an assistant with a `get_weather` tool.
 pub async fn create_agent(ctx: CreateContext) -> anyhow::Result<DemoAgent> {
-    let agent =
-        DemoAgent::new(edge(&ctx), Arc::new(LocalLlm), INSTRUCTIONS).with_functions(functions());
+    let agent = DemoAgent::new(edge(&ctx), model()?, INSTRUCTIONS).with_functions(functions());
     Ok(agent)
 }
 

@@ -240,3 +240,119 @@ async fn run_serves_the_demo_page_and_its_call_then_ends_idle_after_the_person_l
         .unwrap();
     assert!(status.success(), "{log:#?}");
 }
+
+/// `serve` with `OPENAI_MODEL` answers through the OpenAI-compatible model: the greeting, a
+/// tool round and the answer come from a local fake server, over the local call.
+#[cfg(feature = "openai")]
+#[tokio::test]
+async fn serve_with_an_openai_compatible_model_answers_through_it() {
+    use serde_json::json;
+    use switchboard_testkit::openai::{fake_openai, sse, text_chunk, tool_fragment, usage_chunk};
+    let zero = Duration::ZERO;
+    let (base, seen) = fake_openai(vec![
+        sse(vec![
+            (zero, text_chunk("Hi, I am the remote model.")),
+            (zero, usage_chunk(20, 7)),
+        ]),
+        sse(vec![
+            (
+                zero,
+                tool_fragment(Some("call_1"), Some("get_weather"), "{\"location\":"),
+            ),
+            (zero, tool_fragment(None, None, "\"Paris\"}")),
+            (zero, usage_chunk(30, 5)),
+        ]),
+        sse(vec![
+            (zero, text_chunk("Sunny in Paris, 72°F.")),
+            (zero, usage_chunk(45, 6)),
+        ]),
+    ])
+    .await;
+    let mut cmd = command(&[
+        "serve",
+        "--port",
+        "0",
+        "--no-splash",
+        "--log-format",
+        "json",
+    ]);
+    cmd.env("OPENAI_MODEL", "fake-model")
+        .env("OPENAI_BASE_URL", &base)
+        .env("OPENAI_API_KEY", "sk-local");
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    let listening = read_until(&mut lines, &mut log, |v| v["message"] == "listening").await;
+    let addr = listening["address"].as_str().unwrap().to_owned();
+    read_until(&mut lines, &mut log, |v| v["message"] == "ready").await;
+    assert!(
+        log.iter().any(
+            |v| v["message"] == "the demo answers with an OpenAI-compatible model"
+                && v["model"] == "fake-model"
+        ),
+        "{log:#?}"
+    );
+
+    let mut socket = crate::local_call::connect(addr.parse().unwrap(), "/calls/remote/ws", &[])
+        .await
+        .unwrap();
+    crate::local_call::join(&mut socket, "Ada").await;
+    let (status, body) = http(&addr, "POST", "/calls/remote/sessions").await;
+    assert_eq!(status, 201, "{body}");
+    let session_id = serde_json::from_str::<Value>(&body).unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        crate::local_call::agent_says(&mut socket).await,
+        "Hi, I am the remote model."
+    );
+    crate::local_call::send(
+        &mut socket,
+        json!({"v": 1, "type": "say", "text": "What's the weather in Paris?"}),
+    )
+    .await;
+    assert_eq!(
+        crate::local_call::agent_says(&mut socket).await,
+        "Sunny in Paris, 72°F."
+    );
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen[0]
+                .0
+                .to_ascii_lowercase()
+                .contains("authorization: bearer sk-local")
+        );
+        assert_eq!(seen[0].1["model"], "fake-model");
+        let tool_result = &seen[2].1["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(tool_result["role"], "tool");
+        assert_eq!(
+            tool_result["content"],
+            "The weather in Paris is sunny and 72°F."
+        );
+    }
+    // The metrics are the stream's usage: 20 + 30 + 45 in, 7 + 5 + 6 out.
+    let path = format!("/calls/remote/sessions/{session_id}/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(&addr, "GET", &path).await;
+        let metrics = serde_json::from_str::<Value>(&body).unwrap()["metrics"].clone();
+        if metrics["llm_input_tokens__total"] == 95 {
+            assert_eq!(metrics["llm_output_tokens__total"], 18);
+            assert_eq!(metrics["llm_tool_calls__total"], 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(socket);
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}
