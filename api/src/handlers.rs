@@ -171,7 +171,7 @@ async fn close(app: AppState, request: Request, beacon: bool) -> Result<Response
     let raw = path_params(&mut parts).await?;
     hooks::check(app.hooks.can_close_session.as_ref(), &raw.call_id, &parts).await?;
     if beacon {
-        crate::request::check_beacon_token(&parts.uri)?;
+        crate::request::check_query_token(&parts.uri)?;
     }
     let call_id = parse_call_id(&raw.call_id)?;
     let id = session_id(&raw.session_id)?;

@@ -32,6 +32,7 @@ use tower_http::trace::TraceLayer;
 pub use cors::CorsOptions;
 pub use error::ApiError;
 pub use hooks::{CallFilter, ListPermission, Permission, PermissionHooks, Rejection, RequestInfo};
+pub use request::check_query_token;
 pub use state::{AppState, DEFAULT_REQUEST_DEADLINE, ReadinessCheck, registry_readiness};
 
 /// The largest request body accepted (16 KiB); larger is 413.

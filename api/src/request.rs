@@ -283,9 +283,9 @@ pub(crate) fn fail_if_any(issues: Vec<ValidationIssue>) -> Result<(), ApiError> 
     }
 }
 
-/// The beacon's `?token=` is at most [`crate::MAX_TOKEN_CHARS`] (as the document states),
-/// whether or not a policy reads it.
-pub(crate) fn check_beacon_token(uri: &http::Uri) -> Result<(), ApiError> {
+/// A `?token=` (the beacon close's, the local call's WebSocket join's) is at most
+/// [`crate::MAX_TOKEN_CHARS`] (as the document states), whether or not a policy reads it.
+pub fn check_query_token(uri: &http::Uri) -> Result<(), ApiError> {
     let too_long = uri.query().is_some_and(|query| {
         form_urlencoded::parse(query.as_bytes())
             .any(|(name, value)| name == "token" && value.chars().count() > crate::MAX_TOKEN_CHARS)

@@ -945,23 +945,13 @@ async fn main() -> anyhow::Result<()> {
         });
         report["server"] = json!(agent.display().to_string());
         report["task"] = task::measure(&agent, &table, *tasks, intervals).await?;
-        print_report(&report);
-        if let Some(path) = cli.json {
-            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("could not write {}", path.display()))?;
-        }
-        return Ok(());
+        return finish(&report, cli.json.as_deref());
     }
     if let Cmd::Call { samples, listeners } = cli.command {
         let server = start().await?;
         report["call"] = call::round_trips(&server, samples, listeners).await?;
         server.stop().await;
-        print_report(&report);
-        if let Some(path) = cli.json {
-            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("could not write {}", path.display()))?;
-        }
-        return Ok(());
+        return finish(&report, cli.json.as_deref());
     }
     if let Cmd::Soak {
         rate,
@@ -973,12 +963,7 @@ async fn main() -> anyhow::Result<()> {
         let server = start().await?;
         report["soak"] = soak(&server, rate, minutes, warmup_minutes, sample_seconds).await?;
         server.stop().await;
-        print_report(&report);
-        if let Some(path) = cli.json {
-            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("could not write {}", path.display()))?;
-        }
-        return Ok(());
+        return finish(&report, cli.json.as_deref());
     }
     let (lc, held_n, close_n) = match cli.command {
         Cmd::Soak { .. } | Cmd::Call { .. } => unreachable!("handled above"),
@@ -1010,9 +995,14 @@ async fn main() -> anyhow::Result<()> {
         report["close"] = close_latency(&server, samples).await?;
         server.stop().await;
     }
-    print_report(&report);
-    if let Some(path) = cli.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+    finish(&report, cli.json.as_deref())
+}
+
+/// Prints the report and writes it as JSON to `json`, if given.
+fn finish(report: &Value, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    print_report(report);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     Ok(())

@@ -381,7 +381,7 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
     crate::splash::show(
         args.common.no_splash,
         &format!(
-            "serving on http://{}:{} (docs at /docs)",
+            "serving on http://{}:{} (the demo page at /, docs at /docs)",
             args.host, args.port
         ),
     );

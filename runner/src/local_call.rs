@@ -101,21 +101,7 @@ async fn upgrade(local: &LocalCall, request: Request) -> Result<Response, ApiErr
     }
     let call_id = CallId::parse(&raw)
         .map_err(|e| ApiError::invalid(&["path", "call_id"], e.to_string(), "value_error"))?;
-    let token_too_long = parts.uri.query().is_some_and(|query| {
-        form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
-            name == "token" && value.chars().count() > switchboard_api::MAX_TOKEN_CHARS
-        })
-    });
-    if token_too_long {
-        return Err(ApiError::invalid(
-            &["query", "token"],
-            format!(
-                "String should have at most {} characters",
-                switchboard_api::MAX_TOKEN_CHARS
-            ),
-            "string_too_long",
-        ));
-    }
+    switchboard_api::check_query_token(&parts.uri)?;
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|e| {

@@ -127,7 +127,7 @@ pub async fn serve_on<A: Agent>(
         let _ = server.await;
         return Err(anyhow::Error::new(e).context("the agent launcher could not start"));
     }
-    info!(%address, docs = %format!("http://{address}/docs"), "ready");
+    info!(%address, docs = %format!("http://{address}/docs"), demo = %format!("http://{address}/"), "ready");
     tokio::pin!(shutdown);
     tokio::select! {
         () = &mut shutdown => {}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_agent_task::{Agent, AgentLauncher, AgentSession};
 use switchboard_core::metrics::{Counter, Latency};
 use switchboard_core::registry::{EndRequest, ListQuery};
 use switchboard_core::{
@@ -15,7 +15,7 @@ use switchboard_core::{
 };
 use tokio::time::Instant;
 
-use crate::support::{FlakyRegistry, call, secs_between, started};
+use crate::support::{FlakyRegistry, TestAgent, call, secs_between, started};
 
 #[tokio::test(start_paused = true)]
 async fn an_in_process_close_completes_with_no_virtual_time_advanced() {
@@ -119,8 +119,14 @@ async fn max_duration_closes_within_one_interval() {
     assert!((60.0..=65.0).contains(&elapsed), "closed after {elapsed}s");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lease_expires() {
+/// A busy session on a registry that can fail, 5 s interval, 30 s lease, after its two
+/// good heartbeats (5 s, 10 s).
+async fn busy_after_two_heartbeats() -> (
+    Arc<dyn Clock>,
+    Arc<FlakyRegistry>,
+    AgentLauncher<TestAgent>,
+    AgentSession<TestAgent>,
+) {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let registry = Arc::new(FlakyRegistry::memory(clock.clone()));
     let (launcher, _) = started(|b| {
@@ -134,7 +140,13 @@ async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lea
         .start_session(call("busy-1"), CallType::default(), None)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(12)).await; // two good heartbeats (5 s, 10 s)
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    (clock, registry, launcher, session)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lease_expires() {
+    let (clock, registry, _launcher, session) = busy_after_two_heartbeats().await;
     let row = registry
         .inner
         .get(&call("busy-1"), session.id())
@@ -189,20 +201,7 @@ async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lea
 
 #[tokio::test(start_paused = true)]
 async fn a_metrics_flush_that_never_answers_stops_the_agent_before_its_lease_expires() {
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let registry = Arc::new(FlakyRegistry::memory(clock.clone()));
-    let (launcher, _) = started(|b| {
-        b.clock(clock.clone())
-            .registry(registry.clone())
-            .maintenance_interval(5.0)
-            .session_lease_seconds(30.0)
-    })
-    .await;
-    let session = launcher
-        .start_session(call("busy-1"), CallType::default(), None)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(12)).await; // two good heartbeats (5 s, 10 s)
+    let (clock, registry, launcher, session) = busy_after_two_heartbeats().await;
     // The store answers heartbeats but no longer flushes; the agent has new metrics to flush.
     registry.hang_flushes.store(true, Ordering::SeqCst);
     session.agent().unwrap().metrics().on_tool_call(12.0);
