@@ -20,7 +20,7 @@ use switchboard_core::{CallId, CallType, Clock};
 use tokio::sync::mpsc;
 
 use crate::Presence;
-use crate::edge::{Call, CallEvent, Connection, Edge, User};
+use crate::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
 use crate::local_call::{Participant, ServerFrame};
 
 /// Frames queued for one person before they are disconnected as too slow.
@@ -34,7 +34,7 @@ struct Person {
 struct AgentSlot {
     participant: Participant,
     presence: Presence,
-    events: mpsc::UnboundedSender<CallEvent>,
+    events: Arc<EventQueue>,
 }
 
 #[derive(Default)]
@@ -73,7 +73,7 @@ impl Room {
 
     fn send_to_agents(&self, event: &CallEvent) {
         for agent in &self.agents {
-            let _ = agent.events.send(event.clone());
+            agent.events.send(event.clone());
         }
     }
 
@@ -89,7 +89,9 @@ impl Room {
             if !who.agent {
                 self.send_to_agents(&CallEvent::ParticipantLeft(User::new(&who.id, &who.name)));
             }
-            pending.extend(self.send_to_people(&ServerFrame::Left { participant: who }, None));
+            if !self.people.is_empty() {
+                pending.extend(self.send_to_people(&ServerFrame::Left { participant: who }, None));
+            }
         }
     }
 }
@@ -209,6 +211,11 @@ impl CallHub {
                 text: text.to_owned(),
             });
         }
+        if room.people.is_empty() {
+            // An agent talking to an empty room (its greeting before anyone joined): no frame
+            // to build (its timestamp is the costly part).
+            return true;
+        }
         let message = ServerFrame::Message {
             from: from.clone(),
             text: text.to_owned(),
@@ -310,7 +317,7 @@ impl Edge for HubEdge {
         agent_user: &User,
         presence: Presence,
     ) -> anyhow::Result<Box<dyn Connection>> {
-        let (events, receiver) = mpsc::unbounded_channel();
+        let events = Arc::new(EventQueue::default());
         let participant = Participant {
             id: self.hub.new_id("agent"),
             name: agent_user.name.clone(),
@@ -324,16 +331,20 @@ impl Edge for HubEdge {
                 presence.participant_joined(&person.participant.id);
             }
             presence.agent_joined();
-            let dropped = room.send_to_people(
-                &ServerFrame::Joined {
-                    participant: participant.clone(),
-                },
-                None,
-            );
+            let dropped = if room.people.is_empty() {
+                Vec::new()
+            } else {
+                room.send_to_people(
+                    &ServerFrame::Joined {
+                        participant: participant.clone(),
+                    },
+                    None,
+                )
+            };
             room.agents.push(AgentSlot {
                 participant: participant.clone(),
                 presence,
-                events,
+                events: events.clone(),
             });
             for who in dropped {
                 room.announce_left(who);
@@ -343,7 +354,7 @@ impl Edge for HubEdge {
             hub: self.hub.clone(),
             call_id,
             participant,
-            events: receiver,
+            events,
             left: false,
         }))
     }
@@ -353,7 +364,7 @@ struct HubConnection {
     hub: Arc<CallHub>,
     call_id: String,
     participant: Participant,
-    events: mpsc::UnboundedReceiver<CallEvent>,
+    events: Arc<EventQueue>,
     left: bool,
 }
 

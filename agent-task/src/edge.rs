@@ -2,8 +2,12 @@
 //! call, an in-memory stand-in). It creates and joins calls, reports who comes and goes
 //! through [`Presence`], and carries messages.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use async_trait::async_trait;
 use switchboard_core::{CallId, CallType};
+use tokio::sync::Notify;
 
 use crate::Presence;
 
@@ -80,4 +84,81 @@ pub trait Connection: Send + Sync {
 
     /// Leaves the call (idempotent). Presence then reports the agent as not joined.
     async fn leave(&mut self);
+}
+
+/// A joined agent's incoming events, from its transport to its `next_event`: one consumer,
+/// any number of producers. It allocates only as events arrive; a tokio channel would
+/// allocate a 32-slot block (about 2.5 KB of `CallEvent`s) per agent up front, and most
+/// agents wait far more than they receive.
+#[derive(Debug, Default)]
+pub struct EventQueue {
+    state: Mutex<(VecDeque<CallEvent>, bool)>,
+    notify: Notify,
+}
+
+impl EventQueue {
+    /// Queues `event`; false once the queue is closed.
+    pub fn send(&self, event: CallEvent) -> bool {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.1 {
+                return false;
+            }
+            state.0.push_back(event);
+        }
+        // One consumer: `notify_one` keeps a permit if it is not waiting yet.
+        self.notify.notify_one();
+        true
+    }
+
+    /// The next event; `None` once the queue is closed and empty.
+    pub async fn recv(&self) -> Option<CallEvent> {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(event) = state.0.pop_front() {
+                    return Some(event);
+                }
+                if state.1 {
+                    return None;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Closes the queue: nothing more is accepted, and `recv` ends after what is queued.
+    pub fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_event_queue_delivers_in_order_then_ends_after_close() {
+        let queue = std::sync::Arc::new(EventQueue::default());
+        let waiter = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.recv().await })
+        };
+        tokio::task::yield_now().await;
+        let ada = User::new("p-1", "Ada");
+        assert!(queue.send(CallEvent::ParticipantJoined(ada.clone())));
+        assert_eq!(
+            waiter.await.unwrap(),
+            Some(CallEvent::ParticipantJoined(ada.clone())),
+            "a waiting receiver is woken"
+        );
+        assert!(queue.send(CallEvent::ParticipantLeft(ada.clone())));
+        assert!(queue.send(CallEvent::Ended));
+        queue.close();
+        assert!(!queue.send(CallEvent::Ended), "closed: refused");
+        assert_eq!(queue.recv().await, Some(CallEvent::ParticipantLeft(ada)));
+        assert_eq!(queue.recv().await, Some(CallEvent::Ended));
+        assert_eq!(queue.recv().await, None, "closed and drained");
+    }
 }

@@ -3,15 +3,13 @@
 //! none. A scripted participant joins, asks a question, stays a while and leaves, so the
 //! agent's idle clock is really exercised.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_agent_task::Presence;
-use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, User};
+use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
 use switchboard_core::{CallId, CallType};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -83,33 +81,6 @@ impl Edge for LocalEdge {
     }
 }
 
-/// The call's events, from the script to the agent: a few bytes per call (a channel would
-/// allocate a 32-slot block per call).
-#[derive(Debug, Default)]
-struct EventQueue {
-    queue: Mutex<VecDeque<CallEvent>>,
-    notify: Notify,
-}
-
-impl EventQueue {
-    fn send(&self, event: CallEvent) {
-        if let Ok(mut queue) = self.queue.lock() {
-            queue.push_back(event);
-        }
-        // One consumer: `notify_one` keeps a permit if it is not waiting yet.
-        self.notify.notify_one();
-    }
-
-    async fn recv(&self) -> CallEvent {
-        loop {
-            if let Some(event) = self.queue.lock().ok().and_then(|mut q| q.pop_front()) {
-                return event;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
 async fn run_script(script: ParticipantScript, presence: Presence, events: Arc<EventQueue>) {
     let user = User::new("demo-user", "Demo User");
     tokio::time::sleep(script.join_after).await;
@@ -149,7 +120,7 @@ impl Connection for LocalConnection {
     }
 
     async fn next_event(&mut self) -> Option<CallEvent> {
-        Some(self.events.recv().await)
+        self.events.recv().await
     }
 
     async fn leave(&mut self) {
