@@ -21,14 +21,14 @@ use tokio::sync::mpsc;
 
 use crate::Presence;
 use crate::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
-use crate::local_call::{Participant, ServerFrame};
+use crate::local_call::{EncodedFrame, Participant, ServerFrame};
 
 /// Frames queued for one person before they are disconnected as too slow.
 pub const PERSON_QUEUE: usize = 256;
 
 struct Person {
     participant: Participant,
-    frames: mpsc::Sender<ServerFrame>,
+    frames: mpsc::Sender<EncodedFrame>,
 }
 
 struct AgentSlot {
@@ -54,7 +54,11 @@ impl Room {
 
     /// Sends `frame` to every person but `except`; returns the people whose queue was full
     /// (or closed), already removed from the room.
-    fn send_to_people(&mut self, frame: &ServerFrame, except: Option<&str>) -> Vec<Participant> {
+    fn send_to_people(&mut self, frame: ServerFrame, except: Option<&str>) -> Vec<Participant> {
+        if self.people.is_empty() {
+            return Vec::new();
+        }
+        let frame = EncodedFrame::new(frame);
         let mut dropped = Vec::new();
         self.people.retain(|person| {
             if except == Some(person.participant.id.as_str()) {
@@ -90,7 +94,7 @@ impl Room {
                 self.send_to_agents(&CallEvent::ParticipantLeft(User::new(&who.id, &who.name)));
             }
             if !self.people.is_empty() {
-                pending.extend(self.send_to_people(&ServerFrame::Left { participant: who }, None));
+                pending.extend(self.send_to_people(ServerFrame::Left { participant: who }, None));
             }
         }
     }
@@ -146,7 +150,7 @@ impl CallHub {
         self: &Arc<Self>,
         call_id: &str,
         name: &str,
-    ) -> (PersonHandle, mpsc::Receiver<ServerFrame>) {
+    ) -> (PersonHandle, mpsc::Receiver<EncodedFrame>) {
         let (frames, receiver) = mpsc::channel(PERSON_QUEUE);
         let participant = Participant {
             id: self.new_id("p"),
@@ -155,11 +159,11 @@ impl CallHub {
         };
         let mut rooms = self.lock();
         let room = rooms.entry(call_id.to_owned()).or_default();
-        let _ = frames.try_send(ServerFrame::Welcome {
+        let _ = frames.try_send(EncodedFrame::new(ServerFrame::Welcome {
             call_id: call_id.to_owned(),
             you: participant.clone(),
             participants: room.everyone(),
-        });
+        }));
         for agent in &room.agents {
             agent.presence.participant_joined(&participant.id);
         }
@@ -168,7 +172,7 @@ impl CallHub {
             &participant.name,
         )));
         let dropped = room.send_to_people(
-            &ServerFrame::Joined {
+            ServerFrame::Joined {
                 participant: participant.clone(),
             },
             None,
@@ -221,7 +225,7 @@ impl CallHub {
             text: text.to_owned(),
             at: self.clock.now().to_rfc3339(),
         };
-        for who in room.send_to_people(&message, None) {
+        for who in room.send_to_people(message, None) {
             room.announce_left(who);
         }
         true
@@ -335,7 +339,7 @@ impl Edge for HubEdge {
                 Vec::new()
             } else {
                 room.send_to_people(
-                    &ServerFrame::Joined {
+                    ServerFrame::Joined {
                         participant: participant.clone(),
                     },
                     None,

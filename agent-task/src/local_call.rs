@@ -245,6 +245,29 @@ pub fn encode(frame: &ServerFrame) -> String {
     value.to_string()
 }
 
+/// A server frame with its text encoded once, shared by everyone it is sent to (a message to
+/// a call of 100 people is serialized once, not 100 times).
+#[derive(Debug, Clone)]
+pub struct EncodedFrame(std::sync::Arc<(ServerFrame, Box<str>)>);
+
+impl EncodedFrame {
+    /// Encodes `frame`.
+    pub fn new(frame: ServerFrame) -> Self {
+        let text = encode(&frame).into_boxed_str();
+        Self(std::sync::Arc::new((frame, text)))
+    }
+
+    /// The frame.
+    pub fn frame(&self) -> &ServerFrame {
+        &self.0.0
+    }
+
+    /// Its text, as [`encode`] writes it.
+    pub fn text(&self) -> &str {
+        &self.0.1
+    }
+}
+
 /// Encodes a client frame (for clients written in Rust: tests, tools).
 pub fn encode_client(frame: &ClientFrame) -> String {
     let mut value = serde_json::to_value(frame).unwrap_or_else(|_| serde_json::json!({}));

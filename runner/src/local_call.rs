@@ -22,7 +22,8 @@ use axum::routing::get;
 use http::StatusCode;
 use switchboard_agent_task::call_hub::{CallHub, PersonHandle};
 use switchboard_agent_task::local_call::{
-    ClientFrame, ErrorCode, FrameError, MAX_FRAME_BYTES, ServerFrame, encode, parse_client_frame,
+    ClientFrame, EncodedFrame, ErrorCode, FrameError, MAX_FRAME_BYTES, ServerFrame, encode,
+    parse_client_frame,
 };
 use switchboard_api::{ApiError, Permission, Rejection};
 use switchboard_core::CallId;
@@ -127,14 +128,15 @@ async fn upgrade(local: &LocalCall, request: Request) -> Result<Response, ApiErr
 /// What a connection has become after its `join`.
 struct Joined {
     handle: PersonHandle,
-    frames: mpsc::Receiver<ServerFrame>,
+    frames: mpsc::Receiver<EncodedFrame>,
 }
 
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> bool {
-    socket
-        .send(Message::Text(encode(frame).into()))
-        .await
-        .is_ok()
+    send_text(socket, encode(frame)).await
+}
+
+async fn send_text(socket: &mut WebSocket, text: impl Into<String>) -> bool {
+    socket.send(Message::Text(text.into().into())).await.is_ok()
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
@@ -154,7 +156,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// The next frame for a joined person; `None` when the hub dropped them (too slow).
-async fn next_frame(joined: &mut Option<Joined>) -> Option<ServerFrame> {
+async fn next_frame(joined: &mut Option<Joined>) -> Option<EncodedFrame> {
     match joined {
         Some(joined) => joined.frames.recv().await,
         None => std::future::pending().await,
@@ -178,7 +180,7 @@ async fn person(
                 // What happened before the shutdown (the agents leaving) is said first.
                 if let Some(person) = &mut joined {
                     while let Ok(frame) = person.frames.try_recv() {
-                        if !send(&mut socket, &frame).await {
+                        if !send_text(&mut socket, frame.text()).await {
                             break;
                         }
                     }
@@ -195,7 +197,7 @@ async fn person(
             }
             frame = next_frame(&mut joined) => match frame {
                 Some(frame) => {
-                    if !send(&mut socket, &frame).await {
+                    if !send_text(&mut socket, frame.text()).await {
                         break;
                     }
                 }

@@ -192,12 +192,18 @@ mod hub {
     use switchboard_agent_task::Presence;
     use switchboard_agent_task::call_hub::{CallHub, HubEdge, PERSON_QUEUE};
     use switchboard_agent_task::edge::{CallEvent, Edge, User};
-    use switchboard_agent_task::local_call::ServerFrame;
+    use switchboard_agent_task::local_call::{EncodedFrame, ServerFrame, parse_server_frame};
     use switchboard_core::{CallId, CallType, SystemClock};
     use tokio::sync::mpsc::Receiver;
 
-    fn next(rx: &mut Receiver<ServerFrame>) -> ServerFrame {
-        rx.try_recv().expect("a frame is waiting")
+    fn next(rx: &mut Receiver<EncodedFrame>) -> ServerFrame {
+        let frame = rx.try_recv().expect("a frame is waiting");
+        assert_eq!(
+            parse_server_frame(frame.text()).as_ref(),
+            Ok(frame.frame()),
+            "the shared text is the frame's encoding"
+        );
+        frame.frame().clone()
     }
 
     /// People and the agent hear each other; joins and leaves reach the agent's presence, so
@@ -315,8 +321,8 @@ mod hub {
         for i in 0..=PERSON_QUEUE {
             agent.send_message(&format!("message {i}")).await.unwrap();
             while let Ok(frame) = fast_rx.try_recv() {
-                if let ServerFrame::Left { participant } = frame {
-                    left = Some(participant);
+                if let ServerFrame::Left { participant } = frame.frame() {
+                    left = Some(participant.clone());
                 }
             }
         }
