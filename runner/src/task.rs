@@ -97,16 +97,40 @@ pub(crate) async fn run<A: Agent>(
     error!(error = %failure.message, "the task's environment is invalid");
     eprintln!("error: {}", failure.message);
     if let Some((table, call_id, session_id)) = failure.row {
+        let registry = registry(&table).await;
         let end = EndRequest::new(EndReason::StartFailed)
             .detail(format!("agent task: {}", failure.message))
             .guard(EndGuard::Starting);
-        match registry(&table).await.end(&call_id, session_id, end).await {
-            Ok(_) => info!(%session_id, "ended the session start_failed"),
-            Err(e) => warn!(%session_id, error = %e, "left the session to the reaper"),
+        // A busy table (throttling, transaction conflicts) gets a few more tries: freeing the
+        // slot now beats leaving it to the reaper's next sweep.
+        let give_up = tokio::time::Instant::now() + END_RETRY_BUDGET;
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            match registry.end(&call_id, session_id, end.clone()).await {
+                Ok(_) => {
+                    info!(%session_id, "ended the session start_failed");
+                    break;
+                }
+                Err(e @ switchboard_core::Error::Unavailable { .. })
+                    if tokio::time::Instant::now() + backoff < give_up =>
+                {
+                    warn!(%session_id, error = %e, "could not end the session yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => {
+                    warn!(%session_id, error = %e, "left the session to the reaper");
+                    break;
+                }
+            }
         }
     }
     2
 }
+
+/// How long a task with a bad environment keeps trying to end its session before leaving it
+/// to the reaper.
+const END_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn registry(table: &str) -> Arc<dyn SessionRegistry> {
     let client = switchboard_aws::dynamodb::client_from_env().await;

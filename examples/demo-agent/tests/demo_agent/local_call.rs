@@ -183,10 +183,18 @@ async fn people_talk_with_the_agent_and_the_idle_timeout_closes_when_the_last_on
     assert_eq!(joined["participant"]["agent"], true);
     assert_eq!(joined["participant"]["name"], "Assistant");
     assert_eq!(agent_says(&mut ada).await, demo_agent::GREETING);
-    assert_eq!(
-        session(&server, call, &session_id).await["status"],
-        "running"
-    );
+    // The supervisor marks the session running once it sees the agent joined (its own write,
+    // a moment after the greeting).
+    let deadline = Instant::now() + FRAME_WAIT;
+    loop {
+        let status = session(&server, call, &session_id).await["status"].clone();
+        if status == "running" {
+            break;
+        }
+        assert_eq!(status, "starting", "never running");
+        assert!(Instant::now() < deadline, "never running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // A question: Ada's own message comes back first, then the agent's answer (the tool).
     let asked = Instant::now();
