@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use switchboard_core::{CallId, CallType, Clock};
+use switchboard_core::Clock;
 use tokio::sync::mpsc;
 
 use crate::Presence;
@@ -308,13 +308,6 @@ impl HubEdge {
 
 #[async_trait]
 impl Edge for HubEdge {
-    async fn create_call(&self, call_type: &CallType, call_id: &CallId) -> anyhow::Result<Call> {
-        Ok(Call {
-            call_type: call_type.clone(),
-            call_id: call_id.clone(),
-        })
-    }
-
     async fn join(
         &self,
         call: &Call,

@@ -60,8 +60,15 @@ pub enum CallEvent {
 /// A call transport.
 #[async_trait]
 pub trait Edge: Send + Sync {
-    /// Creates the call if needed and returns it.
-    async fn create_call(&self, call_type: &CallType, call_id: &CallId) -> anyhow::Result<Call>;
+    /// Creates the call if needed and returns it. The default is for transports whose calls
+    /// exist as soon as someone joins them (the local call, the in-memory stand-in): the call
+    /// is just its ids.
+    async fn create_call(&self, call_type: &CallType, call_id: &CallId) -> anyhow::Result<Call> {
+        Ok(Call {
+            call_type: call_type.clone(),
+            call_id: call_id.clone(),
+        })
+    }
 
     /// Joins `call` as `agent_user`. The connection keeps `presence` up to date (agent joined,
     /// participants joining and leaving) for as long as it is open.

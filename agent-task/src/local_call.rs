@@ -236,13 +236,18 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     Ok(frame)
 }
 
-/// Encodes a server frame as the text frame to send (with `v`).
-pub fn encode(frame: &ServerFrame) -> String {
+/// A frame's JSON object with `v` added.
+fn versioned<T: Serialize>(frame: &T) -> String {
     let mut value = serde_json::to_value(frame).unwrap_or_else(|_| serde_json::json!({}));
     if let serde_json::Value::Object(object) = &mut value {
         object.insert("v".into(), PROTOCOL_VERSION.into());
     }
     value.to_string()
+}
+
+/// Encodes a server frame as the text frame to send (with `v`).
+pub fn encode(frame: &ServerFrame) -> String {
+    versioned(frame)
 }
 
 /// A server frame with its text encoded once, shared by everyone it is sent to (a message to
@@ -270,11 +275,7 @@ impl EncodedFrame {
 
 /// Encodes a client frame (for clients written in Rust: tests, tools).
 pub fn encode_client(frame: &ClientFrame) -> String {
-    let mut value = serde_json::to_value(frame).unwrap_or_else(|_| serde_json::json!({}));
-    if let serde_json::Value::Object(object) = &mut value {
-        object.insert("v".into(), PROTOCOL_VERSION.into());
-    }
-    value.to_string()
+    versioned(frame)
 }
 
 /// Parses a server frame (for clients written in Rust).

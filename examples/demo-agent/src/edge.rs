@@ -1,7 +1,7 @@
-//! `LocalEdge`: an in-memory call, the stand-in for a real call transport (Stream, LiveKit, or
-//! the local WebSocket call that a later issue adds). No network: the build machines reach
-//! none. A scripted participant joins, asks a question, stays a while and leaves, so the
-//! agent's idle clock is really exercised.
+//! `LocalEdge`: an in-memory call with a scripted participant, for where no person can join
+//! (an ECS task, `run --no-demo`, load tests); under `serve` the demo joins the local call
+//! (`HubEdge`) instead. The participant joins, asks a question, stays a while and leaves, so
+//! the agent's idle clock is really exercised.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use switchboard_agent_task::Presence;
 use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
-use switchboard_core::{CallId, CallType};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -52,13 +51,6 @@ impl LocalEdge {
 
 #[async_trait]
 impl Edge for LocalEdge {
-    async fn create_call(&self, call_type: &CallType, call_id: &CallId) -> anyhow::Result<Call> {
-        Ok(Call {
-            call_type: call_type.clone(),
-            call_id: call_id.clone(),
-        })
-    }
-
     async fn join(
         &self,
         call: &Call,

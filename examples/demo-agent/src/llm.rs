@@ -1,5 +1,5 @@
-//! `LocalLlm`: a deterministic local model, the stand-in for a real one (an OpenAI-compatible
-//! model arrives with the local-call issue). It streams its answer word by word and calls the
+//! `LocalLlm`: a deterministic local model, the demo's default (`OPENAI_MODEL` switches to
+//! `switchboard_agent_task::openai::OpenAiLlm`). It streams its answer word by word and calls the
 //! `get_weather` tool when asked about the weather somewhere. Token counts are words: the
 //! stand-in has no tokenizer.
 
