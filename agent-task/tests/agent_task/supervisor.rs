@@ -10,8 +10,8 @@ use switchboard_agent_task::{Agent, AgentLauncher, AgentSession};
 use switchboard_core::metrics::{Counter, Latency};
 use switchboard_core::registry::{EndRequest, ListQuery};
 use switchboard_core::{
-    CallType, Clock, EndReason, Error, LimitKind, Metadata, SessionRegistry, SessionStatus,
-    TokioClock,
+    CallType, Clock, EndReason, Error, LimitKind, Metadata, Session, SessionRegistry,
+    SessionStatus, TokioClock,
 };
 use tokio::time::Instant;
 
@@ -144,15 +144,20 @@ async fn busy_after_two_heartbeats() -> (
     (clock, registry, launcher, session)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lease_expires() {
-    let (clock, registry, _launcher, session) = busy_after_two_heartbeats().await;
-    let row = registry
+/// The `busy-1` session's row, read past the injected faults.
+async fn busy_row(registry: &FlakyRegistry, session: &AgentSession<TestAgent>) -> Session {
+    registry
         .inner
         .get(&call("busy-1"), session.id())
         .await
         .unwrap()
-        .unwrap();
+        .expect("the row")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lease_expires() {
+    let (clock, registry, _launcher, session) = busy_after_two_heartbeats().await;
+    let row = busy_row(&registry, &session).await;
     let lease_expires_at = row.lease_expires_at;
     registry.outage.store(true, Ordering::SeqCst);
 
@@ -170,23 +175,13 @@ async fn a_supervisor_that_cannot_renew_its_lease_stops_its_agent_before_the_lea
     );
     assert!(session.agent().unwrap().closed());
     // The row is still live (the registry was down); its slot is held until the lease expires.
-    let row = registry
-        .inner
-        .get(&call("busy-1"), session.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = busy_row(&registry, &session).await;
     assert_ne!(row.status, SessionStatus::Ended);
 
     // The outage ends; the next sweep after expiry frees the slot, reason lease_expired.
     registry.outage.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let row = registry
-        .inner
-        .get(&call("busy-1"), session.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = busy_row(&registry, &session).await;
     assert_eq!(row.status, SessionStatus::Ended);
     assert_eq!(row.end_reason, Some(EndReason::LeaseExpired));
     assert!(
@@ -213,12 +208,7 @@ async fn a_metrics_flush_that_never_answers_stops_the_agent_before_its_lease_exp
     assert_eq!(end.reason, EndReason::LeaseExpired);
     let stopped_at = clock.now();
     // The heartbeat at 15 s renewed the lease to 45 s; the flush after it hung.
-    let row = registry
-        .inner
-        .get(&call("busy-1"), session.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = busy_row(&registry, &session).await;
     assert!(
         stopped_at < row.lease_expires_at,
         "agent stopped {}s after the lease expired",
@@ -247,12 +237,7 @@ async fn a_short_outage_does_not_stop_the_agent() {
     registry.outage.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(!session.finished());
-    let row = registry
-        .inner
-        .get(&call("busy-1"), session.id())
-        .await
-        .unwrap()
-        .unwrap();
+    let row = busy_row(&registry, &session).await;
     assert!(
         row.lease_expires_at > clock.now(),
         "the lease was renewed after the outage"

@@ -75,6 +75,17 @@ impl TestApp {
         self.call_with(method, uri, &headers, body).await
     }
 
+    /// The sendBeacon close of the session at `base` with `token` in its query.
+    async fn beacon_close(&self, base: &str, token: &str) -> TestResponse {
+        self.call_as(
+            Method::POST,
+            &format!("{base}/close?token={token}"),
+            None,
+            None,
+        )
+        .await
+    }
+
     /// Starts a session on `call` with a token that may do everything.
     async fn start_as_admin(&self, call: &str) -> String {
         let r = self
@@ -434,33 +445,12 @@ async fn the_beacon_close_takes_the_token_in_its_query_and_only_it() {
     }
     // The same checks: a wrong scope or another call in the query is 403, garbage 401.
     let viewer = hs("sessions:view", None);
-    let r = app
-        .call_as(
-            Method::POST,
-            &format!("{base}/close?token={viewer}"),
-            None,
-            None,
-        )
-        .await;
+    let r = app.beacon_close(&base, &viewer).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let elsewhere = hs("sessions:close", Some(&["another-call"]));
-    let r = app
-        .call_as(
-            Method::POST,
-            &format!("{base}/close?token={elsewhere}"),
-            None,
-            None,
-        )
-        .await;
+    let r = app.beacon_close(&base, &elsewhere).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = app
-        .call_as(
-            Method::POST,
-            &format!("{base}/close?token=garbage"),
-            None,
-            None,
-        )
-        .await;
+    let r = app.beacon_close(&base, "garbage").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(!r.text().contains("garbage"));
     assert_eq!(
@@ -468,14 +458,7 @@ async fn the_beacon_close_takes_the_token_in_its_query_and_only_it() {
         SessionStatus::Running
     );
     // The right token closes it.
-    let r = app
-        .call_as(
-            Method::POST,
-            &format!("{base}/close?token={closer}"),
-            None,
-            None,
-        )
-        .await;
+    let r = app.beacon_close(&base, &closer).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
     app.wait_ended(&session).await;
 }
@@ -651,14 +634,7 @@ fn logging_child() {
             .call_as(Method::GET, &format!("{base}/metrics"), Some(&viewer), None)
             .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN);
-        let r = app
-            .call_as(
-                Method::POST,
-                &format!("{base}/close?token={closer}"),
-                None,
-                None,
-            )
-            .await;
+        let r = app.beacon_close(&base, &closer).await;
         assert_eq!(r.status, StatusCode::ACCEPTED);
         app.wait_ended(&session).await;
         let signature = |t: &str| t.rsplit('.').next().unwrap().to_owned();
