@@ -662,6 +662,7 @@ impl<A: Agent> AgentLauncher<A> {
                 call_type,
                 metadata,
                 idempotency_key: None,
+                deadline: None,
             },
         )
         .await?;

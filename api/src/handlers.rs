@@ -64,14 +64,18 @@ pub(crate) async fn start_session(
         )));
     };
     let call_type = body.call_type.clone();
+    let deadline = app.request_deadline;
+    let bounded = app.bounded_starts;
     let request = StartSession {
         call_type: body.call_type,
         metadata: body.metadata,
         idempotency_key,
+        // Lambda: every phase ends by the deadline, so the response below is the end of it.
+        deadline: bounded.then(|| tokio::time::Instant::now() + deadline),
     };
     // Run the start in its own task: a client that disconnects mid-launch must not leave a
-    // half-started session behind, and a launch slower than the deadline goes on without it.
-    let deadline = app.request_deadline;
+    // half-started session behind, and (unless bounded) a launch slower than the deadline
+    // goes on without it.
     let start = tokio::spawn(async move {
         service::start_session(
             &*app.registry,
@@ -82,7 +86,13 @@ pub(crate) async fn start_session(
         )
         .await
     });
-    let started = match tokio::time::timeout(deadline, start).await {
+    // A bounded start answers by its deadline itself (plus the moment its cut takes).
+    let wait = if bounded {
+        deadline + std::time::Duration::from_secs(1)
+    } else {
+        deadline
+    };
+    let started = match tokio::time::timeout(wait, start).await {
         Ok(joined) => joined
             .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("start task failed")))?
             .map_err(|e| ApiError::from_domain(e, ""))?,

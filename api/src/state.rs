@@ -42,10 +42,12 @@ pub struct AppState {
     pub(crate) hooks: Arc<PermissionHooks>,
     pub(crate) readiness: Option<ReadinessCheck>,
     pub(crate) request_deadline: Duration,
+    pub(crate) bounded_starts: bool,
 }
 
 /// How long a start may take before the API answers 503 + `Retry-After` (SPEC §3: 8 s). The
-/// start goes on in the background; the session stays `starting` until its agent exists.
+/// start goes on in the background, the session `starting` until its agent exists, unless the
+/// state has [`AppState::with_bounded_starts`] (Lambda).
 pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(8);
 
 impl fmt::Debug for AppState {
@@ -72,12 +74,22 @@ impl AppState {
             hooks: Arc::new(PermissionHooks::default()),
             readiness: None,
             request_deadline: DEFAULT_REQUEST_DEADLINE,
+            bounded_starts: false,
         }
     }
 
     /// Sets the start deadline (default 8 s).
     pub fn with_request_deadline(mut self, deadline: Duration) -> Self {
         self.request_deadline = deadline;
+        self
+    }
+
+    /// Every phase of a start finishes within the request deadline, and nothing of it runs
+    /// after the response (a 503 + `Retry-After` when it could not finish; its row is left to
+    /// the reaper). For Lambda, which freezes the environment once the response is sent. By
+    /// default (serve) a start slower than the deadline goes on in the background.
+    pub fn with_bounded_starts(mut self) -> Self {
+        self.bounded_starts = true;
         self
     }
 

@@ -49,9 +49,77 @@ pub mod env {
 pub enum Capacity {
     /// `launchType = FARGATE`.
     Fargate,
-    /// `capacityProviderStrategy`: the named providers with equal weight (e.g. `FARGATE_SPOT`,
-    /// then `FARGATE`).
-    Providers(Vec<String>),
+    /// `capacityProviderStrategy`. ECS first runs each provider's `base` tasks, then splits
+    /// the rest by `weight`; it never falls back from one provider to another (a Spot
+    /// shortage is a `RunTask` failure, not a launch on `FARGATE`).
+    Providers(Vec<ProviderShare>),
+}
+
+/// One capacity provider of a strategy: `name[:weight[:base]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderShare {
+    /// The provider (`FARGATE`, `FARGATE_SPOT`, or a cluster's own).
+    pub name: String,
+    /// Its relative share of the tasks beyond the bases (0-1000; default 1).
+    pub weight: i32,
+    /// Tasks that run on it before any weight applies (0-100000; default 0; at most one
+    /// provider of a strategy may have one).
+    pub base: i32,
+}
+
+impl ProviderShare {
+    /// Parses `name[:weight[:base]]`, e.g. `FARGATE:1:2` or `FARGATE_SPOT:3`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.trim().split(':');
+        let name = parts.next().unwrap_or_default().trim();
+        if name.is_empty() {
+            return Err(format!("{text:?}: a capacity provider needs a name"));
+        }
+        let number = |part: Option<&str>, what: &str, max: i32, default: i32| match part {
+            None => Ok(default),
+            Some(p) => p
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|v| (0..=max).contains(v))
+                .ok_or_else(|| format!("{text:?}: the {what} must be a whole number 0-{max}")),
+        };
+        let weight = number(parts.next(), "weight", 1000, 1)?;
+        let base = number(parts.next(), "base", 100_000, 0)?;
+        if parts.next().is_some() {
+            return Err(format!("{text:?}: expected name[:weight[:base]]"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            weight,
+            base,
+        })
+    }
+
+    /// `name` with weight 1 and no base.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            weight: 1,
+            base: 0,
+        }
+    }
+}
+
+/// Parses a comma-separated strategy; checks ECS's rules (at most one base, some weight).
+pub fn parse_strategy(text: &str) -> Result<Vec<ProviderShare>, String> {
+    let shares = text
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(ProviderShare::parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    if shares.iter().filter(|s| s.base > 0).count() > 1 {
+        return Err("only one capacity provider may have a base".into());
+    }
+    if !shares.is_empty() && shares.iter().all(|s| s.weight == 0) {
+        return Err("at least one capacity provider needs a weight above 0".into());
+    }
+    Ok(shares)
 }
 
 /// How to run an agent's task.
@@ -217,8 +285,9 @@ impl EcsLauncher {
                 for provider in providers {
                     request = request.capacity_provider_strategy(
                         CapacityProviderStrategyItem::builder()
-                            .capacity_provider(provider)
-                            .weight(1)
+                            .capacity_provider(&provider.name)
+                            .weight(provider.weight)
+                            .base(provider.base)
                             .build()
                             .map_err(rejected)?,
                     );
@@ -302,16 +371,41 @@ const THROTTLING_CODES: [&str; 4] = [
     "LimitExceededException",
 ];
 
+/// Whether a client error's message says "not now": ECS wraps the throttling and shortages of
+/// the services it calls for a launch (EC2 security groups, ENIs, quotas) in
+/// `InvalidParameterException`/`ClientException`, e.g. "Error retrieving security group
+/// information for [sg-…]: Request limit exceeded. (ErrorCode: RequestLimitExceeded)".
+fn transient_message(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "request limit exceeded",
+        "requestlimitexceeded",
+        "rate exceeded",
+        "limit",
+        "capacity",
+        "throttl",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
 fn from_error(err: SdkError<RunTaskError, HttpResponse>) -> Attempt {
     match &err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default().to_owned();
             let server = service.raw().status().is_server_error()
                 || matches!(service.err(), RunTaskError::ServerException(_));
+            let wrapped = match service.err() {
+                RunTaskError::InvalidParameterException(e) => e.message(),
+                RunTaskError::ClientException(e) => e.message(),
+                _ => None,
+            }
+            .or_else(|| service.err().message())
+            .is_some_and(transient_message);
             let source = anyhow::Error::new(err).context("RunTask");
             if server {
                 Attempt::Ambiguous(source)
-            } else if THROTTLING_CODES.contains(&code.as_str()) {
+            } else if THROTTLING_CODES.contains(&code.as_str()) || wrapped {
                 Attempt::Definite(LaunchError::NoCapacity {
                     retry_after: NO_CAPACITY_RETRY_AFTER,
                     source,
@@ -383,5 +477,57 @@ mod tests {
         assert_eq!(tag_value("ünïcode"), "ünïcode");
         assert_eq!(tag_value("a!b#c\"d"), "a_b_c_d");
         assert_eq!(tag_value(&"x".repeat(300)).len(), 256);
+    }
+
+    #[test]
+    fn capacity_provider_shares_parse_with_ecs_rules() {
+        assert_eq!(
+            parse_strategy("FARGATE:1:2, FARGATE_SPOT:3").unwrap(),
+            [
+                ProviderShare {
+                    name: "FARGATE".into(),
+                    weight: 1,
+                    base: 2
+                },
+                ProviderShare {
+                    name: "FARGATE_SPOT".into(),
+                    weight: 3,
+                    base: 0
+                },
+            ]
+        );
+        assert_eq!(
+            parse_strategy("FARGATE_SPOT,FARGATE").unwrap(),
+            [
+                ProviderShare::named("FARGATE_SPOT"),
+                ProviderShare::named("FARGATE")
+            ]
+        );
+        for bad in [
+            "FARGATE:x",
+            "FARGATE:1001",
+            "FARGATE:1:-1",
+            ":1",
+            "FARGATE:1:1:1",
+            "FARGATE:1:1,FARGATE_SPOT:1:1",
+            "FARGATE:0,FARGATE_SPOT:0",
+        ] {
+            assert!(parse_strategy(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wrapped_throttling_and_shortages_are_not_now() {
+        for message in [
+            "Error retrieving security group information for [sg-1]: Request limit exceeded. (ErrorCode: RequestLimitExceeded)",
+            "Rate exceeded",
+            "You've reached the limit on the number of tasks you can run concurrently",
+            "No Container Instances were found in your capacity provider",
+        ] {
+            assert!(transient_message(message), "{message}");
+        }
+        for message in ["subnet-1 does not exist", "Task definition does not exist"] {
+            assert!(!transient_message(message), "{message}");
+        }
     }
 }

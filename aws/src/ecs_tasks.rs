@@ -3,7 +3,6 @@
 //! function's role grants exactly the calls its code makes.)
 
 use aws_sdk_ecs::Client;
-use aws_sdk_ecs::types::DesiredStatus;
 use switchboard_core::Error;
 
 /// A task ECS still runs (or is still starting: PROVISIONING, PENDING, ACTIVATING, RUNNING).
@@ -41,14 +40,18 @@ impl EcsTasks {
         }
     }
 
-    /// The tasks `startedBy` a session that ECS has not stopped (desired status RUNNING).
+    /// The tasks `startedBy` a session that ECS has not stopped.
+    ///
+    /// `startedBy` is the request's only filter: the ECS API reference says "When you specify
+    /// startedBy as the filter, it must be the only filter that you use". ListTasks' default
+    /// status filter is already `RUNNING` (desired status), and `DescribeTasks` drops what
+    /// has stopped meanwhile.
     pub async fn live_tasks_started_by(&self, started_by: &str) -> Result<Vec<LiveTask>, Error> {
         let listed = self
             .client
             .list_tasks()
             .cluster(&self.cluster)
             .started_by(started_by)
-            .desired_status(DesiredStatus::Running)
             .send()
             .await
             .map_err(|e| failed(e, "ListTasks"))?;

@@ -18,6 +18,37 @@ pub struct StartSession {
     pub metadata: Option<Metadata>,
     /// The Idempotency-Key header.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// When set, every phase of the start (the admission transaction, the launch, the task
+    /// ARN's write, a failed launch's end) finishes by this instant: what is still in flight
+    /// then is cancelled, and the start is `Unavailable` (503 + `Retry-After`) with its row
+    /// left to the reaper. Lambda needs this: it freezes the environment once the response is
+    /// sent, so nothing of a start may run after it. `None` (serve, the Rust API) lets a slow
+    /// start go on.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+/// Time kept from a start's deadline for ending it `start_failed` after a definite launch
+/// failure (one conditional write), so that the slots come back now rather than at a sweep.
+pub const END_RESERVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `future`, cut off at `deadline` (`None` when it was).
+async fn by<F: std::future::Future>(
+    deadline: Option<tokio::time::Instant>,
+    future: F,
+) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+fn past_deadline(phase: &str) -> Error {
+    Error::Unavailable {
+        retry_after: std::time::Duration::from_secs(1),
+        source: anyhow::anyhow!(
+            "the start did not finish within its deadline ({phase}); its row, if any, is left to the reaper"
+        ),
+    }
 }
 
 /// The result of [`start_session`].
@@ -43,11 +74,13 @@ pub async fn start_session(
     call_id: CallId,
     request: StartSession,
 ) -> Result<Started> {
+    let deadline = request.deadline;
     let idempotency = request
         .idempotency_key
         .map(|key| Idempotency::new(key, &request.call_type, request.metadata.as_ref()));
-    let outcome = registry
-        .start(StartRequest {
+    let admitted = by(
+        deadline,
+        registry.start(StartRequest {
             session_id: SessionId::generate(),
             call_id,
             call_type: request.call_type,
@@ -56,8 +89,12 @@ pub async fn start_session(
             max_concurrent_sessions: limits.max_concurrent_sessions(),
             max_sessions_per_call: limits.max_sessions_per_call(),
             lease: limits.session_lease(),
-        })
-        .await?;
+        }),
+    )
+    .await;
+    // Cut off mid-transaction: it may have committed (a `starting` row without a task, which
+    // the reaper ends once its admission lease expires) or not.
+    let outcome = admitted.ok_or_else(|| past_deadline("admission"))??;
     let session = match outcome {
         StartOutcome::Replayed(receipt) => {
             return Ok(Started {
@@ -67,19 +104,31 @@ pub async fn start_session(
         }
         StartOutcome::Created(session) => session,
     };
-    match launcher.launch(&session).await {
+    let launch_by = deadline.map(|d| d - END_RESERVE);
+    let Some(launched) = by(launch_by, launcher.launch(&session)).await else {
+        // A launch cut off in flight is ambiguous: ECS may have accepted it (the reaper finds
+        // the task by `startedBy`) or not (the reaper ends the row `start_failed`).
+        warn!(session_id = %session.id, "agent launch cut off at the start's deadline; left for the reaper");
+        return Err(past_deadline("launch"));
+    };
+    match launched {
         Ok(launched) => {
             let mut session = session;
             if let Some(arn) = launched.task_arn {
                 // The task runs either way; the ARN only lets the reaper stop it sooner. The
                 // agent task also reports it, and the reaper finds tasks by `startedBy`.
-                match registry
-                    .attach_task(&session.call_id, session.id, &arn)
-                    .await
+                match by(
+                    deadline,
+                    registry.attach_task(&session.call_id, session.id, &arn),
+                )
+                .await
                 {
-                    Ok(()) => {}
-                    Err(e) => {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
                         warn!(session_id = %session.id, task_arn = %arn, error = %e, "could not record the task ARN");
+                    }
+                    None => {
+                        warn!(session_id = %session.id, task_arn = %arn, "no time left to record the task ARN (the task reports it)");
                     }
                 }
                 session.task_arn = Some(arn);
@@ -104,9 +153,15 @@ pub async fn start_session(
             let end = EndRequest::new(EndReason::StartFailed)
                 .detail(detail)
                 .retention(limits.session_retention());
-            if let Err(end_err) = registry.end(&session.call_id, session.id, end).await {
+            match by(deadline, registry.end(&session.call_id, session.id, end)).await {
+                Some(Ok(_)) => {}
                 // The lease will expire and a sweep will release the slots.
-                error!(session_id = %session.id, error = %end_err, "could not end a session whose launch failed");
+                Some(Err(end_err)) => {
+                    error!(session_id = %session.id, error = %end_err, "could not end a session whose launch failed");
+                }
+                None => {
+                    error!(session_id = %session.id, "no time left to end a session whose launch failed; left for the reaper");
+                }
             }
             match err {
                 LaunchError::NoCapacity {

@@ -34,14 +34,73 @@ pub mod env {
     pub const SECURITY_GROUPS: &str = "SECURITY_GROUPS";
     /// `ENABLED` or `DISABLED` (default).
     pub const ASSIGN_PUBLIC_IP: &str = "ASSIGN_PUBLIC_IP";
-    /// Comma-separated capacity providers (e.g. `FARGATE_SPOT,FARGATE`); empty = the Fargate
-    /// launch type.
+    /// Comma-separated capacity providers, each `name[:weight[:base]]` (e.g.
+    /// `FARGATE:1:2,FARGATE_SPOT:3`); empty = the Fargate launch type.
     pub const CAPACITY_PROVIDERS: &str = "CAPACITY_PROVIDERS";
-    /// Comma-separated CORS origins (default `*`, mirrored with credentials).
+    /// Comma-separated CORS origins allowed to call the deployed API from a browser; unset
+    /// or empty allows no cross-origin access (`serve` keeps the anchor's `*`). `*` mirrors
+    /// any origin with credentials, as in `serve`.
     pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
     /// Seconds a `starting` session may wait for its task before the reaper ends it
     /// (default 600).
     pub const START_DEADLINE_SECONDS: &str = "START_DEADLINE_SECONDS";
+    /// `true` lets the api function accept RS256/ES256 tokens bound to no issuer or audience
+    /// (by default it refuses to start: an identity provider's key signs tokens for every
+    /// application of the tenant, so without `AUTH_JWT_ISSUER` and `AUTH_JWT_AUDIENCE` any of
+    /// them would be accepted here).
+    pub const AUTH_JWT_ALLOW_UNBOUND_TOKENS: &str = "AUTH_JWT_ALLOW_UNBOUND_TOKENS";
+}
+
+/// With a public-key algorithm (an identity provider's key), tokens must be bound to this
+/// deployment: issuer and audience set, unless explicitly allowed.
+fn require_bound_tokens<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<(), ConfigError> {
+    use switchboard_api::auth::{
+        AUTH_JWT_ALGORITHM, AUTH_JWT_AUDIENCE, AUTH_JWT_ISSUER, AUTH_MODE,
+    };
+    let jwt = vars
+        .optional(AUTH_MODE)
+        .is_some_and(|m| m.eq_ignore_ascii_case("jwt"));
+    let algorithm = vars
+        .optional(AUTH_JWT_ALGORITHM)
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    if !jwt || !matches!(algorithm.as_str(), "RS256" | "ES256") {
+        return Ok(());
+    }
+    let allowed = match vars.optional(env::AUTH_JWT_ALLOW_UNBOUND_TOKENS) {
+        None => false,
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: env::AUTH_JWT_ALLOW_UNBOUND_TOKENS,
+                    value: v,
+                    reason: "expected true or false".into(),
+                });
+            }
+        },
+    };
+    if allowed {
+        tracing::warn!(
+            "{} is set: tokens of any issuer and audience the key signs are accepted",
+            env::AUTH_JWT_ALLOW_UNBOUND_TOKENS
+        );
+        return Ok(());
+    }
+    for name in [AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE] {
+        if vars.optional(name).is_none() {
+            return Err(ConfigError::Invalid {
+                name,
+                value: String::new(),
+                reason: format!(
+                    "is required with {algorithm}: an identity provider's key signs tokens for other applications too (set {} to accept them anyway)",
+                    env::AUTH_JWT_ALLOW_UNBOUND_TOKENS
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A configuration error, naming the variable.
@@ -198,10 +257,16 @@ impl ApiConfig {
                 }
             },
         };
-        let providers = vars
-            .optional(env::CAPACITY_PROVIDERS)
-            .map(|v| list(&v))
-            .unwrap_or_default();
+        let providers = match vars.optional(env::CAPACITY_PROVIDERS) {
+            None => Vec::new(),
+            Some(v) => {
+                switchboard_aws::ecs::parse_strategy(&v).map_err(|reason| ConfigError::Invalid {
+                    name: env::CAPACITY_PROVIDERS,
+                    value: v.clone(),
+                    reason,
+                })?
+            }
+        };
         let ecs = EcsSettings {
             cluster: vars.required(env::ECS_CLUSTER)?,
             task_definition: vars.required(env::TASK_DEFINITION)?,
@@ -220,16 +285,21 @@ impl ApiConfig {
             limits,
             retry_budget: DEFAULT_RETRY_BUDGET,
         };
-        let mut cors = CorsOptions::default();
-        if let Some(origins) = vars.optional(env::CORS_ALLOW_ORIGINS) {
-            cors.allow_origins = list(&origins);
-        }
+        // Secure by default on AWS: no origin is allowed unless the deployer names it.
+        let cors = CorsOptions {
+            allow_origins: vars
+                .optional(env::CORS_ALLOW_ORIGINS)
+                .map(|origins| list(&origins))
+                .unwrap_or_default(),
+            ..CorsOptions::default()
+        };
         // Fail at init, not on the first preflight.
         let _checked = cors.layer().map_err(|e| ConfigError::Invalid {
             name: env::CORS_ALLOW_ORIGINS,
             value: cors.allow_origins.join(","),
             reason: e.to_string(),
         })?;
+        require_bound_tokens(&vars)?;
         // Keys are read once: here (the variable itself, or a file in the package), or from
         // Secrets Manager by `load_auth` at init.
         let (auth, auth_pending) = match vars.optional(secrets::AUTH_JWT_KEY_SECRET_ID) {
@@ -380,8 +450,11 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
         switchboard_aws::ecs::client(sdk),
         config.ecs.clone(),
     ));
+    // Lambda freezes the environment once the response is sent: no part of a start may run
+    // after it (a RunTask resumed minutes later, for a client that saw a 503).
     let state = AppState::new(registry.clone(), launcher, config.limits)
-        .with_readiness(registry_readiness(registry));
+        .with_readiness(registry_readiness(registry))
+        .with_bounded_starts();
     let options = ServeOptions {
         cors: config.cors.clone(),
         hooks: config

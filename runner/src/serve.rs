@@ -12,30 +12,51 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 /// Resolves on Ctrl-C or SIGTERM (ECS, Kubernetes and systemd stop with SIGTERM).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "could not listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
+///
+/// The handlers are installed when this is *called*, not when the future is first polled: a
+/// process that is PID 1 in its container (the agent task without an init) ignores a SIGTERM
+/// that arrives before its handler exists, and then waits for SIGKILL. Call it first, inside
+/// the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+    let (sigterm, sigint) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind)
+                .inspect_err(
+                    |e| warn!(error = %e, signal = name, "could not listen for the signal"),
+                )
+                .ok()
+        };
+        (
+            listen(SignalKind::terminate(), "SIGTERM"),
+            listen(SignalKind::interrupt(), "SIGINT"),
+        )
+    };
+    async move {
+        #[cfg(unix)]
+        {
+            let recv = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = recv(sigint) => info!(signal = "SIGINT", "shutting down"),
+                () = recv(sigterm) => info!(signal = "SIGTERM", "shutting down"),
             }
-            Err(e) => {
-                warn!(error = %e, "could not listen for SIGTERM");
+        }
+        #[cfg(not(unix))]
+        {
+            if let Err(e) = tokio::signal::ctrl_c().await {
+                warn!(error = %e, "could not listen for Ctrl-C");
                 std::future::pending::<()>().await;
             }
+            info!(signal = "SIGINT", "shutting down");
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => info!(signal = "SIGINT", "shutting down"),
-        () = terminate => info!(signal = "SIGTERM", "shutting down"),
     }
 }
 

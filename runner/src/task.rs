@@ -15,7 +15,10 @@
 //!    reads the close flag; metrics are flushed when they changed; idle, max duration, the
 //!    flag and `join_call` returning end it with their reason. A lease that cannot be renewed
 //!    stops the agent before it expires.
-//! 4. SIGTERM (StopTask, Spot, retirement) drains: the session ends `shutdown`, exit 0.
+//! 4. SIGTERM (StopTask, Spot, retirement) drains: the session ends `shutdown`, exit 0. The
+//!    handler is the first thing the task installs: a SIGTERM while the row is still being
+//!    read (a store blip can make that take most of a lease) exits 0 without joining, and
+//!    the STOPPED event resolves the row (its agent never joined: `start_failed`).
 //!
 //! Exit codes: 0 when the session ended normally (or was not ours to run), 1 when the agent
 //! failed or its lease was lost, 2 for a bad environment.
@@ -86,8 +89,10 @@ pub(crate) async fn run<A: Agent>(
     launcher: Result<AgentLauncher<A>, switchboard_core::Error>,
     args: TaskArgs,
 ) -> u8 {
+    // Before anything else (see `shutdown_signal`).
+    let shutdown = crate::serve::shutdown_signal();
     let failure = match (validate(&args), launcher) {
-        (Ok(env), Ok(launcher)) => return host(launcher, env).await,
+        (Ok(env), Ok(launcher)) => return host(launcher, env, shutdown).await,
         (Err(e), _) => e,
         (Ok(env), Err(e)) => EnvError {
             message: format!("invalid launcher options (SWITCHBOARD_*): {e}"),
@@ -168,8 +173,12 @@ async fn read_row(
     }
 }
 
-async fn host<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> u8 {
-    match host_inner(launcher, env).await {
+async fn host<A: Agent>(
+    launcher: AgentLauncher<A>,
+    env: TaskEnv,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> u8 {
+    match host_inner(launcher, env, shutdown).await {
         Ok(code) => code,
         Err(e) => {
             error!(error = %format!("{e:#}"), "the agent task failed");
@@ -179,18 +188,27 @@ async fn host<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> u8 {
     }
 }
 
-async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyhow::Result<u8> {
+async fn host_inner<A: Agent>(
+    launcher: AgentLauncher<A>,
+    env: TaskEnv,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<u8> {
+    tokio::pin!(shutdown);
     let registry = registry(&env.table).await;
     let launcher = launcher.with_registry(registry.clone())?;
-    let session = read_row(&*registry, &env, launcher.limits())
-        .await
-        .context("reading the session row")?
-        .with_context(|| {
-            format!(
-                "session {} of call {} is not in table {}",
-                env.session_id, env.call_id, env.table
-            )
-        })?;
+    let read = tokio::select! {
+        read = read_row(&*registry, &env, launcher.limits()) => read,
+        () = &mut shutdown => {
+            info!(session_id = %env.session_id, "stopped before the session row was read: not joining (the STOPPED event resolves the row)");
+            return Ok(0);
+        }
+    };
+    let session = read.context("reading the session row")?.with_context(|| {
+        format!(
+            "session {} of call {} is not in table {}",
+            env.session_id, env.call_id, env.table
+        )
+    })?;
     if session.status == SessionStatus::Closing && !session.joined() {
         // Closed before its agent came up: honour the close now (its slots come back with
         // this write) rather than leave it to the reaper as a failed start.
@@ -210,7 +228,14 @@ async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyho
     if session.call_type != env.call_type {
         warn!(row = %session.call_type, env = %env.call_type, "CALL_TYPE differs from the row; the row wins");
     }
-    if let Some(arn) = task_arn().await
+    let arn = tokio::select! {
+        arn = task_arn() => arn,
+        () = &mut shutdown => {
+            info!(session_id = %session.id, "stopped before the agent was created: not joining (the STOPPED event resolves the row)");
+            return Ok(0);
+        }
+    };
+    if let Some(arn) = arn
         && session.task_arn.as_deref() != Some(arn.as_str())
         && let Err(e) = registry
             .attach_task(&session.call_id, session.id, &arn)
@@ -218,9 +243,7 @@ async fn host_inner<A: Agent>(launcher: AgentLauncher<A>, env: TaskEnv) -> anyho
     {
         warn!(error = %e, "could not record the task ARN");
     }
-    // SIGTERM is handled from here on, also while the agent is still being created.
-    let shutdown = crate::serve::shutdown_signal();
-    tokio::pin!(shutdown);
+    // From here on SIGTERM drains through the launcher, also while the agent is created.
     let handle = tokio::select! {
         hosted = launcher.host_session(session) => match hosted {
             Ok(handle) => handle,

@@ -281,6 +281,87 @@ async fn ready_is_503_before_start_and_while_draining_and_starts_are_503_with_re
     );
 }
 
+/// A launch that takes a minute, and tells when it got past its wait.
+#[derive(Debug, Default)]
+struct MinuteLaunch {
+    finished: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl switchboard_core::TaskLauncher for MinuteLaunch {
+    async fn launch(
+        &self,
+        _session: &switchboard_core::Session,
+    ) -> Result<switchboard_core::Launched, switchboard_core::LaunchError> {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        self.finished
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(switchboard_core::Launched { task_arn: None })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bounded_start_answers_503_by_its_deadline_and_nothing_of_it_runs_afterwards() {
+    // Lambda (F10): the environment freezes once the response is sent; a start that went on
+    // would resume at the next thaw, minutes later, for a client that saw a 503.
+    let clock = Arc::new(switchboard_core::ManualClock::new(
+        switchboard_core::conformance::T0,
+    ));
+    let registry: Arc<dyn switchboard_core::SessionRegistry> =
+        Arc::new(switchboard_core::MemoryRegistry::new(clock));
+    let launch = Arc::new(MinuteLaunch::default());
+    let state = switchboard_api::AppState::new(
+        registry.clone(),
+        launch.clone(),
+        switchboard_core::Limits::default(),
+    )
+    .with_request_deadline(std::time::Duration::from_secs(8))
+    .with_bounded_starts();
+    let router = switchboard_api::router(state, ServeOptions::default()).unwrap();
+    let started = tokio::time::Instant::now();
+    let response = tower::ServiceExt::oneshot(
+        router,
+        Request::post("/calls/slow/sessions")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(
+        started.elapsed() <= std::time::Duration::from_secs(8),
+        "answered by the deadline (virtual time): {:?}",
+        started.elapsed()
+    );
+    // Long after the response, the launch never got past its wait: it was cut off.
+    tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+    assert!(
+        !launch.finished.load(std::sync::atomic::Ordering::SeqCst),
+        "no part of the start ran after the response"
+    );
+    let page = registry
+        .list(switchboard_core::registry::ListQuery {
+            call_id: Some(switchboard_core::CallId::parse("slow").unwrap()),
+            include_ended: true,
+            limit: 10,
+            next_token: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.sessions.len(),
+        1,
+        "the admitted row stays for the reaper"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_start_slower_than_the_deadline_is_503_and_goes_on_in_the_background() {
     use switchboard_agent_task::AgentLauncher;

@@ -171,12 +171,20 @@ impl DynamoRegistry {
     ) -> Result<Tx> {
         let deadline = tokio::time::Instant::now() + self.retry_deadline;
         let mut attempt: u32 = 0;
+        // The idempotency token goes with the first attempt and with retries after ambiguous
+        // failures (a timeout, a 5xx: the transaction may have committed, and the token makes
+        // DynamoDB answer for that commit instead of applying it twice). After a definite
+        // cancellation the retry goes without it: DynamoDB may replay the cancelled outcome
+        // for a token it has seen (for 10 minutes), and the conditions of the items (the
+        // session's `attribute_not_exists(PK)`) already rule out a double commit. (Without our
+        // token the SDK generates a fresh one per attempt: the member is an idempotency token.)
+        let mut send_token = token.clone();
         loop {
             let result = self
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
-                .set_client_request_token(token.clone())
+                .set_client_request_token(send_token.clone())
                 .send()
                 .await;
             let err = match result {
@@ -204,6 +212,7 @@ impl DynamoRegistry {
                             )
                         });
                         if transient {
+                            send_token = None;
                             Some(Error::Unavailable {
                                 retry_after: Duration::from_secs(1),
                                 source: anyhow::anyhow!(
@@ -222,7 +231,14 @@ impl DynamoRegistry {
             let retry = match retry {
                 Some(e) => e,
                 None => match classify(err, what) {
-                    Failure::Transient(e) => e,
+                    Failure::Transient(e) => {
+                        // Ambiguous (may have committed): our token again, if one was given.
+                        // (Throttling is definite, but keeping the token there is harmless.)
+                        if send_token.is_none() {
+                            send_token.clone_from(&token);
+                        }
+                        e
+                    }
                     Failure::ConditionFailed => return Ok(Tx::Cancelled(Vec::new())),
                     Failure::Fatal(e) => return Err(e),
                 },

@@ -146,6 +146,47 @@ async fn a_start_whose_response_was_lost_is_retried_with_the_same_token() {
 }
 
 #[tokio::test]
+async fn a_retry_after_a_definite_cancellation_goes_without_the_token() {
+    use std::sync::Mutex;
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let seen = tokens.clone();
+    // F17: a cancelled transaction (a conflict on the hot global counter) is definite: nothing
+    // was applied. DynamoDB may replay that outcome for a token it has seen, so the retry
+    // carries none (the session's attribute_not_exists(PK) still rules out a double commit).
+    let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .match_requests(move |req| {
+            seen.lock()
+                .unwrap()
+                .push(req.client_request_token().map(str::to_owned));
+            true
+        })
+        .sequence()
+        .error(|| cancelled("TransactionConflict"))
+        .times(2)
+        .output(|| TransactWriteItemsOutput::builder().build())
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+    let req = request(&call("c"));
+    let id = req.session_id.to_string();
+    let outcome = registry(client, Duration::from_secs(5))
+        .start(req)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, StartOutcome::Created(_)));
+    // Without a token of ours the SDK generates a fresh one for each attempt (the member is
+    // an idempotency token; under test-util that token is a fixed placeholder).
+    let tokens = tokens.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 3);
+    assert_eq!(tokens[0].as_deref(), Some(id.as_str()), "the first attempt");
+    assert!(
+        tokens[1..]
+            .iter()
+            .all(|t| t.as_deref() != Some(id.as_str())),
+        "no retry after a cancellation carries the session's token: {tokens:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_store_that_never_answers_times_out_as_unavailable() {
     use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
@@ -202,7 +243,7 @@ mod ecs {
     use aws_sdk_ecs::types::error::{InvalidParameterException, ServerException};
     use aws_sdk_ecs::types::{Failure, Task};
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use switchboard_aws::ecs::{Capacity, EcsLauncher, EcsSettings};
+    use switchboard_aws::ecs::{Capacity, EcsLauncher, EcsSettings, ProviderShare};
     use switchboard_core::conformance::{T0, call, request};
     use switchboard_core::registry::StartOutcome;
     use switchboard_core::{
@@ -219,7 +260,10 @@ mod ecs {
                 subnets: vec!["subnet-1".into()],
                 security_groups: vec!["sg-1".into()],
                 assign_public_ip: false,
-                capacity: Capacity::Providers(vec!["FARGATE_SPOT".into(), "FARGATE".into()]),
+                capacity: Capacity::Providers(vec![
+                    ProviderShare::named("FARGATE_SPOT"),
+                    ProviderShare::named("FARGATE"),
+                ]),
                 table: "table".into(),
                 limits: Limits::default(),
                 retry_budget: budget,
@@ -348,6 +392,19 @@ mod ecs {
                 "rejected",
                 1,
             ),
+            // ECS wraps EC2's throttling in InvalidParameterException (F9): not now, 503.
+            (
+                mock!(aws_sdk_ecs::Client::run_task).then_error(|| {
+                    RunTaskError::InvalidParameterException(
+                        InvalidParameterException::builder()
+                            .message("Error retrieving security group information for [sg-1]: Request limit exceeded. (ErrorCode: RequestLimitExceeded)")
+                            .meta(meta("InvalidParameterException"))
+                            .build(),
+                    )
+                }),
+                "capacity",
+                1,
+            ),
         ];
         for (rule, want, calls) in cases {
             let client = mock_client!(aws_sdk_ecs, RuleMode::Sequential, [&rule]);
@@ -367,5 +424,57 @@ mod ecs {
                 "a definite answer is not retried: {want}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_reaper_lists_a_sessions_tasks_with_started_by_as_the_only_filter() {
+        use aws_sdk_ecs::operation::describe_tasks::DescribeTasksOutput;
+        use aws_sdk_ecs::operation::list_tasks::ListTasksOutput;
+        use switchboard_aws::ecs_tasks::EcsTasks;
+        // ECS: "When you specify startedBy as the filter, it must be the only filter that you
+        // use" (the cluster is not a filter). Any other filter must never come back.
+        let list = mock!(aws_sdk_ecs::Client::list_tasks)
+            .match_requests(|r| {
+                r.cluster() == Some("cluster")
+                    && r.started_by() == Some("session-1")
+                    && r.desired_status().is_none()
+                    && r.family().is_none()
+                    && r.service_name().is_none()
+                    && r.container_instance().is_none()
+                    && r.launch_type().is_none()
+            })
+            .then_output(|| {
+                ListTasksOutput::builder()
+                    .task_arns("arn:aws:ecs:task/cluster/1")
+                    .task_arns("arn:aws:ecs:task/cluster/2")
+                    .build()
+            });
+        let describe = mock!(aws_sdk_ecs::Client::describe_tasks).then_output(|| {
+            DescribeTasksOutput::builder()
+                .tasks(
+                    Task::builder()
+                        .task_arn("arn:aws:ecs:task/cluster/1")
+                        .last_status("PROVISIONING")
+                        .build(),
+                )
+                .tasks(
+                    Task::builder()
+                        .task_arn("arn:aws:ecs:task/cluster/2")
+                        .last_status("STOPPED")
+                        .build(),
+                )
+                .build()
+        });
+        let client = mock_client!(aws_sdk_ecs, RuleMode::MatchAny, [&list, &describe]);
+        let live = EcsTasks::new(client, "cluster")
+            .live_tasks_started_by("session-1")
+            .await
+            .expect("the request matched");
+        assert_eq!(list.num_calls(), 1);
+        assert_eq!(
+            live.iter().map(|t| t.arn.as_str()).collect::<Vec<_>>(),
+            ["arn:aws:ecs:task/cluster/1"],
+            "a task that stopped meanwhile is not live"
+        );
     }
 }

@@ -208,6 +208,22 @@ async fn the_key_comes_from_secrets_manager_at_init_and_the_router_fails_closed_
     vars.insert("AUTH_MODE", "jwt".into());
     vars.insert("AUTH_JWT_ALGORITHM", "ES256".into());
     vars.insert("AUTH_JWT_KEY_SECRET_ID", arn.clone());
+    // F13: an identity provider's key needs the issuer and the audience (or an explicit opt-out).
+    for missing in ["AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"] {
+        vars.insert("AUTH_JWT_ISSUER", "https://issuer.example".into());
+        vars.insert("AUTH_JWT_AUDIENCE", "switchboard".into());
+        vars.remove(missing);
+        let refused = ApiConfig::from_lookup(|name| vars.get(name).cloned()).unwrap_err();
+        assert!(
+            refused.to_string().starts_with(&format!("{missing}=")),
+            "{refused}"
+        );
+    }
+    vars.insert("AUTH_JWT_ALLOW_UNBOUND_TOKENS", "true".into());
+    assert!(ApiConfig::from_lookup(|name| vars.get(name).cloned()).is_ok());
+    vars.remove("AUTH_JWT_ISSUER");
+    vars.remove("AUTH_JWT_AUDIENCE");
+    vars.insert("AUTH_JWT_ALLOW_UNBOUND_TOKENS", "true".into());
 
     let mut config = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
     assert!(config.auth.is_none() && config.auth_pending.is_some());

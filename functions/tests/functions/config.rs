@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use switchboard_aws::ecs::Capacity;
+use switchboard_aws::ecs::{Capacity, ProviderShare};
 use switchboard_functions::{ApiConfig, ConfigError};
 
 pub fn complete() -> HashMap<&'static str, String> {
@@ -37,7 +37,7 @@ fn limits_capacity_providers_and_public_ip_are_read() {
     vars.insert("SWITCHBOARD_MAX_CONCURRENT_SESSIONS", "10".into());
     vars.insert("SWITCHBOARD_MAX_SESSIONS_PER_CALL", "2".into());
     vars.insert("SWITCHBOARD_MAINTENANCE_INTERVAL", "2.5".into());
-    vars.insert("CAPACITY_PROVIDERS", "FARGATE_SPOT,FARGATE".into());
+    vars.insert("CAPACITY_PROVIDERS", "FARGATE:1:2,FARGATE_SPOT:3".into());
     vars.insert("ASSIGN_PUBLIC_IP", "ENABLED".into());
     let config = load(&vars).unwrap();
     assert_eq!(config.limits.max_concurrent_sessions(), Some(10));
@@ -45,9 +45,27 @@ fn limits_capacity_providers_and_public_ip_are_read() {
     assert_eq!(config.ecs.limits, config.limits);
     assert_eq!(
         config.ecs.capacity,
-        Capacity::Providers(vec!["FARGATE_SPOT".into(), "FARGATE".into()])
+        Capacity::Providers(vec![
+            ProviderShare {
+                name: "FARGATE".into(),
+                weight: 1,
+                base: 2
+            },
+            ProviderShare {
+                name: "FARGATE_SPOT".into(),
+                weight: 3,
+                base: 0
+            },
+        ])
     );
     assert!(config.ecs.assign_public_ip);
+    vars.insert("CAPACITY_PROVIDERS", "FARGATE:1:1,FARGATE_SPOT:1:1".into());
+    let err = load(&vars).unwrap_err().to_string();
+    assert!(
+        err.starts_with("CAPACITY_PROVIDERS=")
+            && err.contains("only one capacity provider may have a base"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -79,7 +79,35 @@ async fn health_ready_docs_openapi_and_preflight_need_no_credentials() {
     assert_eq!(preflight.status, 200, "{preflight:?}");
     assert_eq!(
         preflight.header("access-control-allow-origin"),
+        None,
+        "no origin is allowed unless CORS_ALLOW_ORIGINS names it"
+    );
+}
+
+#[tokio::test]
+async fn cors_allows_exactly_the_origins_the_deployer_names() {
+    let api = api(|vars| {
+        vars.insert("CORS_ALLOW_ORIGINS", "https://app.example".into());
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        get("/calls/c/sessions")
+            .method("OPTIONS")
+            .unauthenticated()
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+    };
+    let allowed = invoke(&api.router, &preflight("https://app.example")).await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
         Some("https://app.example")
+    );
+    let other = invoke(&api.router, &preflight("https://evil.example")).await;
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "{other:?}"
     );
 }
 

@@ -312,6 +312,42 @@ async fn a_task_that_comes_up_during_a_store_outage_waits_it_out_and_joins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_row_is_still_being_read_is_handled_not_ignored() {
+    // The handler is installed before anything else: a StopTask that lands while the task
+    // rides out a store blip ends it at once (exit 0, never joined), instead of being ignored
+    // (PID 1) or killing it (elsewhere) until SIGKILL at the stop timeout.
+    let f = fixture().await;
+    let session = f.admit("call-early-stop", None).await;
+    let endpoint = switchboard_testkit::endpoint();
+    let proxy =
+        switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
+    proxy.cut();
+    let mut child = f.task(&session, &proxy.url, &[]);
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    read_until(&mut lines, &mut log, |v| {
+        v["message"] == "could not read the session row; retrying"
+    })
+    .await;
+    sigterm(&child).await;
+    read_until(&mut lines, &mut log, |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("stopped before the session row was read"))
+    })
+    .await;
+    assert_eq!(exit_code(&mut child).await, 0, "handled, not killed");
+    proxy.restore();
+    let row = f.row(&session).await;
+    assert_eq!(
+        row.status,
+        SessionStatus::Starting,
+        "left to the STOPPED event"
+    );
+    assert!(!row.joined());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_comes_up_after_its_admission_lease_expired_renews_it_and_runs() {
     // Fargate provisioning can outlast the lease (30 s by default). The chaos test found
     // agents giving up at once: the supervisor started from the admission's lease.
