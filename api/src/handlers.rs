@@ -241,6 +241,7 @@ async fn list(
         include_ended: params.include_ended,
         limit: params.limit,
         next_token: params.next_token,
+        with_metrics: params.include_metrics,
     };
     let page = app.registry.list(query).await.map_err(|e| match e {
         Error::Invalid(msg) => ApiError::invalid(&["query", "next_token"], msg, "value_error"),
@@ -250,7 +251,7 @@ async fn list(
         .sessions
         .iter()
         .filter(|l| filter.allows(&l.session.call_id))
-        .map(SessionListItem::from)
+        .map(|listed| SessionListItem::new(listed, params.include_metrics))
         .collect();
     Ok(Json(SessionListResponse {
         sessions,
@@ -267,6 +268,7 @@ async fn list(
     params(
         ("call_id" = String, Path),
         ("include_ended" = Option<bool>, Query, description = "Also list ended sessions (kept for the retention period)"),
+        ("include_metrics" = Option<bool>, Query, description = "Live sessions carry their latest metrics too (ended ones always carry their final metrics)"),
         ("limit" = Option<u32>, Query, description = "Page size, 1–500 (default 50)"),
         ("next_token" = Option<String>, Query, description = "The previous page's next_token"),
     ),
@@ -293,6 +295,7 @@ pub(crate) async fn list_call_sessions(
     tag = "sessions",
     params(
         ("include_ended" = Option<bool>, Query, description = "Also list ended sessions"),
+        ("include_metrics" = Option<bool>, Query, description = "Live sessions carry their latest metrics too (ended ones always carry their final metrics)"),
         ("limit" = Option<u32>, Query, description = "Page size, 1–500 (default 50)"),
         ("next_token" = Option<String>, Query, description = "The previous page's next_token"),
     ),

@@ -129,7 +129,38 @@ pub fn router(state: AppState, options: ServeOptions) -> Result<Router, ConfigEr
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(cors)
         .layer(axum::middleware::from_fn(request_limits))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span)))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(axum::middleware::map_response(one_value_per_header)))
+}
+
+/// Each response header once: values of a repeated header (CORS's `vary` and a handler's
+/// `vary: accept`) joined with commas, as RFC 9110 §5.3 allows for list-valued fields.
+/// `set-cookie` is the exception it names and stays repeated. API Gateway's HTTP API response
+/// has one value per header, and `lambda_http` sends only the first of repeated ones.
+async fn one_value_per_header(mut response: axum::response::Response) -> axum::response::Response {
+    let headers = response.headers_mut();
+    let repeated: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            *name != http::header::SET_COOKIE && headers.get_all(*name).iter().nth(1).is_some()
+        })
+        .cloned()
+        .collect();
+    for name in repeated {
+        let mut seen = Vec::new();
+        for value in headers.get_all(&name) {
+            for item in value.to_str().unwrap_or_default().split(',') {
+                let item = item.trim();
+                if !item.is_empty() && !seen.iter().any(|s: &String| s.eq_ignore_ascii_case(item)) {
+                    seen.push(item.to_owned());
+                }
+            }
+        }
+        if let Ok(joined) = http::HeaderValue::from_str(&seen.join(", ")) {
+            headers.insert(name, joined);
+        }
+    }
+    response
 }
 
 /// 414 and 431 before anything else runs (CORS included): a hostile client's oversized

@@ -134,7 +134,8 @@ pub struct SessionListItem {
     /// Why it ended: `requested`, `idle`, `max_duration`, `agent_finished`, `agent_failed`,
     /// `task_stopped`, `lease_expired`, `start_failed` or `shutdown`.
     pub end_reason: Option<String>,
-    /// The final metrics of an ended session.
+    /// The final metrics of an ended session; with `include_metrics=true`, a live session's
+    /// latest (every name, empty before its first flush).
     #[serde(
         skip_serializing_if = "Option::is_none",
         serialize_with = "wire_if_any"
@@ -143,19 +144,29 @@ pub struct SessionListItem {
     pub metrics: Option<AgentMetrics>,
 }
 
-impl From<&ListedSession> for SessionListItem {
-    fn from(listed: &ListedSession) -> Self {
+impl SessionListItem {
+    /// The item for `listed`; `with_metrics` when the list was asked for live metrics.
+    pub(crate) fn new(listed: &ListedSession, with_metrics: bool) -> Self {
         let s = &listed.session;
         Self {
             session: SessionResponse::from(s),
             ended_at: s.ended_at.map(|t| t.to_rfc3339()),
             end_reason: s.end_reason.map(|r| r.to_string()),
-            metrics: s.is_ended().then(|| {
-                listed
-                    .final_metrics
-                    .as_ref()
-                    .map_or_else(AgentMetrics::default, |r| r.metrics.clone())
-            }),
+            metrics: if s.is_ended() {
+                Some(
+                    listed
+                        .final_metrics
+                        .as_ref()
+                        .map_or_else(AgentMetrics::default, |r| r.metrics.clone()),
+                )
+            } else {
+                with_metrics.then(|| {
+                    listed
+                        .live_metrics
+                        .as_ref()
+                        .map_or_else(AgentMetrics::default, |r| r.metrics.clone())
+                })
+            },
         }
     }
 }

@@ -5,7 +5,6 @@ use axum::Router;
 use utoipa::OpenApi;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, SchemaFormat, Type};
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::{ErrorBody, LocStep, ValidationErrorBody, ValidationIssue};
 use crate::handlers;
@@ -209,8 +208,97 @@ fn constrain_parameters(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// `/openapi.json`, and Swagger UI at `/docs` (200, as the anchor answers: a client that does
+/// not follow redirects sees the page) and `/docs/`.
+///
+/// Swagger UI's own files link each other relatively (`./swagger-ui.css`), so `/docs` (no
+/// slash) carries `<base href="docs/">`, and the document is named relatively
+/// (`../openapi.json`): the page works wherever the API is mounted, behind a stage or
+/// `cargo lambda watch`'s `/lambda-url/api/` as at the root.
 pub(crate) fn docs_router() -> Router {
-    SwaggerUi::new("/docs")
-        .url("/openapi.json", document())
-        .into()
+    use std::sync::Arc;
+
+    use axum::extract::Path;
+    use axum::routing::get;
+
+    let config = Arc::new(utoipa_swagger_ui::Config::new(["../openapi.json"]));
+    let (index, slash, rest) = (config.clone(), config.clone(), config);
+    let doc = document();
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        )
+        .route(
+            "/docs",
+            get(move || {
+                let config = index.clone();
+                async move { docs_page(config).await }
+            }),
+        )
+        .route(
+            "/docs/",
+            get(move || {
+                let config = slash.clone();
+                async move { swagger_file("", config) }
+            }),
+        )
+        .route(
+            "/docs/{*rest}",
+            get(move |Path(path): Path<String>| {
+                let config = rest.clone();
+                async move { swagger_file(&path, config) }
+            }),
+        )
+}
+
+/// Swagger UI's page at `/docs`, its relative links resolved under `docs/`.
+async fn docs_page(
+    config: std::sync::Arc<utoipa_swagger_ui::Config<'static>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let response = swagger_file("", config);
+    if !response.status().is_success() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let html =
+        String::from_utf8_lossy(&bytes).replacen("<head>", "<head>\n    <base href=\"docs/\">", 1);
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    (parts, html).into_response()
+}
+
+/// One of Swagger UI's files (compiled into the binary), or 404.
+fn swagger_file(
+    path: &str,
+    config: std::sync::Arc<utoipa_swagger_ui::Config<'static>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match utoipa_swagger_ui::serve(path, config) {
+        Ok(Some(file)) => {
+            let mut response = (
+                [(http::header::CONTENT_TYPE, file.content_type)],
+                file.bytes.into_owned(),
+            )
+                .into_response();
+            if file.gzpipped {
+                response.headers_mut().insert(
+                    http::header::CONTENT_ENCODING,
+                    http::HeaderValue::from_static("gzip"),
+                );
+            }
+            response
+        }
+        Ok(None) => crate::error::ApiError::RouteNotFound.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, path, "Swagger UI could not serve a file");
+            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }

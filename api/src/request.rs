@@ -215,9 +215,10 @@ pub(crate) fn idempotency_key(
     }
 }
 
-/// `?include_ended=&limit=&next_token=`.
+/// `?include_ended=&include_metrics=&limit=&next_token=`.
 pub(crate) struct ListParams {
     pub(crate) include_ended: bool,
+    pub(crate) include_metrics: bool,
     pub(crate) limit: u32,
     pub(crate) next_token: Option<String>,
 }
@@ -225,6 +226,7 @@ pub(crate) struct ListParams {
 pub(crate) fn list_params(parts: &Parts, issues: &mut Vec<ValidationIssue>) -> ListParams {
     let mut params = ListParams {
         include_ended: false,
+        include_metrics: false,
         limit: DEFAULT_PAGE_SIZE,
         next_token: None,
     };
@@ -241,15 +243,16 @@ pub(crate) fn list_params(parts: &Parts, issues: &mut Vec<ValidationIssue>) -> L
     };
     for (key, value) in pairs {
         match key.as_str() {
-            "include_ended" => match value.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" | "t" | "y" => params.include_ended = true,
-                "false" | "0" | "no" | "off" | "f" | "n" => params.include_ended = false,
-                _ => issues.push(ValidationIssue::new(
-                    &["query", "include_ended"],
-                    "Input should be a valid boolean, unable to interpret input",
-                    "bool_parsing",
-                )),
-            },
+            "include_ended" => {
+                if let Some(b) = boolean("include_ended", &value, issues) {
+                    params.include_ended = b;
+                }
+            }
+            "include_metrics" => {
+                if let Some(b) = boolean("include_metrics", &value, issues) {
+                    params.include_metrics = b;
+                }
+            }
             "limit" => match value.trim().parse::<i64>() {
                 Ok(n) if n < 1 => issues.push(ValidationIssue::new(
                     &["query", "limit"],
@@ -273,6 +276,22 @@ pub(crate) fn list_params(parts: &Parts, issues: &mut Vec<ValidationIssue>) -> L
         }
     }
     params
+}
+
+/// A query boolean as FastAPI reads one.
+fn boolean(name: &'static str, value: &str, issues: &mut Vec<ValidationIssue>) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
+        _ => {
+            issues.push(ValidationIssue::new(
+                &["query", name],
+                "Input should be a valid boolean, unable to interpret input",
+                "bool_parsing",
+            ));
+            None
+        }
+    }
 }
 
 pub(crate) fn fail_if_any(issues: Vec<ValidationIssue>) -> Result<(), ApiError> {

@@ -169,12 +169,17 @@ const NO_CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// When a client should retry after an ambiguous launch (the reaper resolves it meanwhile).
 const AMBIGUOUS_RETRY_AFTER: Duration = Duration::from_secs(2);
 
-/// An ECS client from `config` (see [`crate::sdk_config_from_env`]), with a longer attempt
-/// timeout than the shared 2 s: `RunTask` with awsvpc can take a few seconds, and an attempt
-/// cut short is only retried (same `clientToken`), never doubled.
-pub fn client(config: &aws_config::SdkConfig) -> Client {
+/// An ECS client from `config` (see [`crate::sdk_config_from_env`]) for a deployed `role`,
+/// with a longer attempt timeout than the shared 2 s: `RunTask` with awsvpc can take a few
+/// seconds, and an attempt cut short is only retried (same `clientToken`), never doubled.
+/// Its calls are recorded for the IAM test when [`crate::calls::RECORD_AWS_CALLS`] is set.
+pub fn client(config: &aws_config::SdkConfig, role: crate::calls::Role) -> Client {
     use aws_config::timeout::TimeoutConfig;
-    let config = aws_sdk_ecs::config::Builder::from(config)
+    let mut builder = aws_sdk_ecs::config::Builder::from(config);
+    if let Some(recorder) = crate::calls::CallRecorder::from_env(role) {
+        builder = builder.interceptor(recorder);
+    }
+    let config = builder
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(1))

@@ -5,6 +5,7 @@
 //!   table (atomic limits, leases, close flags, history), and [`dynamodb::create_table`], which
 //!   creates the table exactly as `template.yaml` declares it.
 //! - [`ecs`]: [`EcsLauncher`], the `TaskLauncher` that runs each agent as its own ECS task.
+//! - [`calls`]: the interceptor that records each deployed role's AWS calls for the IAM test.
 //!
 //! # Must not depend on
 //! No `axum` or `lambda_*`: the HTTP router and the Lambda binaries use these adapters through
@@ -12,6 +13,7 @@
 
 use std::time::Duration;
 
+pub mod calls;
 pub mod dynamodb;
 pub mod ecs;
 pub mod ecs_tasks;

@@ -61,6 +61,7 @@ macro_rules! registry_conformance {
             list_paginates_in_creation_order_and_filters_ended,
             list_across_calls,
             ended_sessions_keep_final_metrics_until_retention_expires,
+            lists_carry_live_metrics_only_when_asked,
             metrics_round_trip_and_never_resurrect,
             metadata_is_stored_with_the_session,
             idempotent_replay_returns_the_same_receipt_without_a_new_session,
@@ -546,6 +547,7 @@ pub async fn list_paginates_in_creation_order_and_filters_ended(h: Harness) {
                 include_ended: false,
                 limit: 2,
                 next_token: token,
+                with_metrics: false,
             })
             .await
             .unwrap();
@@ -571,6 +573,7 @@ pub async fn list_paginates_in_creation_order_and_filters_ended(h: Harness) {
             include_ended: true,
             limit: 0,
             next_token: None,
+            with_metrics: false,
         })
         .await
         .unwrap();
@@ -678,6 +681,55 @@ pub async fn ended_sessions_keep_final_metrics_until_retention_expires(h: Harnes
         .await
         .unwrap();
     assert!(page.sessions.is_empty());
+}
+
+pub async fn lists_carry_live_metrics_only_when_asked(h: Harness) {
+    let c = call("call-a");
+    let flushed = h.start(&c).await;
+    let fresh = h.start(&c).await;
+    let recorder = MetricsRecorder::new();
+    recorder.on_llm_response(42.0, Some(10.0), 100, 50);
+    h.registry
+        .flush_metrics(&c, flushed.id, &recorder.snapshot())
+        .await
+        .unwrap();
+    for call_id in [Some(c.clone()), None] {
+        let plain = h
+            .registry
+            .list(ListQuery {
+                call_id: call_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(plain.sessions.len(), 2);
+        assert!(plain.sessions.iter().all(|l| l.live_metrics.is_none()));
+        let with = h
+            .registry
+            .list(ListQuery {
+                call_id,
+                with_metrics: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let by_id = |id| {
+            with.sessions
+                .iter()
+                .find(|l| l.session.id == id)
+                .expect("listed")
+        };
+        let report = by_id(flushed.id)
+            .live_metrics
+            .as_ref()
+            .expect("the latest flush");
+        assert_eq!(report.metrics.total(Counter::LlmInputTokens), 100);
+        assert!(
+            by_id(fresh.id).live_metrics.is_none(),
+            "no flush yet: no report"
+        );
+        assert!(with.sessions.iter().all(|l| l.final_metrics.is_none()));
+    }
 }
 
 pub async fn metrics_round_trip_and_never_resurrect(h: Harness) {

@@ -448,6 +448,9 @@ impl SessionRegistry for MemoryRegistry {
                     .is_ended()
                     .then(|| record.metrics.as_deref().cloned())
                     .flatten(),
+                live_metrics: (query.with_metrics && !session.is_ended())
+                    .then(|| record.metrics.as_deref().cloned())
+                    .flatten(),
             });
             last_key = Some(key);
         }

@@ -282,6 +282,9 @@ pub struct ListQuery {
     pub limit: u32,
     /// The previous page's `next_token`.
     pub next_token: Option<String>,
+    /// Live sessions carry their latest metrics report (one read of each listed live
+    /// session's metrics; dashboards ask for it to make one request per refresh).
+    pub with_metrics: bool,
 }
 
 impl ListQuery {
@@ -302,6 +305,9 @@ pub struct ListedSession {
     pub session: Session,
     /// The final metrics of an ended session.
     pub final_metrics: Option<MetricsReport>,
+    /// A live session's latest metrics report, when the query asked `with_metrics` (`None`
+    /// before its first flush, and for ended sessions).
+    pub live_metrics: Option<MetricsReport>,
 }
 
 /// One page of a list, in creation order.

@@ -14,6 +14,7 @@ use axum::Router;
 use switchboard_api::auth::JwtPolicy;
 use switchboard_api::{AppState, CorsOptions, ServeOptions, registry_readiness};
 use switchboard_aws::DynamoRegistry;
+use switchboard_aws::calls::Role;
 use switchboard_aws::ecs::{Capacity, DEFAULT_RETRY_BUDGET, EcsLauncher, EcsSettings};
 use switchboard_core::limits::env as limit_env;
 use switchboard_core::{LimitOptions, Limits, SessionRegistry, SystemClock};
@@ -442,12 +443,12 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
         );
     }
     let registry: Arc<dyn SessionRegistry> = Arc::new(DynamoRegistry::new(
-        aws_sdk_dynamodb::Client::new(sdk),
+        switchboard_aws::dynamodb::client_for(sdk, Role::Api),
         config.table.clone(),
         Arc::new(SystemClock),
     ));
     let launcher = Arc::new(EcsLauncher::new(
-        switchboard_aws::ecs::client(sdk),
+        switchboard_aws::ecs::client(sdk, Role::Api),
         config.ecs.clone(),
     ));
     // Lambda freezes the environment once the response is sent: no part of a start may run
@@ -465,6 +466,26 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
         ..ServeOptions::default()
     };
     Ok(switchboard_api::router(state, options)?)
+}
+
+/// The reaper's registry and ECS lookups on `config`'s table and cluster (its binary's
+/// wiring, shared with the tests so that the IAM test sees the reaper's calls).
+pub fn reaper_parts(
+    config: &ReaperConfig,
+    sdk: &aws_config::SdkConfig,
+    clock: Arc<dyn switchboard_core::Clock>,
+) -> (DynamoRegistry, switchboard_aws::ecs_tasks::EcsTasks) {
+    (
+        DynamoRegistry::new(
+            switchboard_aws::dynamodb::client_for(sdk, Role::Reaper),
+            config.table.clone(),
+            clock,
+        ),
+        switchboard_aws::ecs_tasks::EcsTasks::new(
+            switchboard_aws::ecs::client(sdk, Role::Reaper),
+            config.cluster.clone(),
+        ),
+    )
 }
 
 /// Logs for CloudWatch: JSON lines with a timestamp, level from `RUST_LOG` (default `info`);

@@ -9,7 +9,13 @@ pub const AUTH_JWT_KEY_SECRET_ID: &str = "AUTH_JWT_KEY_SECRET_ID";
 
 /// The secret's current `SecretString`.
 pub async fn secret_string(sdk: &aws_config::SdkConfig, secret_id: &str) -> anyhow::Result<String> {
-    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    let mut builder = aws_sdk_secretsmanager::config::Builder::from(sdk);
+    if let Some(recorder) =
+        switchboard_aws::calls::CallRecorder::from_env(switchboard_aws::calls::Role::Api)
+    {
+        builder = builder.interceptor(recorder);
+    }
+    let client = aws_sdk_secretsmanager::Client::from_conf(builder.build());
     let out = client
         .get_secret_value()
         .secret_id(secret_id)

@@ -138,7 +138,10 @@ pub(crate) async fn run<A: Agent>(
 const END_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn registry(table: &str) -> Arc<dyn SessionRegistry> {
-    let client = switchboard_aws::dynamodb::client_from_env().await;
+    let client = switchboard_aws::dynamodb::client_for(
+        &switchboard_aws::sdk_config_from_env().await,
+        switchboard_aws::calls::Role::AgentTask,
+    );
     Arc::new(switchboard_aws::DynamoRegistry::new(
         client,
         table,

@@ -35,6 +35,15 @@ pub async fn table(client: &Client) -> String {
     name
 }
 
+/// `SWITCHBOARD_RECORD_AWS_CALLS` for a child process that runs a deployed binary, when the
+/// test command records AWS calls for the IAM check (children with a cleared environment
+/// must pass it on).
+pub fn recording_env() -> Vec<(String, String)> {
+    std::env::var("SWITCHBOARD_RECORD_AWS_CALLS")
+        .map(|dir| vec![("SWITCHBOARD_RECORD_AWS_CALLS".to_owned(), dir)])
+        .unwrap_or_default()
+}
+
 /// The emulator's endpoint.
 pub fn endpoint() -> String {
     std::env::var("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT").expect(

@@ -245,6 +245,11 @@ async fn bad_idempotency_keys_and_list_queries_are_422() {
         "bool_parsing",
     );
     assert_422(
+        &app.get("/calls/c/sessions?include_metrics=maybe").await,
+        json!(["query", "include_metrics"]),
+        "bool_parsing",
+    );
+    assert_422(
         &app.get("/sessions?next_token=zz").await,
         json!(["query", "next_token"]),
         "value_error",

@@ -83,6 +83,37 @@ async fn all_metric_names_are_present_before_the_first_flush() {
 }
 
 #[tokio::test]
+async fn include_metrics_puts_each_live_sessions_metrics_in_the_list() {
+    // One request per dashboard refresh (F3): the list carries the live sessions' metrics.
+    let app = spawn_app().await;
+    let id = app.start("call-m").await;
+    for url in ["/sessions", "/calls/call-m/sessions"] {
+        let plain = app.get(url).await.json();
+        assert!(
+            plain["sessions"][0].get("metrics").is_none(),
+            "no metrics unless asked: {plain}"
+        );
+        let with = app.get(&format!("{url}?include_metrics=true")).await.json();
+        let item = &with["sessions"][0];
+        assert_eq!(item["session_id"], id.as_str());
+        let metrics = item["metrics"].as_object().expect("a metrics object");
+        let single = app
+            .get(&format!("/calls/call-m/sessions/{id}/metrics"))
+            .await
+            .json();
+        assert_eq!(
+            metrics.keys().collect::<Vec<_>>(),
+            single["metrics"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            "the same names as the metrics route"
+        );
+    }
+}
+
+#[tokio::test]
 async fn lists_paginate_and_include_ended_sessions_with_their_end() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
@@ -304,11 +335,9 @@ impl switchboard_core::TaskLauncher for MinuteLaunch {
 async fn a_bounded_start_answers_503_by_its_deadline_and_nothing_of_it_runs_afterwards() {
     // Lambda (F10): the environment freezes once the response is sent; a start that went on
     // would resume at the next thaw, minutes later, for a client that saw a 503.
-    let clock = Arc::new(switchboard_core::ManualClock::new(
-        switchboard_core::conformance::T0,
-    ));
-    let registry: Arc<dyn switchboard_core::SessionRegistry> =
-        Arc::new(switchboard_core::MemoryRegistry::new(clock));
+    let registry: Arc<dyn switchboard_core::SessionRegistry> = Arc::new(
+        switchboard_core::MemoryRegistry::new(Arc::new(switchboard_core::SystemClock)),
+    );
     let launch = Arc::new(MinuteLaunch::default());
     let state = switchboard_api::AppState::new(
         registry.clone(),
@@ -352,6 +381,7 @@ async fn a_bounded_start_answers_503_by_its_deadline_and_nothing_of_it_runs_afte
             include_ended: true,
             limit: 10,
             next_token: None,
+            with_metrics: false,
         })
         .await
         .unwrap();

@@ -28,6 +28,10 @@ pub(crate) fn idem_sk(key: &IdempotencyKey) -> String {
 }
 /// The global counter's partition.
 pub(crate) const GLOBAL_PK: &str = "COUNTER#GLOBAL";
+/// On a session row: it has a metadata item (`META#<id>`), whose TTL the end sets.
+pub(crate) const HAS_META: &str = "has_meta";
+/// On a session row: it has a metrics item (`METRICS#<id>`), whose TTL the end sets.
+pub(crate) const HAS_METRICS: &str = "has_metrics";
 /// The sort key of both counters.
 pub(crate) const COUNTER_SK: &str = "COUNTER";
 /// Number of live-index shards.
@@ -65,7 +69,7 @@ pub(crate) fn get_n(item: &Item, name: &str) -> Option<i64> {
 fn get_ts(item: &Item, name: &str) -> Option<Timestamp> {
     get_n(item, name).map(Timestamp::from_unix_micros)
 }
-fn get_bool(item: &Item, name: &str) -> bool {
+pub(crate) fn get_bool(item: &Item, name: &str) -> bool {
     item.get(name)
         .and_then(|v| v.as_bool().ok())
         .copied()

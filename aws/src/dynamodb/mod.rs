@@ -14,6 +14,7 @@
 
 mod error;
 mod item;
+pub mod list;
 mod table;
 
 use std::collections::HashMap;
@@ -25,14 +26,13 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Delete, Get, KeysAndAttributes, Put, ReturnValue,
-    TransactGetItem, TransactWriteItem, Update,
+    AttributeValue, Delete, Get, KeysAndAttributes, Put, ReturnValue, TransactGetItem,
+    TransactWriteItem, Update,
 };
 use switchboard_core::metrics::AgentMetrics;
 use switchboard_core::registry::{
-    Counts, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL, ListQuery, ListedSession,
-    MetricsReport, SessionMetrics, SessionPage, SessionReceipt, StartOutcome, StartRequest,
-    page_token,
+    Counts, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL, ListQuery, MetricsReport,
+    SessionMetrics, SessionPage, SessionReceipt, StartOutcome, StartRequest,
 };
 use switchboard_core::{
     CallId, Clock, EndReason, Error, LimitKind, Metadata, Result, Session, SessionId,
@@ -44,13 +44,24 @@ pub use table::{LIVE_INDEX, create_table};
 
 use error::{Failure, classify, plain};
 use item::{
-    COUNTER_SK, GLOBAL_PK, Item, LIVE_SHARDS, call_pk, expired, get_n, get_s, idem_sk, key,
-    meta_sk, metrics_sk, n, s, session_from_item, session_item, session_sk, ttl_seconds,
+    COUNTER_SK, GLOBAL_PK, HAS_META, HAS_METRICS, Item, LIVE_SHARDS, call_pk, expired, get_bool,
+    get_n, get_s, idem_sk, key, meta_sk, metrics_sk, n, s, session_from_item, session_item,
+    session_sk, ttl_seconds,
 };
 
-/// A DynamoDB client from [`crate::sdk_config_from_env`].
+/// A DynamoDB client from [`crate::sdk_config_from_env`] (operator tools, `serve`).
 pub async fn client_from_env() -> Client {
     Client::new(&crate::sdk_config_from_env().await)
+}
+
+/// The DynamoDB client of a deployed role: its calls are recorded for the IAM test when
+/// [`crate::calls::RECORD_AWS_CALLS`] is set.
+pub fn client_for(config: &aws_config::SdkConfig, role: crate::calls::Role) -> Client {
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(config);
+    if let Some(recorder) = crate::calls::CallRecorder::from_env(role) {
+        builder = builder.interceptor(recorder);
+    }
+    Client::from_conf(builder.build())
 }
 
 /// The condition of every write to a live row: it exists and has not ended (`:ended` bound
@@ -101,25 +112,12 @@ fn built<T>(result: std::result::Result<T, aws_sdk_dynamodb::error::BuildError>)
     })
 }
 
-fn encode_token(pk: &str, sk: &str) -> String {
-    page_token::encode(&format!("{pk}\n{sk}"))
-}
-
-fn decode_token(token: &str) -> Result<(String, String)> {
-    let invalid = || Error::Invalid("next_token is invalid".into());
-    let raw = page_token::decode(token)?;
-    let (pk, sk) = raw.split_once('\n').ok_or_else(invalid)?;
-    if !pk.starts_with("CALL#") || !sk.starts_with("SESSION#") {
-        return Err(invalid());
-    }
-    Ok((pk.to_owned(), sk.to_owned()))
-}
-
 fn metrics_item(
     call_id: &CallId,
     id: SessionId,
     metrics: &AgentMetrics,
     at: Timestamp,
+    expires_at: Option<i64>,
 ) -> Result<Item> {
     // Compact: only the entries with values (a missing name reads back as empty), so the
     // item, and the write it is charged as, stays small.
@@ -128,6 +126,9 @@ fn metrics_item(
     let mut item = key(call_pk(call_id), metrics_sk(id));
     item.insert("metrics".into(), s(json));
     item.insert("generated_at".into(), n(at.unix_micros()));
+    if let Some(expires_at) = expires_at {
+        item.insert("expires_at".into(), n(expires_at));
+    }
     Ok(item)
 }
 
@@ -439,7 +440,23 @@ impl DynamoRegistry {
         })))
     }
 
-    async fn batch_get(&self, keys: Vec<Item>) -> Result<Vec<Item>> {
+    /// A transaction item that sets `expires_at` on one of a call's items (known to exist).
+    fn expire_item(&self, call_id: &CallId, sk: String, exp: i64) -> Result<TransactWriteItem> {
+        Ok(TransactWriteItem::builder()
+            .update(built(
+                Update::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(key(call_pk(call_id), sk)))
+                    .update_expression("SET expires_at = :exp")
+                    .set_expression_attribute_values(Some(values(&[(":exp", n(exp))])))
+                    .build(),
+            )?)
+            .build())
+    }
+
+    /// Reads `keys` (in chunks of 100, retrying unprocessed keys within the retry deadline),
+    /// strongly consistent or not.
+    async fn batch_get(&self, keys: Vec<Item>, consistent: bool) -> Result<Vec<Item>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(100) {
             let mut pending = HashMap::from([(
@@ -447,7 +464,7 @@ impl DynamoRegistry {
                 built(
                     KeysAndAttributes::builder()
                         .set_keys(Some(chunk.to_vec()))
-                        .consistent_read(true)
+                        .consistent_read(consistent)
                         .build(),
                 )?,
             )]);
@@ -488,13 +505,18 @@ impl SessionRegistry for DynamoRegistry {
         }
         let now = self.clock.now();
         let session = Session::admitted(&request, now);
+        let mut row = session_item(&session);
+        if request.metadata.is_some() {
+            // The end sets the metadata item's TTL: it must know the item exists.
+            row.insert(HAS_META.into(), AttributeValue::Bool(true));
+        }
         // Order matters: the cancellation reasons come back by index.
         let mut items = vec![
             TransactWriteItem::builder()
                 .put(built(
                     Put::builder()
                         .table_name(&self.table)
-                        .set_item(Some(session_item(&session)))
+                        .set_item(Some(row))
                         .condition_expression("attribute_not_exists(PK)")
                         .build(),
                 )?)
@@ -664,23 +686,29 @@ impl SessionRegistry for DynamoRegistry {
         metrics: &AgentMetrics,
     ) -> Result<()> {
         let now = self.clock.now();
-        let check = built(
-            ConditionCheck::builder()
+        // The row's condition, and its mark that a metrics item exists (for the end's TTL):
+        // an update costs what the condition check did, and touches no indexed attribute.
+        let mark = built(
+            Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(key(call_pk(call_id), session_sk(session_id))))
+                .update_expression(format!("SET {HAS_METRICS} = :t"))
                 .condition_expression(LIVE_ROW)
                 .set_expression_attribute_names(Some(names(&[("#st", "status")])))
-                .set_expression_attribute_values(Some(values(&[(":ended", s("ended"))])))
+                .set_expression_attribute_values(Some(values(&[
+                    (":ended", s("ended")),
+                    (":t", AttributeValue::Bool(true)),
+                ])))
                 .build(),
         )?;
         let put = built(
             Put::builder()
                 .table_name(&self.table)
-                .set_item(Some(metrics_item(call_id, session_id, metrics, now)?))
+                .set_item(Some(metrics_item(call_id, session_id, metrics, now, None)?))
                 .build(),
         )?;
         let items = vec![
-            TransactWriteItem::builder().condition_check(check).build(),
+            TransactWriteItem::builder().update(mark).build(),
             TransactWriteItem::builder().put(put).build(),
         ];
         match self
@@ -715,13 +743,21 @@ impl SessionRegistry for DynamoRegistry {
     ) -> Result<EndOutcome> {
         let mut release_key = request.reason == EndReason::StartFailed;
         loop {
-            let Some(session) = self.read_session(call_id, session_id).await? else {
+            let now = self.clock.now();
+            let Some(row) = self
+                .get_item(
+                    key(call_pk(call_id), session_sk(session_id)),
+                    "GetItem session",
+                )
+                .await?
+                .filter(|item| !expired(item, now))
+            else {
                 return Err(Error::NotFound);
             };
+            let session = session_from_item(&row)?;
             if session.is_ended() {
                 return Ok(EndOutcome::AlreadyEnded(session));
             }
-            let now = self.clock.now();
             let expires_at = now + request.retention;
             let mut condition = "#st <> :ended".to_owned();
             let mut vals = vec![
@@ -763,14 +799,28 @@ impl SessionRegistry for DynamoRegistry {
             if session.counted.per_call {
                 items.push(self.counter_update(call_pk(call_id), -1, None)?);
             }
+            // Everything the session leaves behind expires with its row (the Idempotency-Key
+            // has its own 24 h TTL from the start).
+            let exp = ttl_seconds(expires_at);
             if let Some(metrics) = &request.final_metrics {
                 let put = built(
                     Put::builder()
                         .table_name(&self.table)
-                        .set_item(Some(metrics_item(call_id, session_id, metrics, now)?))
+                        .set_item(Some(metrics_item(
+                            call_id,
+                            session_id,
+                            metrics,
+                            now,
+                            Some(exp),
+                        )?))
                         .build(),
                 )?;
                 items.push(TransactWriteItem::builder().put(put).build());
+            } else if get_bool(&row, HAS_METRICS) {
+                items.push(self.expire_item(call_id, metrics_sk(session_id), exp)?);
+            }
+            if get_bool(&row, HAS_META) {
+                items.push(self.expire_item(call_id, meta_sk(session_id), exp)?);
             }
             let idem_index = items.len();
             let idem_key = session.idempotency_key.as_ref().filter(|_| release_key);
@@ -867,117 +917,7 @@ impl SessionRegistry for DynamoRegistry {
     }
 
     async fn list(&self, query: ListQuery) -> Result<SessionPage> {
-        let now = self.clock.now();
-        let limit = query.page_size();
-        let start = query.next_token.as_deref().map(decode_token).transpose()?;
-        if let (Some((pk, _)), Some(call)) = (&start, &query.call_id)
-            && *pk != call_pk(call)
-        {
-            return Err(Error::Invalid("next_token is invalid".into()));
-        }
-        let mut exclusive_start = start.map(|(pk, sk)| key(pk, sk));
-        // Read one past the page to know whether another page exists.
-        let mut found: Vec<Item> = Vec::with_capacity(limit + 1);
-        loop {
-            let filter = if query.include_ended {
-                None
-            } else {
-                Some("#st <> :ended")
-            };
-            let (items, last) = match &query.call_id {
-                Some(call) => {
-                    let mut vals = vec![(":pk", s(call_pk(call))), (":prefix", s("SESSION#"))];
-                    if filter.is_some() {
-                        vals.push((":ended", s("ended")));
-                    }
-                    let out = self
-                        .client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("PK = :pk AND begins_with(SK, :prefix)")
-                        .set_filter_expression(filter.map(str::to_owned))
-                        .set_expression_attribute_names(filter.map(|_| names(&[("#st", "status")])))
-                        .set_expression_attribute_values(Some(values(&vals)))
-                        .set_exclusive_start_key(exclusive_start.take())
-                        .consistent_read(true)
-                        .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
-                        .send()
-                        .await
-                        .map_err(|e| plain(e, "Query sessions of a call"))?;
-                    (out.items.unwrap_or_default(), out.last_evaluated_key)
-                }
-                None => {
-                    let mut expr = "begins_with(SK, :prefix)".to_owned();
-                    let mut vals = vec![(":prefix", s("SESSION#"))];
-                    if let Some(f) = filter {
-                        expr = format!("{expr} AND {f}");
-                        vals.push((":ended", s("ended")));
-                    }
-                    let out = self
-                        .client
-                        .scan()
-                        .table_name(&self.table)
-                        .filter_expression(expr)
-                        .set_expression_attribute_names(filter.map(|_| names(&[("#st", "status")])))
-                        .set_expression_attribute_values(Some(values(&vals)))
-                        .set_exclusive_start_key(exclusive_start.take())
-                        .consistent_read(true)
-                        .send()
-                        .await
-                        .map_err(|e| plain(e, "Scan sessions"))?;
-                    (out.items.unwrap_or_default(), out.last_evaluated_key)
-                }
-            };
-            found.extend(items.into_iter().filter(|item| !expired(item, now)));
-            if found.len() > limit || last.is_none() {
-                break;
-            }
-            exclusive_start = last;
-        }
-        let more = found.len() > limit;
-        found.truncate(limit);
-        let sessions = found
-            .iter()
-            .map(session_from_item)
-            .collect::<Result<Vec<_>>>()?;
-        let next_token = if more {
-            found
-                .last()
-                .and_then(|i| Some(encode_token(get_s(i, "PK")?, get_s(i, "SK")?)))
-        } else {
-            None
-        };
-        // Ended rows carry their final metrics.
-        let ended_keys: Vec<Item> = sessions
-            .iter()
-            .filter(|s| s.is_ended())
-            .map(|s| key(call_pk(&s.call_id), metrics_sk(s.id)))
-            .collect();
-        let mut reports = HashMap::new();
-        if !ended_keys.is_empty() {
-            for item in self.batch_get(ended_keys).await? {
-                if let (Some(pk), Some(sk)) = (get_s(&item, "PK"), get_s(&item, "SK")) {
-                    reports.insert((pk.to_owned(), sk.to_owned()), report_from_item(&item)?);
-                }
-            }
-        }
-        let sessions = sessions
-            .into_iter()
-            .map(|session| {
-                let final_metrics = session
-                    .is_ended()
-                    .then(|| reports.remove(&(call_pk(&session.call_id), metrics_sk(session.id))))
-                    .flatten();
-                ListedSession {
-                    session,
-                    final_metrics,
-                }
-            })
-            .collect();
-        Ok(SessionPage {
-            sessions,
-            next_token,
-        })
+        self.list_page(query).await
     }
 
     async fn expired_leases(&self, limit: usize) -> Result<Vec<Session>> {
@@ -1013,7 +953,7 @@ impl SessionRegistry for DynamoRegistry {
             }
         }
         let mut expired_sessions = Vec::new();
-        for item in self.batch_get(keys).await? {
+        for item in self.batch_get(keys, true).await? {
             let session = session_from_item(&item)?;
             if !session.is_ended() && session.lease_expires_at <= now {
                 expired_sessions.push(session);

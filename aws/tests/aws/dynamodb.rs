@@ -182,6 +182,119 @@ mod items {
         assert_eq!(read.metrics.to_map(), metrics.to_map());
     }
 
+    async fn maybe_raw(
+        client: &aws_sdk_dynamodb::Client,
+        table: &str,
+        pk: String,
+        sk: String,
+    ) -> Option<Item> {
+        client
+            .get_item()
+            .table_name(table)
+            .key("PK", AttributeValue::S(pk))
+            .key("SK", AttributeValue::S(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+    }
+
+    /// F3: nothing a session leaves behind outlives its row (metadata can hold PII or call
+    /// tokens): its metadata and metrics expire with it, set in the end's transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn everything_a_session_leaves_behind_expires_with_its_row() {
+        let client = client().await;
+        let table = table(&client).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let registry = DynamoRegistry::new(client.clone(), table.clone(), clock.clone());
+        let retention = Duration::from_secs(7 * 24 * 3600);
+        let c = call("call-ttl");
+        let recorder = switchboard_core::MetricsRecorder::new();
+        recorder.on_llm_response(245.0, Some(120.0), 1500, 800);
+
+        // Metadata and a flush, ended without final metrics (as the reaper ends one).
+        let mut req = request(&c);
+        req.metadata = Some(Metadata::parse(serde_json::json!({"user": "u-1"})).unwrap());
+        let StartOutcome::Created(first) = registry.start(req).await.unwrap() else {
+            panic!()
+        };
+        registry
+            .flush_metrics(&c, first.id, &recorder.snapshot())
+            .await
+            .unwrap();
+        // Neither, ended with final metrics (as an agent ends one).
+        let StartOutcome::Created(second) = registry.start(request(&c)).await.unwrap() else {
+            panic!()
+        };
+        clock.advance(Duration::from_secs(10));
+        registry
+            .end(
+                &c,
+                first.id,
+                EndRequest::new(EndReason::TaskStopped).retention(retention),
+            )
+            .await
+            .unwrap();
+        registry
+            .end(
+                &c,
+                second.id,
+                EndRequest::new(EndReason::AgentFinished)
+                    .metrics(recorder.snapshot())
+                    .retention(retention),
+            )
+            .await
+            .unwrap();
+        let pk = format!("CALL#{c}");
+        let exp = |item: &Item| item.get("expires_at").map(|v| v.as_n().unwrap().to_owned());
+        for session in [&first, &second] {
+            let row = raw(
+                &client,
+                &table,
+                pk.clone(),
+                format!("SESSION#{}", session.id),
+            )
+            .await;
+            let want = exp(&row).expect("the row's TTL");
+            assert_eq!(
+                want,
+                (T0.unix_seconds() + 10 + retention.as_secs() as i64).to_string()
+            );
+            let metrics = raw(
+                &client,
+                &table,
+                pk.clone(),
+                format!("METRICS#{}", session.id),
+            )
+            .await;
+            assert_eq!(
+                exp(&metrics).as_ref(),
+                Some(&want),
+                "metrics of {}",
+                session.id
+            );
+            let meta = maybe_raw(&client, &table, pk.clone(), format!("META#{}", session.id)).await;
+            if session.id == first.id {
+                let meta = meta.expect("the metadata item");
+                assert_eq!(exp(&meta).as_ref(), Some(&want), "metadata");
+                assert!(meta.contains_key("metadata"), "the item itself, not a stub");
+            } else {
+                assert!(meta.is_none(), "no metadata item is made up: {meta:?}");
+            }
+        }
+        // The flushed metrics still read back until the row expires.
+        let page = registry
+            .list(switchboard_core::registry::ListQuery {
+                call_id: Some(c.clone()),
+                include_ended: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.sessions.iter().all(|l| l.final_metrics.is_some()));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_nodes_sharing_a_table_share_the_limits() {
         let client = client().await;

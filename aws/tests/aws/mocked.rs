@@ -9,10 +9,10 @@ use aws_sdk_dynamodb::operation::transact_write_items::{
     TransactWriteItemsError, TransactWriteItemsOutput,
 };
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::CancellationReason;
 use aws_sdk_dynamodb::types::error::{
     InternalServerError, ProvisionedThroughputExceededException, TransactionCanceledException,
 };
+use aws_sdk_dynamodb::types::{AttributeValue, CancellationReason};
 use aws_smithy_mocks::{RuleMode, mock, mock_client};
 use switchboard_aws::DynamoRegistry;
 use switchboard_core::conformance::{T0, call, request};
@@ -183,6 +183,81 @@ async fn a_retry_after_a_definite_cancellation_goes_without_the_token() {
             .iter()
             .all(|t| t.as_deref() != Some(id.as_str())),
         "no retry after a cancellation carries the session's token: {tokens:?}"
+    );
+}
+
+#[tokio::test]
+async fn live_lists_read_the_live_index_and_never_scan_the_table() {
+    use aws_sdk_dynamodb::operation::query::QueryOutput;
+    use aws_sdk_dynamodb::operation::scan::ScanOutput;
+    use switchboard_core::registry::ListQuery;
+    // F3: a dashboard's `GET /sessions` every few seconds must not read the table's history.
+    let index = mock!(aws_sdk_dynamodb::Client::query)
+        .match_requests(|r| r.index_name() == Some("live") && r.consistent_read() != Some(true))
+        .then_output(|| QueryOutput::builder().build());
+    let scan = mock!(aws_sdk_dynamodb::Client::scan).then_output(|| ScanOutput::builder().build());
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&index, &scan]);
+    let registry = registry(client, Duration::from_secs(1));
+    for call_id in [None, Some(call("c"))] {
+        let page = registry
+            .list(ListQuery {
+                call_id,
+                with_metrics: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.sessions.is_empty() && page.next_token.is_none());
+    }
+    assert_eq!(scan.num_calls(), 0, "no Scan for live sessions");
+    assert_eq!(index.num_calls(), 32, "16 shards of the live index, twice");
+}
+
+#[tokio::test]
+async fn a_list_with_ended_sessions_does_a_bounded_amount_of_work() {
+    use aws_sdk_dynamodb::operation::scan::ScanOutput;
+    use switchboard_core::registry::ListQuery;
+    // F3: a table whose Scan pages hold no session rows (metadata, metrics, counters of
+    // sessions long gone) answers after a bounded number of reads, with a next_token for the
+    // rest, even on an empty page.
+    let scan = mock!(aws_sdk_dynamodb::Client::scan)
+        .match_requests(|r| r.consistent_read() != Some(true) && r.limit().is_some())
+        .then_output(|| {
+            ScanOutput::builder()
+                .last_evaluated_key("PK", AttributeValue::S("CALL#old".into()))
+                .last_evaluated_key("SK", AttributeValue::S("META#old".into()))
+                .build()
+        });
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&scan]);
+    let registry = registry(client, Duration::from_secs(1));
+    let page = tokio::time::timeout(
+        Duration::from_secs(10),
+        registry.list(ListQuery {
+            include_ended: true,
+            limit: 50,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("bounded: answered")
+    .unwrap();
+    assert!(page.sessions.is_empty());
+    let token = page.next_token.expect("a next_token on a short page");
+    assert_eq!(scan.num_calls(), switchboard_aws::dynamodb::list::MAX_READS);
+    // The token resumes the scan where it stopped.
+    let next = registry
+        .list(ListQuery {
+            include_ended: true,
+            limit: 50,
+            next_token: Some(token),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(next.next_token.is_some());
+    assert_eq!(
+        scan.num_calls(),
+        2 * switchboard_aws::dynamodb::list::MAX_READS
     );
 }
 

@@ -1,6 +1,9 @@
 //! The `reaper` Lambda function: ECS Task State Change STOPPED events (EventBridge rule) end
 //! their session once; a schedule sweeps expired leases and stuck starts. A failed invocation
-//! returns an error, so EventBridge retries it and then sends it to the dead-letter queue.
+//! returns an error: EventBridge has already handed the event to Lambda (its own retry policy
+//! and dead-letter queues only cover events Lambda could not accept), so Lambda retries it
+//! twice and then sends it to the function's on-failure queue (`EventInvokeConfig`), which
+//! has an alarm.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use switchboard_aws::DynamoRegistry;
 use switchboard_aws::ecs_tasks::EcsTasks;
 use switchboard_core::SystemClock;
 use switchboard_functions::reaper::{Skipped, Sweeper, end_stopped, parse_stopped};
-use switchboard_functions::{ReaperConfig, init_logging};
+use switchboard_functions::{ReaperConfig, init_logging, reaper_parts};
 
 struct Reaper {
     config: ReaperConfig,
@@ -37,7 +40,16 @@ impl Reaper {
                 clock: &SystemClock,
             };
             let report = sweeper.sweep(budget).await?;
-            tracing::info!(?report, "sweep done");
+            // Fields, not a debug string: the template's metric filter counts `failed`.
+            tracing::info!(
+                lease_expired = report.lease_expired,
+                start_failed = report.start_failed,
+                still_starting = report.still_starting,
+                tasks_stopped = report.tasks_stopped,
+                failed = report.failed,
+                incomplete = report.incomplete,
+                "sweep done"
+            );
             return Ok(json!({ "sweep": format!("{report:?}") }));
         }
         match parse_stopped(&payload, &self.config.container) {
@@ -65,12 +77,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         tracing::error!(error = %e, "invalid configuration");
     })?;
     let sdk = switchboard_aws::sdk_config_from_env().await;
-    let registry = DynamoRegistry::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        config.table.clone(),
-        Arc::new(SystemClock),
-    );
-    let tasks = EcsTasks::new(switchboard_aws::ecs::client(&sdk), config.cluster.clone());
+    let (registry, tasks) = reaper_parts(&config, &sdk, Arc::new(SystemClock));
     let reaper = Arc::new(Reaper {
         config,
         registry,

@@ -112,6 +112,36 @@ async fn cors_allows_exactly_the_origins_the_deployer_names() {
 }
 
 #[tokio::test]
+async fn a_rejected_launch_releases_its_idempotency_key_and_history_lists_it() {
+    // Every grant of the api function's role is a call its code makes: this is the path that
+    // deletes an Idempotency-Key (a definite launch failure ends the session start_failed and
+    // gives the key back), and the one that scans for history.
+    let api = api(|vars| {
+        vars.insert("TASK_DEFINITION", "switchboard-no-such-definition:1".into());
+    })
+    .await;
+    let keyed = || start("call-rejected").header("idempotency-key", "retry-me-1");
+    let first = invoke(&api.router, &keyed()).await;
+    assert_eq!(first.status, 500, "{first:?}");
+    assert_eq!(first.json()["detail"], "Failed to start agent");
+    let again = invoke(&api.router, &keyed()).await;
+    assert_eq!(
+        again.status, 500,
+        "the key was released: a new attempt, not a replay of the failed one: {again:?}"
+    );
+    let history = invoke(&api.router, &get("/sessions?include_ended=true&limit=10")).await;
+    assert_eq!(history.status, 200, "{history:?}");
+    let ended: Vec<_> = history.json()["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["call_id"] == "call-rejected")
+        .map(|s| s["end_reason"].clone())
+        .collect();
+    assert_eq!(ended, [json!("start_failed"), json!("start_failed")]);
+}
+
+#[tokio::test]
 async fn a_session_lifecycle_through_api_gateway_events() {
     let api = api(|_| {}).await;
     let created = invoke(&api.router, &start("call-1")).await;

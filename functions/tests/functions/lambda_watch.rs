@@ -379,6 +379,27 @@ pub fn agent_binary() -> PathBuf {
 
 /// Plays Fargate for one `RunTask`: starts the agent binary's `task` with exactly the
 /// environment moto recorded in the task's container override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_without_a_slash_renders_the_operations_through_the_function() {
+    // /docs is the page itself (200), and its relative assets and document resolve under the
+    // function's URL prefix (cargo lambda watch's /lambda-url/_/), as under a stage on AWS.
+    let stack = Stack::start(1, |_| {}).await;
+    let page = stack.call("GET", "/docs", "").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let mut browser = switchboard_testkit::browser::Chromium::launch(
+        &format!("http://{}/lambda-url/_/docs", stack.addr),
+        1280,
+        800,
+    )
+    .await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('.opblock').length >= 7",
+            "Swagger UI rendering the API's operations",
+        )
+        .await;
+}
+
 pub async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Child {
     let mut cmd = Command::new(agent_binary());
     cmd.arg("task")
@@ -391,6 +412,7 @@ pub async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -
         .env("SWITCHBOARD_LOG_FORMAT", "json")
         .env("DEMO_PARTICIPANT_SECONDS", "120")
         .envs(switchboard_testkit::task_environment(ecs, cluster, arn).await)
+        .envs(switchboard_testkit::recording_env())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);

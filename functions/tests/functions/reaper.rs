@@ -24,10 +24,31 @@ fn event(session: &Session, last_status: &str) -> Value {
     event
 }
 
-async fn registry() -> DynamoRegistry {
+/// The reaper's registry and ECS lookups as its binary builds them (so the IAM test sees its
+/// calls), on `table` and `cluster`.
+pub(crate) async fn reaper(
+    table: &str,
+    cluster: &str,
+    clock: Arc<dyn switchboard_core::Clock>,
+) -> (DynamoRegistry, switchboard_aws::ecs_tasks::EcsTasks) {
+    let config = switchboard_functions::ReaperConfig::from_lookup(|name| match name {
+        "TABLE_NAME" => Some(table.to_owned()),
+        "ECS_CLUSTER" => Some(cluster.to_owned()),
+        _ => None,
+    })
+    .expect("reaper config");
+    switchboard_functions::reaper_parts(&config, &switchboard_testkit::sdk_config().await, clock)
+}
+
+/// A table with the tests' own registry (admissions, checks) and the reaper's.
+async fn registries() -> (DynamoRegistry, DynamoRegistry) {
     let client = switchboard_testkit::client().await;
     let table = switchboard_testkit::table(&client).await;
-    DynamoRegistry::new(client, table, Arc::new(SystemClock))
+    let (reaper, _) = reaper(&table, "unused", Arc::new(SystemClock)).await;
+    (
+        DynamoRegistry::new(client, table, Arc::new(SystemClock)),
+        reaper,
+    )
 }
 
 fn request(call_id: CallId) -> StartRequest {
@@ -91,7 +112,7 @@ fn the_event_names_the_session_and_says_why_the_task_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_and_reordered_events_end_a_session_once_and_release_its_slots_once() {
-    let registry = registry().await;
+    let (registry, reaper) = registries().await;
     let limits = Limits::default();
     let running = admit(&registry, "call-r").await;
     registry
@@ -108,7 +129,7 @@ async fn repeated_and_reordered_events_end_a_session_once_and_release_its_slots_
     assert!(parse_stopped(&event(&running, "RUNNING"), "agent").is_err());
     let stopped = parse_stopped(&event(&running, "STOPPED"), "agent").unwrap();
     let outcomes =
-        futures::future::join_all((0..5).map(|_| end_stopped(&registry, &stopped, &limits))).await;
+        futures::future::join_all((0..5).map(|_| end_stopped(&reaper, &stopped, &limits))).await;
     let ended = outcomes
         .iter()
         .filter(|o| matches!(o, Ok(Outcome::Ended(EndReason::TaskStopped))))
@@ -116,7 +137,7 @@ async fn repeated_and_reordered_events_end_a_session_once_and_release_its_slots_
     assert_eq!(ended, 1, "{outcomes:?}");
     assert!(outcomes.iter().all(|o| o.is_ok()));
     assert_eq!(
-        end_stopped(&registry, &stopped, &limits).await.unwrap(),
+        end_stopped(&reaper, &stopped, &limits).await.unwrap(),
         Outcome::AlreadyEnded
     );
     let row = registry
@@ -136,12 +157,12 @@ async fn repeated_and_reordered_events_end_a_session_once_and_release_its_slots_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_stopped_before_joining_ends_start_failed_and_an_unknown_row_is_left() {
-    let registry = registry().await;
+    let (registry, reaper) = registries().await;
     let limits = Limits::default();
     let starting = admit(&registry, "call-s").await;
     let stopped = parse_stopped(&event(&starting, "STOPPED"), "agent").unwrap();
     assert_eq!(
-        end_stopped(&registry, &stopped, &limits).await.unwrap(),
+        end_stopped(&reaper, &stopped, &limits).await.unwrap(),
         Outcome::Ended(EndReason::StartFailed)
     );
     let row = registry
@@ -161,7 +182,7 @@ async fn a_task_that_stopped_before_joining_ends_start_failed_and_an_unknown_row
         .unwrap();
     let stopped = parse_stopped(&event(&closed, "STOPPED"), "agent").unwrap();
     assert_eq!(
-        end_stopped(&registry, &stopped, &limits).await.unwrap(),
+        end_stopped(&reaper, &stopped, &limits).await.unwrap(),
         Outcome::Ended(EndReason::StartFailed)
     );
 
@@ -169,7 +190,7 @@ async fn a_task_that_stopped_before_joining_ends_start_failed_and_an_unknown_row
     ghost.id = SessionId::generate();
     let stopped = parse_stopped(&event(&ghost, "STOPPED"), "agent").unwrap();
     assert_eq!(
-        end_stopped(&registry, &stopped, &limits).await.unwrap(),
+        end_stopped(&reaper, &stopped, &limits).await.unwrap(),
         Outcome::Unknown
     );
 }
@@ -192,6 +213,8 @@ mod sweep {
     struct World {
         clock: Arc<ManualClock>,
         registry: DynamoRegistry,
+        /// The reaper's own (its binary's clients).
+        reaper: DynamoRegistry,
         launcher: EcsLauncher,
         tasks: EcsTasks,
         ecs: aws_sdk_ecs::Client,
@@ -216,11 +239,13 @@ mod sweep {
             ecs.clone(),
             switchboard_testkit::ecs_settings(&cluster, &definition, &table, limits),
         );
+        let (reaper, tasks) = super::reaper(&table, &cluster, clock.clone()).await;
         World {
             registry: DynamoRegistry::new(client, table, clock.clone()),
+            reaper,
             clock,
             launcher,
-            tasks: EcsTasks::new(ecs.clone(), cluster.clone()),
+            tasks,
             ecs,
             cluster,
             limits,
@@ -247,7 +272,7 @@ mod sweep {
         }
         async fn sweep(&self) -> SweepReport {
             Sweeper {
-                registry: &self.registry,
+                registry: &self.reaper,
                 tasks: &self.tasks,
                 limits: &self.limits,
                 start_deadline: Duration::from_secs(600),
@@ -389,7 +414,6 @@ mod faults {
 
     use switchboard_aws::DynamoRegistry;
     use switchboard_aws::ecs::EcsLauncher;
-    use switchboard_aws::ecs_tasks::EcsTasks;
     use switchboard_core::registry::{StartOutcome, StartRequest};
     use switchboard_core::{
         CallId, CallType, EndReason, LimitOptions, Limits, SessionId, SessionRegistry,
@@ -450,9 +474,9 @@ mod faults {
         let killed = Instant::now();
 
         // The schedule, every 500 ms here (every minute in AWS).
-        let tasks = EcsTasks::new(ecs.clone(), cluster.clone());
+        let (reaper, tasks) = super::reaper(&table, &cluster, Arc::new(SystemClock)).await;
         let sweeper = Sweeper {
-            registry: &registry,
+            registry: &reaper,
             tasks: &tasks,
             limits: &limits,
             start_deadline: Duration::from_secs(600),
@@ -496,7 +520,7 @@ mod faults {
             .replace("CALL_ID_HERE", session.call_id.as_str());
         let stopped = parse_stopped(&serde_json::from_str(&event).unwrap(), "agent").unwrap();
         assert_eq!(
-            end_stopped(&registry, &stopped, &limits).await.unwrap(),
+            end_stopped(&reaper, &stopped, &limits).await.unwrap(),
             Outcome::AlreadyEnded
         );
         assert_eq!(
@@ -541,12 +565,16 @@ mod faults {
         let launcher = EcsLauncher::new(failing_ecs, settings);
 
         let call = CallId::parse("call-unknown").unwrap();
+        let key = switchboard_core::IdempotencyKey::parse("retry-me").unwrap();
         let err = service::start_session(
             &registry,
             &launcher,
             &limits,
             call.clone(),
-            StartSession::default(),
+            StartSession {
+                idempotency_key: Some(key.clone()),
+                ..StartSession::default()
+            },
         )
         .await
         .unwrap_err();
@@ -576,9 +604,9 @@ mod faults {
 
         // Past its lease, the sweep asks ECS: no task was ever started → start_failed.
         clock.advance(limits.session_lease() + Duration::from_secs(1));
-        let tasks = EcsTasks::new(ecs, cluster);
+        let (reaper, tasks) = super::reaper(&table, &cluster, clock.clone()).await;
         let report = Sweeper {
-            registry: &registry,
+            registry: &reaper,
             tasks: &tasks,
             limits: &limits,
             start_deadline: Duration::from_secs(600),
@@ -595,5 +623,28 @@ mod faults {
             .unwrap();
         assert_eq!(row.end_reason, Some(EndReason::StartFailed));
         assert_eq!(registry.counts(&call).await.unwrap().global, 0, "slot back");
+        // A start that never happened does not consume its Idempotency-Key, also when the
+        // reaper ends it: the client's retry with the key is a new start, not a replay.
+        let retried = registry
+            .start(switchboard_core::registry::StartRequest {
+                session_id: SessionId::generate(),
+                call_id: call.clone(),
+                call_type: CallType::default(),
+                metadata: None,
+                idempotency: Some(switchboard_core::registry::Idempotency::new(
+                    key,
+                    &CallType::default(),
+                    None,
+                )),
+                max_concurrent_sessions: None,
+                max_sessions_per_call: None,
+                lease: limits.session_lease(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(retried, StartOutcome::Created(_)),
+            "the key was released: {retried:?}"
+        );
     }
 }

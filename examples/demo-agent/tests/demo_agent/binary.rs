@@ -18,7 +18,11 @@ pub fn command(args: &[&str]) -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     for (key, _) in std::env::vars() {
-        if key.starts_with("SWITCHBOARD_") || key.starts_with("AWS_") || key == "RUST_LOG" {
+        // The IAM check's recording goes through: the task's AWS calls are its role's.
+        if key.starts_with("SWITCHBOARD_") && key != "SWITCHBOARD_RECORD_AWS_CALLS"
+            || key.starts_with("AWS_")
+            || key == "RUST_LOG"
+        {
             cmd.env_remove(key);
         }
     }

@@ -167,3 +167,16 @@ async fn the_demo_page_joins_chats_with_the_agent_and_closes_its_session_then_th
     drop(page);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_without_a_slash_renders_the_operations() {
+    let server = Server::start(ServeOptions::default()).await;
+    let mut page = Chromium::launch(&format!("http://{}/docs", server.addr), 1280, 800).await;
+    page.wait_for(
+        "document.querySelectorAll('.opblock').length >= 7",
+        "Swagger UI rendering the API's operations",
+    )
+    .await;
+    drop(page);
+    server.stop().await;
+}

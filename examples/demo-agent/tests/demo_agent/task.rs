@@ -44,12 +44,34 @@ impl Fixture {
         metadata: Option<Value>,
         lease: Duration,
     ) -> Session {
+        self.admit_request(call, metadata, lease, None).await
+    }
+
+    /// Admits a session that came with an Idempotency-Key.
+    async fn admit_keyed(&self, call: &str, key: &str) -> Session {
+        self.admit_request(call, None, Duration::from_secs(30), Some(key))
+            .await
+    }
+
+    async fn admit_request(
+        &self,
+        call: &str,
+        metadata: Option<Value>,
+        lease: Duration,
+        key: Option<&str>,
+    ) -> Session {
         let request = StartRequest {
             session_id: switchboard_core::SessionId::generate(),
             call_id: CallId::parse(call).unwrap(),
             call_type: CallType::default(),
             metadata: metadata.map(|m| Metadata::parse(m).unwrap()),
-            idempotency: None,
+            idempotency: key.map(|k| {
+                switchboard_core::registry::Idempotency::new(
+                    switchboard_core::IdempotencyKey::parse(k).unwrap(),
+                    &CallType::default(),
+                    None,
+                )
+            }),
             max_concurrent_sessions: Some(20),
             max_sessions_per_call: None,
             lease,
@@ -223,7 +245,8 @@ async fn idle_and_max_duration_end_the_session_with_their_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_environment_names_the_variable_and_frees_the_slot_when_it_can() {
     let f = fixture().await;
-    let session = f.admit("call-env", None).await;
+    // With an Idempotency-Key: a start that never happened gives it back.
+    let session = f.admit_keyed("call-env", "env-key-1").await;
     let endpoint = switchboard_testkit::endpoint();
 
     // No table: nothing can be ended; exit 2 naming the variable.
@@ -255,6 +278,8 @@ async fn a_bad_environment_names_the_variable_and_frees_the_slot_when_it_can() {
             .contains("maintenance_interval must be > 0")
     );
     assert_eq!(f.registry.counts(&session.call_id).await.unwrap().global, 0);
+    let retried = f.admit_keyed("call-env", "env-key-1").await;
+    assert_ne!(retried.id, session.id, "the key was released: a new start");
 
     // A session that already ended: exit 0 without joining.
     let mut again = f.task(&session, &endpoint, &[]);

@@ -346,6 +346,7 @@ impl World {
             .env("SWITCHBOARD_LOG_FORMAT", "json")
             .env("DEMO_PARTICIPANT_SECONDS", "3600")
             .envs(env)
+            .envs(switchboard_testkit::recording_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -843,6 +844,7 @@ impl World {
                     include_ended: true,
                     limit: 0,
                     next_token,
+                    with_metrics: false,
                 })
                 .await
                 .expect("list the rows");
