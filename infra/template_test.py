@@ -282,6 +282,31 @@ def main(path):
         api_statements["ReadJwtKey"]["Resource"] == {"Fn::Sub": "${JwtKeySecretArn}*"},
         "F14 GetSecretValue on the ARN prefix",
     )
+    # JWKS: exactly one source of keys; a key set is public keys; no secret grant without one.
+    jwks = "https://idp.example/.well-known/jwks.json"
+    check(not t.rule_holds("OneSourceOfJwtKeys", JwtJwksUrl=jwks), "JWKS and a secret: refused")
+    check(
+        not t.rule_holds("OneSourceOfJwtKeys", JwtKeySecretArn=""), "no source of keys: refused"
+    )
+    check(
+        t.rule_holds("OneSourceOfJwtKeys", JwtJwksUrl=jwks, JwtKeySecretArn=""),
+        "a JWKS URL alone is one source",
+    )
+    check(
+        not t.rule_holds("JwksNeedsPublicKeys", JwtJwksUrl=jwks, JwtAlgorithm="HS256"),
+        "a JWKS URL with HS256: refused",
+    )
+    _, res_jwks = t.resolved(JwtJwksUrl=jwks, JwtKeySecretArn="")
+    jwks_env = res_jwks["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    jwks_sids = {
+        st.get("Sid") for st in res_jwks["ApiFunction"]["Properties"]["Policies"][0]["Statement"]
+    }
+    check(
+        jwks_env.get("AUTH_JWT_JWKS_URL") == {"Ref": "JwtJwksUrl"}
+        and "AUTH_JWT_KEY_SECRET_ID" not in jwks_env
+        and "ReadJwtKey" not in jwks_sids,
+        "with a JWKS URL: the function reads it, and has no secret or secret grant",
+    )
     # F15: the table is retained and protected by default, not for dev stacks.
     _, res = t.resolved()
     table = res["SessionsTable"]

@@ -8,7 +8,12 @@
 //!   `?token=<jwt>`, with the same checks. Tokens are never logged (the trace
 //!   layer records the path without its query) and never echoed in an error.
 //! - **Keys**: HS256 (a shared secret of at least 32 bytes), RS256 or ES256 (a PEM public
-//!   key), from configuration, read once at start-up ([`JwtPolicy::from_vars`]).
+//!   key), from configuration, read once at start-up ([`JwtPolicy::from_vars`]); or an
+//!   identity provider's rotating keys at a JWKS URL (`AUTH_JWT_JWKS_URL`, the `jwks`
+//!   feature, [`JwtPolicy::load`]), chosen by each token's `kid` (see [`crate::jwks`]).
+//!   Keys an identity provider publishes sign tokens for all its applications, so a key set
+//!   needs `AUTH_JWT_ISSUER` and `AUTH_JWT_AUDIENCE` (unless
+//!   `AUTH_JWT_ALLOW_UNBOUND_TOKENS=true`).
 //! - **Claims**: `sub` and `exp` are required (60 s of clock leeway); `scope` is a
 //!   space-separated string or an array of `sessions:start`, `sessions:close`,
 //!   `sessions:view`, `metrics:view`, `calls:join` (others are ignored); `calls` (an array of call ids)
@@ -47,6 +52,11 @@ pub const AUTH_JWT_KEY_FILE: &str = "AUTH_JWT_KEY_FILE";
 pub const AUTH_JWT_ISSUER: &str = "AUTH_JWT_ISSUER";
 /// When set, an `aud` every token must include.
 pub const AUTH_JWT_AUDIENCE: &str = "AUTH_JWT_AUDIENCE";
+/// An identity provider's JWKS URL (instead of a key): its keys, chosen by `kid`, rotating.
+pub const AUTH_JWT_JWKS_URL: &str = "AUTH_JWT_JWKS_URL";
+/// `true` accepts tokens bound to no issuer or audience with an identity provider's keys (a
+/// key set, or the api function's RS256/ES256 key); by default they are refused at start-up.
+pub const AUTH_JWT_ALLOW_UNBOUND_TOKENS: &str = "AUTH_JWT_ALLOW_UNBOUND_TOKENS";
 
 /// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's 256 bits).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
@@ -136,6 +146,72 @@ pub enum AuthConfigError {
     /// No cryptography provider is available in this build.
     #[error("jsonwebtoken has no crypto provider in this build")]
     NoCryptoProvider,
+    /// The key set cannot be used (unreadable, not HTTPS, no usable key): start-up fails.
+    #[error("{AUTH_JWT_JWKS_URL} {url} {reason}")]
+    Jwks {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key set and a key were both given.
+    #[error("give {AUTH_JWT_JWKS_URL} or a key ({AUTH_JWT_KEY}, {AUTH_JWT_KEY_FILE}), not both")]
+    KeyAndJwks,
+    /// This build cannot read key sets.
+    #[error(
+        "{AUTH_JWT_JWKS_URL} needs a build with the `jwks` feature (the api function and `--features aws` have it)"
+    )]
+    NoJwksSupport,
+    /// A key set is read at start-up by [`JwtPolicy::load`], not [`JwtPolicy::from_vars`].
+    #[error("{AUTH_JWT_JWKS_URL} is read by JwtPolicy::load")]
+    JwksNeedsLoad,
+    /// Tokens would not be bound to this deployment.
+    #[error(
+        "{name} is required with {why} (set {AUTH_JWT_ALLOW_UNBOUND_TOKENS}=true to accept tokens of any {what})"
+    )]
+    Unbound {
+        /// The missing variable.
+        name: &'static str,
+        /// The claim.
+        what: &'static str,
+        /// Why it is required.
+        why: &'static str,
+    },
+    /// A boolean variable with another value.
+    #[error("{0} must be true or false")]
+    NotBoolean(&'static str),
+}
+
+/// Whether `AUTH_JWT_ALLOW_UNBOUND_TOKENS` is set to true.
+pub fn allows_unbound(var: impl Fn(&str) -> Option<String>) -> Result<bool, AuthConfigError> {
+    match var(AUTH_JWT_ALLOW_UNBOUND_TOKENS)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .as_deref()
+    {
+        None | Some("false" | "0" | "no") => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some(_) => Err(AuthConfigError::NotBoolean(AUTH_JWT_ALLOW_UNBOUND_TOKENS)),
+    }
+}
+
+/// With an identity provider's keys, `iss` and `aud` must be pinned (unless allowed).
+pub fn require_bound(
+    var: impl Fn(&str) -> Option<String>,
+    why: &'static str,
+) -> Result<(), AuthConfigError> {
+    if allows_unbound(&var)? {
+        tracing::warn!(
+            "{AUTH_JWT_ALLOW_UNBOUND_TOKENS} is set: tokens of any issuer and audience the keys sign are accepted"
+        );
+        return Ok(());
+    }
+    for (name, what) in [(AUTH_JWT_ISSUER, "issuer"), (AUTH_JWT_AUDIENCE, "audience")] {
+        if var(name).is_none_or(|v| v.trim().is_empty()) {
+            return Err(AuthConfigError::Unbound { name, what, why });
+        }
+    }
+    Ok(())
 }
 
 /// The calls a token may touch.
@@ -199,10 +275,19 @@ struct Claims {
     call_prefix: Option<String>,
 }
 
+/// Where the verifying key comes from.
+enum Keys {
+    /// One key, from configuration.
+    One(DecodingKey),
+    /// An identity provider's key set, by `kid`.
+    #[cfg(feature = "jwks")]
+    Set(crate::jwks::JwksKeys),
+}
+
 /// Verifies bearer tokens and turns them into [`PermissionHooks`]. Cheap to share: build it
 /// once at start-up.
 pub struct JwtPolicy {
-    key: DecodingKey,
+    keys: Keys,
     validation: Validation,
 }
 
@@ -269,10 +354,93 @@ impl JwtPolicy {
             ),
             other => return Err(AuthConfigError::Algorithm(other.to_owned())),
         };
+        Ok(Self {
+            keys: Keys::One(key),
+            validation: Self::validation(algorithm),
+        })
+    }
+
+    fn validation(algorithm: Algorithm) -> Validation {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_aud = false;
-        Ok(Self { key, validation })
+        validation
+    }
+
+    /// The policy the variables describe, as [`JwtPolicy::from_vars`], and with
+    /// `AUTH_JWT_JWKS_URL` an identity provider's key set, read here once (within 2 s, or an
+    /// error: fail closed). A key set needs RS256 or ES256 (default RS256) and, unless
+    /// `AUTH_JWT_ALLOW_UNBOUND_TOKENS=true`, `AUTH_JWT_ISSUER` and `AUTH_JWT_AUDIENCE`.
+    pub async fn load(
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, AuthConfigError> {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        let Some(url) = set(AUTH_JWT_JWKS_URL) else {
+            return Self::from_vars(var);
+        };
+        match set(AUTH_MODE).as_deref().map(str::trim) {
+            Some(mode) if mode.eq_ignore_ascii_case("jwt") => {}
+            Some(mode) if !mode.eq_ignore_ascii_case("none") => {
+                return Err(AuthConfigError::Mode(mode.to_owned()));
+            }
+            // A key set without AUTH_MODE=jwt would be silently unused: refuse.
+            _ => return Err(AuthConfigError::Mode(set(AUTH_MODE).unwrap_or_default())),
+        }
+        if set(AUTH_JWT_KEY).is_some() || set(AUTH_JWT_KEY_FILE).is_some() {
+            return Err(AuthConfigError::KeyAndJwks);
+        }
+        let algorithm = match set(AUTH_JWT_ALGORITHM)
+            .unwrap_or_else(|| "RS256".to_owned())
+            .trim()
+            .to_ascii_uppercase()
+            .as_str()
+        {
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            other => {
+                return Err(AuthConfigError::Algorithm(format!(
+                    "{other} (a key set needs RS256 or ES256)"
+                )));
+            }
+        };
+        require_bound(
+            &var,
+            "a key set (an identity provider signs tokens for all its applications)",
+        )?;
+        Self::with_key_set(&url, algorithm, &var).await.map(Some)
+    }
+
+    #[cfg(feature = "jwks")]
+    async fn with_key_set(
+        url: &str,
+        algorithm: Algorithm,
+        var: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, AuthConfigError> {
+        if jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
+            return Err(AuthConfigError::NoCryptoProvider);
+        }
+        let keys = crate::jwks::JwksKeys::load(url, algorithm).await?;
+        let mut policy = Self {
+            keys: Keys::Set(keys),
+            validation: Self::validation(algorithm),
+        };
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        if let Some(issuer) = set(AUTH_JWT_ISSUER) {
+            policy = policy.with_issuer(&issuer);
+        }
+        if let Some(audience) = set(AUTH_JWT_AUDIENCE) {
+            policy = policy.with_audience(&audience);
+        }
+        Ok(policy)
+    }
+
+    #[cfg(not(feature = "jwks"))]
+    async fn with_key_set(
+        _url: &str,
+        _algorithm: Algorithm,
+        _var: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, AuthConfigError> {
+        Err(AuthConfigError::NoJwksSupport)
     }
 
     /// Tokens must carry this `iss`.
@@ -297,6 +465,9 @@ impl JwtPolicy {
         var: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, AuthConfigError> {
         let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        if set(AUTH_JWT_JWKS_URL).is_some() {
+            return Err(AuthConfigError::JwksNeedsLoad);
+        }
         match set(AUTH_MODE).as_deref().map(str::trim) {
             None => return Ok(None),
             Some(mode) if mode.eq_ignore_ascii_case("none") => return Ok(None),
@@ -323,23 +494,39 @@ impl JwtPolicy {
 
     /// Verifies `token`: its signature, algorithm, expiry and claims. The rejection never
     /// contains the token.
-    pub fn verify(&self, token: &str) -> Result<Grant, Rejection> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                unauthorized(match e.kind() {
-                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-                        "Invalid token: bad signature or algorithm"
-                    }
-                    ErrorKind::ExpiredSignature => "Invalid token: expired",
-                    ErrorKind::ImmatureSignature => "Invalid token: not valid yet",
-                    ErrorKind::MissingRequiredClaim(_) => {
-                        "Invalid token: a required claim is missing"
-                    }
-                    ErrorKind::InvalidIssuer => "Invalid token: wrong issuer",
-                    ErrorKind::InvalidAudience => "Invalid token: wrong audience",
-                    _ => "Invalid token: malformed",
-                })
-            })?;
+    pub async fn verify(&self, token: &str) -> Result<Grant, Rejection> {
+        let key = match &self.keys {
+            Keys::One(key) => std::borrow::Cow::Borrowed(key),
+            #[cfg(feature = "jwks")]
+            Keys::Set(set) => {
+                // The header names the key; its algorithm is checked against the pinned one
+                // by the decode below, the key's own kind by the set.
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|_| unauthorized("Invalid token: malformed"))?;
+                let key = set.key(header.kid.as_deref()).await.map_err(|refusal| {
+                    use crate::jwks::KeyRefusal;
+                    unauthorized(match refusal {
+                        KeyRefusal::NoKid => "Invalid token: no kid to choose a key",
+                        KeyRefusal::UnknownKid => "Invalid token: unknown key",
+                        KeyRefusal::WrongAlgorithm => "Invalid token: bad signature or algorithm",
+                    })
+                })?;
+                std::borrow::Cow::Owned(key)
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
+            unauthorized(match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                    "Invalid token: bad signature or algorithm"
+                }
+                ErrorKind::ExpiredSignature => "Invalid token: expired",
+                ErrorKind::ImmatureSignature => "Invalid token: not valid yet",
+                ErrorKind::MissingRequiredClaim(_) => "Invalid token: a required claim is missing",
+                ErrorKind::InvalidIssuer => "Invalid token: wrong issuer",
+                ErrorKind::InvalidAudience => "Invalid token: wrong audience",
+                _ => "Invalid token: malformed",
+            })
+        })?;
         let claims = data.claims;
         let scopes = match claims.scope {
             None => 0,
@@ -401,14 +588,14 @@ impl JwtPolicy {
     }
 
     /// Authenticates the request and authorizes `scope` on `call_id`.
-    pub fn authorize(
+    pub async fn authorize(
         &self,
         request: &RequestInfo,
         scope: Scope,
         call_id: &str,
     ) -> Result<Grant, Rejection> {
         let token = Self::token(request, Some(scope))?;
-        let grant = self.verify(&token)?;
+        let grant = self.verify(&token).await?;
         require(&grant, scope)?;
         if !grant.allows_call(call_id) {
             return Err(Rejection::forbidden(
@@ -424,25 +611,23 @@ impl JwtPolicy {
             let policy = self.clone();
             Some(Permission::new(
                 move |call_id: String, request: RequestInfo| {
-                    let result = policy.authorize(&request, scope, &call_id).map(drop);
-                    async move { result }
+                    let policy = policy.clone();
+                    async move { policy.authorize(&request, scope, &call_id).await.map(drop) }
                 },
             ))
         };
         let policy = self.clone();
         let list = ListPermission::new(move |request: RequestInfo| {
-            let result = Self::token(&request, None)
-                .and_then(|token| policy.verify(&token))
-                .and_then(|grant| {
-                    require(&grant, Scope::SessionsView)?;
-                    Ok(match grant.calls {
-                        Calls::Any => CallFilter::All,
-                        calls => {
-                            CallFilter::Only(Arc::new(move |call| calls.allows(call.as_str())))
-                        }
-                    })
-                });
-            async move { result }
+            let policy = policy.clone();
+            async move {
+                let token = Self::token(&request, None)?;
+                let grant = policy.verify(&token).await?;
+                require(&grant, Scope::SessionsView)?;
+                Ok(match grant.calls {
+                    Calls::Any => CallFilter::All,
+                    calls => CallFilter::Only(Arc::new(move |call| calls.allows(call.as_str()))),
+                })
+            }
         });
         PermissionHooks {
             can_start_session: per_call(Scope::SessionsStart),

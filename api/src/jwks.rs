@@ -85,9 +85,7 @@ fn invalid(url: &str, reason: impl Into<String>) -> AuthConfigError {
 
 /// HTTPS, or HTTP to a loopback host.
 fn check_url(url: &str) -> Result<(), AuthConfigError> {
-    let parsed: http::Uri = url
-        .parse()
-        .map_err(|_| invalid(url, "is not a URL"))?;
+    let parsed: http::Uri = url.parse().map_err(|_| invalid(url, "is not a URL"))?;
     let host = parsed.host().unwrap_or_default();
     let loopback = host == "localhost"
         || host
@@ -154,6 +152,9 @@ impl JwksKeys {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
+            // Fetches are minutes apart, and `serve` reads the set at start-up on a runtime
+            // of its own: no connection outlives a fetch.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| invalid(url, format!("no HTTP client: {e}")))?;
         let keys = Self {
@@ -272,7 +273,9 @@ impl JwksKeys {
                 self.refresh().await;
             }
         }
-        self.lookup(kid).await.unwrap_or(Err(KeyRefusal::UnknownKid))
+        self.lookup(kid)
+            .await
+            .unwrap_or(Err(KeyRefusal::UnknownKid))
     }
 
     async fn lookup(&self, kid: &str) -> Option<Result<DecodingKey, KeyRefusal>> {

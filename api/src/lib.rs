@@ -20,6 +20,8 @@ pub mod cors;
 pub mod error;
 mod handlers;
 pub mod hooks;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 pub mod models;
 pub mod openapi;
 mod request;

@@ -45,19 +45,13 @@ pub mod env {
     /// Seconds a `starting` session may wait for its task before the reaper ends it
     /// (default 600).
     pub const START_DEADLINE_SECONDS: &str = "START_DEADLINE_SECONDS";
-    /// `true` lets the api function accept RS256/ES256 tokens bound to no issuer or audience
-    /// (by default it refuses to start: an identity provider's key signs tokens for every
-    /// application of the tenant, so without `AUTH_JWT_ISSUER` and `AUTH_JWT_AUDIENCE` any of
-    /// them would be accepted here).
-    pub const AUTH_JWT_ALLOW_UNBOUND_TOKENS: &str = "AUTH_JWT_ALLOW_UNBOUND_TOKENS";
 }
 
 /// With a public-key algorithm (an identity provider's key), tokens must be bound to this
-/// deployment: issuer and audience set, unless explicitly allowed.
+/// deployment: issuer and audience set, unless `AUTH_JWT_ALLOW_UNBOUND_TOKENS=true` (a key
+/// set checks this itself, in `JwtPolicy::load`).
 fn require_bound_tokens<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<(), ConfigError> {
-    use switchboard_api::auth::{
-        AUTH_JWT_ALGORITHM, AUTH_JWT_AUDIENCE, AUTH_JWT_ISSUER, AUTH_MODE,
-    };
+    use switchboard_api::auth::{AUTH_JWT_ALGORITHM, AUTH_MODE, require_bound};
     let jwt = vars
         .optional(AUTH_MODE)
         .is_some_and(|m| m.eq_ignore_ascii_case("jwt"));
@@ -65,41 +59,11 @@ fn require_bound_tokens<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result
         .optional(AUTH_JWT_ALGORITHM)
         .unwrap_or_default()
         .to_ascii_uppercase();
-    if !jwt || !matches!(algorithm.as_str(), "RS256" | "ES256") {
-        return Ok(());
-    }
-    let allowed = match vars.optional(env::AUTH_JWT_ALLOW_UNBOUND_TOKENS) {
-        None => false,
-        Some(v) => match v.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            _ => {
-                return Err(ConfigError::Invalid {
-                    name: env::AUTH_JWT_ALLOW_UNBOUND_TOKENS,
-                    value: v,
-                    reason: "expected true or false".into(),
-                });
-            }
-        },
-    };
-    if allowed {
-        tracing::warn!(
-            "{} is set: tokens of any issuer and audience the key signs are accepted",
-            env::AUTH_JWT_ALLOW_UNBOUND_TOKENS
-        );
-        return Ok(());
-    }
-    for name in [AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE] {
-        if vars.optional(name).is_none() {
-            return Err(ConfigError::Invalid {
-                name,
-                value: String::new(),
-                reason: format!(
-                    "is required with {algorithm}: an identity provider's key signs tokens for other applications too (set {} to accept them anyway)",
-                    env::AUTH_JWT_ALLOW_UNBOUND_TOKENS
-                ),
-            });
-        }
+    if jwt && matches!(algorithm.as_str(), "RS256" | "ES256") {
+        require_bound(
+            |name| (vars.0)(name),
+            "an RS256/ES256 key (an identity provider's key signs tokens for other applications too)",
+        )?;
     }
     Ok(())
 }
@@ -143,13 +107,29 @@ pub struct ApiConfig {
     pub auth_pending: Option<PendingAuth>,
 }
 
-/// JWT settings whose key is still in Secrets Manager.
+/// JWT settings whose keys are read at init: a key in Secrets Manager, or a key set.
 #[derive(Clone)]
 pub struct PendingAuth {
-    /// The secret's name or ARN.
-    pub secret_id: String,
-    /// The other `AUTH_*` variables (mode, algorithm, issuer, audience).
+    /// The secret's name or ARN (`AUTH_JWT_KEY_SECRET_ID`), or `None` for a key set
+    /// (`AUTH_JWT_JWKS_URL`, among `vars`).
+    pub secret_id: Option<String>,
+    /// The other `AUTH_*` variables (mode, algorithm, issuer, audience, the key set's URL).
     vars: Vec<(&'static str, String)>,
+}
+
+impl PendingAuth {
+    /// Where the keys come from, for messages.
+    pub fn source(&self) -> String {
+        match &self.secret_id {
+            Some(id) => id.clone(),
+            None => self
+                .vars
+                .iter()
+                .find(|(n, _)| *n == switchboard_api::auth::AUTH_JWT_JWKS_URL)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for PendingAuth {
@@ -303,11 +283,42 @@ impl ApiConfig {
         require_bound_tokens(&vars)?;
         // Keys are read once: here (the variable itself, or a file in the package), or from
         // Secrets Manager by `load_auth` at init.
+        use switchboard_api::auth::{
+            AUTH_JWT_ALGORITHM, AUTH_JWT_ALLOW_UNBOUND_TOKENS, AUTH_JWT_AUDIENCE, AUTH_JWT_ISSUER,
+            AUTH_JWT_JWKS_URL, AUTH_MODE,
+        };
+        let pending_vars = |vars: &Vars<_>| {
+            [
+                AUTH_MODE,
+                AUTH_JWT_ALGORITHM,
+                AUTH_JWT_ISSUER,
+                AUTH_JWT_AUDIENCE,
+                AUTH_JWT_JWKS_URL,
+                AUTH_JWT_ALLOW_UNBOUND_TOKENS,
+            ]
+            .into_iter()
+            .filter_map(|name| Some((name, vars.optional(name)?)))
+            .collect()
+        };
+        let jwks = vars.optional(AUTH_JWT_JWKS_URL);
         let (auth, auth_pending) = match vars.optional(secrets::AUTH_JWT_KEY_SECRET_ID) {
+            Some(secret_id) if jwks.is_some() => {
+                return Err(ConfigError::Invalid {
+                    name: secrets::AUTH_JWT_KEY_SECRET_ID,
+                    value: secret_id,
+                    reason: format!(
+                        "give the keys in exactly one place (not also {AUTH_JWT_JWKS_URL})"
+                    ),
+                });
+            }
+            None if jwks.is_some() => (
+                None,
+                Some(PendingAuth {
+                    secret_id: None,
+                    vars: pending_vars(&vars),
+                }),
+            ),
             Some(secret_id) => {
-                use switchboard_api::auth::{
-                    AUTH_JWT_ALGORITHM, AUTH_JWT_AUDIENCE, AUTH_JWT_ISSUER, AUTH_MODE,
-                };
                 let jwt = vars
                     .optional(AUTH_MODE)
                     .is_some_and(|m| m.eq_ignore_ascii_case("jwt"));
@@ -332,16 +343,13 @@ impl ApiConfig {
                         reason: "give the key in exactly one place (not also AUTH_JWT_KEY or AUTH_JWT_KEY_FILE)".into(),
                     });
                 }
-                let vars = [
-                    AUTH_MODE,
-                    AUTH_JWT_ALGORITHM,
-                    AUTH_JWT_ISSUER,
-                    AUTH_JWT_AUDIENCE,
-                ]
-                .into_iter()
-                .filter_map(|name| Some((name, vars.optional(name)?)))
-                .collect();
-                (None, Some(PendingAuth { secret_id, vars }))
+                (
+                    None,
+                    Some(PendingAuth {
+                        secret_id: Some(secret_id),
+                        vars: pending_vars(&vars),
+                    }),
+                )
             }
             None => (
                 JwtPolicy::from_vars(|name| (vars.0)(name))?.map(Arc::new),
@@ -358,17 +366,20 @@ impl ApiConfig {
         })
     }
 
-    /// Reads the JWT key from Secrets Manager when `AUTH_JWT_KEY_SECRET_ID` names it (once,
-    /// at init); a no-op otherwise.
+    /// Reads the JWT key from Secrets Manager when `AUTH_JWT_KEY_SECRET_ID` names it, or the
+    /// key set at `AUTH_JWT_JWKS_URL` (once, at init; failing closed); a no-op otherwise.
     pub async fn load_auth(&mut self, sdk: &aws_config::SdkConfig) -> anyhow::Result<()> {
         // Cleared only on success: after a failed read the router still refuses to be built.
         let Some(pending) = self.auth_pending.clone() else {
             return Ok(());
         };
-        let key = secrets::secret_string(sdk, &pending.secret_id).await?;
+        let key = match &pending.secret_id {
+            Some(id) => Some(secrets::secret_string(sdk, id).await?),
+            None => None,
+        };
         let lookup = |name: &str| {
             if name == switchboard_api::auth::AUTH_JWT_KEY {
-                return Some(key.clone());
+                return key.clone();
             }
             pending
                 .vars
@@ -376,7 +387,8 @@ impl ApiConfig {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.clone())
         };
-        let policy = JwtPolicy::from_vars(lookup)
+        let policy = JwtPolicy::load(lookup)
+            .await
             .map_err(ConfigError::from)?
             .ok_or_else(|| anyhow::anyhow!("AUTH_MODE is not jwt"))?;
         self.auth = Some(Arc::new(policy));
@@ -438,8 +450,8 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
     // Fail closed: never serve without the policy the configuration asks for.
     if let Some(pending) = &config.auth_pending {
         anyhow::bail!(
-            "the JWT key in {} was not loaded (call ApiConfig::load_auth first)",
-            pending.secret_id
+            "the JWT key of {} was not loaded (call ApiConfig::load_auth first)",
+            pending.source()
         );
     }
     let registry: Arc<dyn SessionRegistry> = Arc::new(DynamoRegistry::new(

@@ -347,13 +347,21 @@ fn serve<A: Agent>(launcher: AgentLauncher<A>, options: ServeOptions, args: Serv
     };
     // AUTH_MODE and AUTH_JWT_*: read once, here; the policy runs before the program's own
     // hooks (both must allow).
-    let auth = match switchboard_api::auth::JwtPolicy::from_vars(|name| std::env::var(name).ok()) {
+    // A key set (AUTH_JWT_JWKS_URL) is read here too, within 2 s, or serve does not start.
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("a runtime to read the authentication keys")
+        .and_then(|rt| {
+            rt.block_on(switchboard_api::auth::JwtPolicy::load(|name| {
+                std::env::var(name).ok()
+            }))
+            .map_err(anyhow::Error::new)
+        });
+    let auth = match loaded {
         Ok(policy) => policy.map(Arc::new),
         Err(e) => {
-            return fail(
-                2,
-                &anyhow::Error::new(e).context("invalid authentication configuration"),
-            );
+            return fail(2, &e.context("invalid authentication configuration"));
         }
     };
     let options = match &auth {

@@ -516,8 +516,8 @@ async fn the_all_calls_list_shows_only_the_calls_a_token_may_view() {
 }
 
 /// The configuration is read once and refuses what cannot work, never showing a secret.
-#[test]
-fn the_configuration_is_checked_at_start_up() {
+#[tokio::test]
+async fn the_configuration_is_checked_at_start_up() {
     let vars = |pairs: &[(&str, &str)]| {
         let pairs: Vec<(String, String)> = pairs
             .iter()
@@ -587,12 +587,15 @@ fn the_configuration_is_checked_at_start_up() {
     // The issuer is then required and checked.
     let without_iss = sign(Algorithm::ES256, &claims(ALL_SCOPES, None));
     assert_eq!(
-        policy.verify(&without_iss).unwrap_err().status,
+        policy.verify(&without_iss).await.unwrap_err().status,
         StatusCode::UNAUTHORIZED
     );
     let mut with_iss = claims(ALL_SCOPES, None);
     with_iss["iss"] = json!("https://issuer.example");
-    let grant = policy.verify(&sign(Algorithm::ES256, &with_iss)).unwrap();
+    let grant = policy
+        .verify(&sign(Algorithm::ES256, &with_iss))
+        .await
+        .unwrap();
     assert_eq!(grant.subject, "tester");
     assert!(Scope::ALL.into_iter().all(|s| grant.has(s)));
     assert!(matches!(

@@ -9,5 +9,7 @@ mod bad_input;
 mod contract;
 mod cors;
 mod docs;
+#[cfg(feature = "jwks")]
+mod jwks;
 mod properties;
 mod support;

@@ -215,7 +215,9 @@ async fn the_key_comes_from_secrets_manager_at_init_and_the_router_fails_closed_
         vars.remove(missing);
         let refused = ApiConfig::from_lookup(|name| vars.get(name).cloned()).unwrap_err();
         assert!(
-            refused.to_string().starts_with(&format!("{missing}=")),
+            refused
+                .to_string()
+                .contains(&format!("{missing} is required with an RS256/ES256 key")),
             "{refused}"
         );
     }
@@ -271,4 +273,80 @@ async fn the_key_comes_from_secrets_manager_at_init_and_the_router_fails_closed_
     vars.remove("AUTH_JWT_KEY");
     vars.insert("AUTH_MODE", "none".into());
     assert!(ApiConfig::from_lookup(|name| vars.get(name).cloned()).is_err());
+}
+
+/// The deployed path with an identity provider's key set (`JwtJwksUrl`): read once at init
+/// (no router before), a token chosen by `kid` accepted, and an unreadable URL failing the
+/// init closed.
+#[tokio::test]
+async fn a_key_set_is_read_at_init_and_the_router_fails_closed_without_it() {
+    const RS_PRIVATE: &[u8] = include_bytes!("../../../api/tests/api/keys/rs256-private.pem");
+    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(RS_PRIVATE).unwrap();
+    let mut jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, jsonwebtoken::Algorithm::RS256)
+            .unwrap();
+    jwk.common.key_id = Some("idp-key-1".into());
+    let set = json!({ "keys": [jwk] });
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let set = set.clone();
+            async move { axum::Json(set) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let sdk = switchboard_testkit::sdk_config().await;
+    let (mut vars, _, _) = deployment_vars().await;
+    vars.insert("AUTH_MODE", "jwt".into());
+    vars.insert("AUTH_JWT_ALGORITHM", "RS256".into());
+    vars.insert("AUTH_JWT_JWKS_URL", url.clone());
+    vars.insert("AUTH_JWT_ISSUER", "https://idp.example".into());
+    vars.insert("AUTH_JWT_AUDIENCE", "switchboard".into());
+    let mut config = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
+    let refused = api_router(&config, &sdk).expect_err("no router before the keys are read");
+    assert!(refused.to_string().contains(&url), "{refused}");
+    config.load_auth(&sdk).await.expect("the key set");
+    let router = api_router(&config, &sdk).expect("router");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("idp-key-1".into());
+    let signed = jsonwebtoken::encode(
+        &header,
+        &json!({
+            "sub": "svc", "exp": jsonwebtoken::get_current_timestamp() + 600,
+            "iss": "https://idp.example", "aud": "switchboard", "scope": "sessions:start",
+        }),
+        &encoding,
+    )
+    .unwrap();
+    let start = get("/calls/jwks-call/sessions")
+        .method("POST")
+        .json(json!({}));
+    let created = invoke(&router, &bearer(start.clone(), Some(&signed))).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let hs = invoke(
+        &router,
+        &bearer(start, Some(&scoped("sessions:start", None))),
+    )
+    .await;
+    assert_eq!(hs.status, 401, "an HS256 token against the key set");
+
+    // A key set and a secret: refused; an unreadable URL fails the init, closed.
+    vars.insert(
+        "AUTH_JWT_KEY_SECRET_ID",
+        "arn:aws:secretsmanager:us-east-1:1:secret:x".into(),
+    );
+    assert!(ApiConfig::from_lookup(|name| vars.get(name).cloned()).is_err());
+    vars.remove("AUTH_JWT_KEY_SECRET_ID");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    vars.insert("AUTH_JWT_JWKS_URL", format!("http://{closed}/jwks.json"));
+    let mut unreadable = ApiConfig::from_lookup(|name| vars.get(name).cloned()).expect("config");
+    let err = unreadable.load_auth(&sdk).await.expect_err("no key set");
+    assert!(format!("{err:#}").contains("could not be read"), "{err:#}");
+    assert!(api_router(&unreadable, &sdk).is_err(), "still closed");
 }
