@@ -28,7 +28,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # system (the task definition sets ReadonlyRootFilesystem).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /agent /usr/local/bin/agent
-USER nonroot:nonroot
+# 65532 is distroless's nonroot; numeric, so the runtime need not resolve the name.
+USER 65532:65532
 ENV SWITCHBOARD_LOG_FORMAT=json
 ENTRYPOINT ["/usr/local/bin/agent"]
 CMD ["task"]

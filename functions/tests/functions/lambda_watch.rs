@@ -146,7 +146,7 @@ impl Stack {
             functions.push(child);
             logs.push(log);
         }
-        if binary == env!("CARGO_BIN_EXE_api") {
+        if !binary.ends_with("reaper") {
             wait_for(&addr, "/lambda-url/_/health", 200).await;
         }
         let init = started.elapsed();
@@ -379,6 +379,55 @@ pub fn agent_binary() -> PathBuf {
 
 /// Plays Fargate for one `RunTask`: starts the agent binary's `task` with exactly the
 /// environment moto recorded in the task's container override.
+/// What `sam build` made: the test command builds it first (`sam build ApiFunction
+/// --build-in-source`, x86_64) and names it in `SWITCHBOARD_TEST_SAM_BOOTSTRAP`.
+fn sam_bootstrap() -> String {
+    let path = std::env::var("SWITCHBOARD_TEST_SAM_BOOTSTRAP").expect(
+        "SWITCHBOARD_TEST_SAM_BOOTSTRAP is not set: run ./scripts/test, which runs sam build first",
+    );
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "{path}: sam build made no bootstrap"
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_sam_build_made_serves_health_and_a_session_lifecycle() {
+    // The artifact a deploy uploads, not the test build: SAM's own cargo-lambda build
+    // (an explicit target triple, its own profile and features) under cargo lambda watch.
+    let stack = Stack::start_function(&sam_bootstrap(), 1, |_| {}).await;
+    assert_eq!(stack.call("GET", "/health", "").await.status, 200);
+    assert_eq!(stack.call("GET", "/ready", "").await.status, 200);
+    let created = stack
+        .call(
+            "POST",
+            "/calls/call-sam/sessions",
+            r#"{"metadata":{"via":"sam"}}"#,
+        )
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["session_id"].as_str().unwrap().to_owned();
+    let path = format!("/calls/call-sam/sessions/{id}");
+    let got = stack.call("GET", &path, "").await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.json()["status"], "starting");
+    assert_eq!(
+        stack
+            .call("GET", &format!("{path}/metrics"), "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(stack.call("DELETE", &path, "").await.status, 202);
+    assert_eq!(
+        stack.call("GET", &path, "").await.json()["status"],
+        "closing"
+    );
+    let listed = stack.call("GET", "/calls/call-sam/sessions", "").await;
+    assert_eq!(listed.json()["sessions"][0]["session_id"], id.as_str());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_without_a_slash_renders_the_operations_through_the_function() {
     // /docs is the page itself (200), and its relative assets and document resolve under the
