@@ -161,6 +161,9 @@ impl fmt::Debug for EcsSettings {
     }
 }
 
+/// One `RunTask` attempt may take this long (awsvpc launches take a few seconds).
+const RUN_TASK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// The default [`EcsSettings::retry_budget`].
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(5);
 
@@ -182,9 +185,9 @@ pub fn client(config: &aws_config::SdkConfig, role: crate::calls::Role) -> Clien
     let config = builder
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_attempt_timeout(Duration::from_secs(4))
-                .operation_timeout(Duration::from_secs(5))
+                .connect_timeout(crate::CONNECT_TIMEOUT)
+                .operation_attempt_timeout(RUN_TASK_ATTEMPT_TIMEOUT)
+                .operation_timeout(crate::OPERATION_TIMEOUT)
                 .build(),
         )
         .build();
@@ -304,7 +307,19 @@ impl EcsLauncher {
     }
 
     async fn attempt(&self, session: &Session) -> Result<Attempt, LaunchError> {
-        let result = self.request(session)?.send().await;
+        // The client's RunTask timeouts, or less when less is left of the start's deadline.
+        let mut overrides = aws_sdk_ecs::config::Builder::default();
+        if let Some(timeouts) =
+            crate::call_timeouts(RUN_TASK_ATTEMPT_TIMEOUT, crate::OPERATION_TIMEOUT)
+        {
+            overrides = overrides.timeout_config(timeouts);
+        }
+        let result = self
+            .request(session)?
+            .customize()
+            .config_override(overrides)
+            .send()
+            .await;
         Ok(match result {
             Ok(output) => from_output(output),
             Err(err) => from_error(err),
@@ -432,16 +447,17 @@ fn from_error(err: SdkError<RunTaskError, HttpResponse>) -> Attempt {
 impl TaskLauncher for EcsLauncher {
     #[instrument(skip_all, fields(session_id = %session.id, call_id = %session.call_id), err(level = "debug"))]
     async fn launch(&self, session: &Session) -> Result<Launched, LaunchError> {
-        let deadline = tokio::time::Instant::now() + self.settings.retry_budget;
+        // The retry budget, or what is left of the start's deadline if that is less.
+        let budget = switchboard_core::deadline::at_most(self.settings.retry_budget);
+        let deadline = tokio::time::Instant::now() + budget;
         let mut backoff = Duration::from_millis(100);
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let outcome = match tokio::time::timeout(remaining, self.attempt(session)).await {
                 Ok(attempt) => attempt?,
-                Err(_) => Attempt::Ambiguous(anyhow::anyhow!(
-                    "RunTask did not answer within {:?}",
-                    self.settings.retry_budget
-                )),
+                Err(_) => {
+                    Attempt::Ambiguous(anyhow::anyhow!("RunTask did not answer within {budget:?}"))
+                }
             };
             match outcome {
                 Attempt::Started(arn) => {

@@ -21,6 +21,31 @@ pub mod ecs_tasks;
 pub use dynamodb::DynamoRegistry;
 pub use ecs::{EcsLauncher, EcsSettings};
 
+/// Connection timeout of every client.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Timeout of one attempt of a call (the ECS client allows `RunTask` longer).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timeout of a call, its SDK retries included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The timeouts of one call: `attempt` and `operation` (and the connect timeout), or less
+/// when less is left of the work's deadline ([`switchboard_core::deadline`]). `None` outside
+/// a deadline: the client's own apply.
+pub fn call_timeouts(
+    attempt: Duration,
+    operation: Duration,
+) -> Option<aws_config::timeout::TimeoutConfig> {
+    use switchboard_core::deadline::at_most;
+    switchboard_core::deadline::remaining()?;
+    Some(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(at_most(CONNECT_TIMEOUT))
+            .operation_attempt_timeout(at_most(attempt))
+            .operation_timeout(at_most(operation))
+            .build(),
+    )
+}
+
 /// The SDK configuration from the environment (region, credentials, and `AWS_ENDPOINT_URL`
 /// for an emulator), with a timeout on every call and bounded SDK retries: 1 s to connect,
 /// 2 s per attempt, 5 s per operation, 3 attempts. Load it once per process (Lambda: at init)
@@ -31,9 +56,9 @@ pub async fn sdk_config_from_env() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_attempt_timeout(Duration::from_secs(2))
-                .operation_timeout(Duration::from_secs(5))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
                 .build(),
         )
         .retry_config(RetryConfig::standard().with_max_attempts(3))

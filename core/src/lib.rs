@@ -9,6 +9,7 @@
 //!   the snapshot [`AgentMetrics`] and the [`MetricsRecorder`] agents call on their hot paths.
 //! - [`registry`]: the [`SessionRegistry`] port (admission, leases, close flags, history).
 //! - [`launcher`]: the [`TaskLauncher`] port (in-process agents locally, ECS tasks in AWS).
+//! - [`deadline`]: the deadline of the work in progress, for adapters' timeouts.
 //! - [`service`]: the use cases the HTTP API and the launcher share (start a session, request a close).
 //! - [`memory`]: [`MemoryRegistry`], the embedded registry with the DynamoDB registry's semantics.
 //! - `conformance` (feature `conformance`): the suite every registry implementation must pass.
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod deadline;
 pub mod error;
 pub mod ids;
 pub mod launcher;

@@ -31,13 +31,19 @@ pub struct StartSession {
 /// failure (one conditional write), so that the slots come back now rather than at a sweep.
 pub const END_RESERVE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// `future`, cut off at `deadline` (`None` when it was).
+/// `future`, cut off at `deadline` (`None` when it was), with the deadline set for the
+/// adapters it calls ([`crate::deadline`]): their SDK timeouts come from what is left, so the
+/// cut is the last resort.
 async fn by<F: std::future::Future>(
     deadline: Option<tokio::time::Instant>,
     future: F,
 ) -> Option<F::Output> {
     match deadline {
-        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        Some(deadline) => {
+            tokio::time::timeout_at(deadline, crate::deadline::within(Some(deadline), future))
+                .await
+                .ok()
+        }
         None => Some(future.await),
     }
 }

@@ -106,6 +106,15 @@ fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// A call's config override: its timeouts from what is left of the work's deadline, if any.
+fn within_deadline() -> aws_sdk_dynamodb::config::Builder {
+    let mut builder = aws_sdk_dynamodb::config::Builder::default();
+    if let Some(timeouts) = crate::call_timeouts(crate::ATTEMPT_TIMEOUT, crate::OPERATION_TIMEOUT) {
+        builder = builder.timeout_config(timeouts);
+    }
+    builder
+}
+
 fn built<T>(result: std::result::Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T> {
     result.map_err(|e| {
         Error::Unexpected(anyhow::Error::new(e).context("building a DynamoDB request"))
@@ -170,7 +179,9 @@ impl DynamoRegistry {
         token: Option<String>,
         what: &'static str,
     ) -> Result<Tx> {
-        let deadline = tokio::time::Instant::now() + self.retry_deadline;
+        // Retried within the registry's deadline, or less when less is left of the work's.
+        let deadline =
+            tokio::time::Instant::now() + switchboard_core::deadline::at_most(self.retry_deadline);
         let mut attempt: u32 = 0;
         // The idempotency token goes with the first attempt and with retries after ambiguous
         // failures (a timeout, a 5xx: the transaction may have committed, and the token makes
@@ -186,6 +197,8 @@ impl DynamoRegistry {
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
                 .set_client_request_token(send_token.clone())
+                .customize()
+                .config_override(within_deadline())
                 .send()
                 .await;
             let err = match result {
@@ -261,6 +274,8 @@ impl DynamoRegistry {
             .table_name(&self.table)
             .set_key(Some(key))
             .consistent_read(true)
+            .customize()
+            .config_override(within_deadline())
             .send()
             .await
             .map_err(|e| plain(e, what))?;
@@ -348,6 +363,8 @@ impl DynamoRegistry {
             .set_expression_attribute_names(Some(names(&[("#st", "status")])))
             .set_expression_attribute_values(Some(values(vals)))
             .return_values(ReturnValue::AllNew)
+            .customize()
+            .config_override(within_deadline())
             .send()
             .await;
         match result {

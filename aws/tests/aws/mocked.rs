@@ -261,6 +261,32 @@ async fn a_list_with_ended_sessions_does_a_bounded_amount_of_work() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_the_works_deadline_not_only_the_registrys() {
+    // F10: inside a start's deadline (the api function), a conflicting transaction is retried
+    // only while the start has time left, not for the registry's own 5 s.
+    let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .sequence()
+        .error(|| cancelled("TransactionConflict"))
+        .repeatedly()
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
+    let registry = registry(client, Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_millis(300);
+    let err =
+        switchboard_core::deadline::within(Some(deadline), registry.start(request(&call("c"))))
+            .await
+            .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        started.elapsed() <= Duration::from_millis(300),
+        "gave up by the deadline (virtual time): {:?}",
+        started.elapsed()
+    );
+    assert!(rule.num_calls() >= 2, "retried meanwhile");
+}
+
 #[tokio::test]
 async fn a_store_that_never_answers_times_out_as_unavailable() {
     use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
@@ -407,6 +433,32 @@ mod ecs {
             Some("arn:aws:ecs:task/cluster/1")
         );
         assert_eq!(rule.num_calls(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_launch_budget_is_what_is_left_of_the_starts_deadline() {
+        // F10: a 5 s retry budget, but 400 ms left of the start: ambiguous by then.
+        let s = session().await;
+        let rule = mock!(aws_sdk_ecs::Client::run_task)
+            .sequence()
+            .error(server_error)
+            .repeatedly()
+            .build();
+        let client = mock_client!(aws_sdk_ecs, RuleMode::Sequential, [&rule]);
+        let launcher = launcher(client, Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        let err = switchboard_core::deadline::within(
+            Some(started + Duration::from_millis(400)),
+            launcher.launch(&s),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, LaunchError::Ambiguous { .. }), "{err:?}");
+        assert!(
+            started.elapsed() <= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
