@@ -40,7 +40,7 @@ use switchboard_core::{
 };
 use tracing::instrument;
 
-pub use table::{LIVE_INDEX, create_table};
+pub use table::{Backfill, LIVE_INDEX, backfill_ttl, create_table};
 
 use error::{Failure, classify, plain};
 use item::{

@@ -83,3 +83,110 @@ pub async fn create_table(client: &Client, table: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::Error::new(e).context("UpdateTimeToLive"))?;
     Ok(())
 }
+
+/// What [`backfill_ttl`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backfill {
+    /// Items read.
+    pub scanned: u64,
+    /// Metadata and metrics items given their ended row's `expires_at`.
+    pub expired_with_row: u64,
+    /// Metadata and metrics items whose row is gone (already expired): set to expire now.
+    pub orphans: u64,
+    /// Items of live sessions, left alone (their end sets the TTL).
+    pub live: u64,
+}
+
+/// One-off, for tables written before the end set TTLs on metadata and metrics items: every
+/// `META#`/`METRICS#` item without `expires_at` gets its ended session row's, or now when the
+/// row is gone; live sessions' items are left to their end. Idempotent (each write is
+/// conditioned on `attribute_not_exists(expires_at)`), resumable, and safe while the API
+/// serves: run `switchboard-dynamodb backfill-ttl TABLE` with the operator's credentials.
+pub async fn backfill_ttl(client: &Client, table: &str) -> anyhow::Result<Backfill> {
+    use std::collections::HashMap;
+
+    use anyhow::Context;
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    let text = |item: &HashMap<String, AttributeValue>, name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut report = Backfill::default();
+    // Rows: (PK, session id) → its expires_at (ended) or None (live).
+    let mut rows: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut leftovers: Vec<(String, String, String)> = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .projection_expression("PK, SK, expires_at, #st")
+            .expression_attribute_names("#st", "status")
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .context("Scan")?;
+        for item in out.items.unwrap_or_default() {
+            report.scanned += 1;
+            let (pk, sk) = (text(&item, "PK"), text(&item, "SK"));
+            let expires = item.get("expires_at").and_then(|v| v.as_n().ok()).cloned();
+            if let Some(id) = sk.strip_prefix("SESSION#") {
+                let ended = text(&item, "status") == "ended";
+                rows.insert((pk, id.to_owned()), expires.filter(|_| ended));
+            } else if expires.is_none()
+                && let Some(id) = sk
+                    .strip_prefix("META#")
+                    .or_else(|| sk.strip_prefix("METRICS#"))
+            {
+                leftovers.push((pk.clone(), sk.clone(), id.to_owned()));
+            }
+        }
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            break;
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        .to_string();
+    for (pk, sk, id) in leftovers {
+        let exp = match rows.get(&(pk.clone(), id)) {
+            Some(Some(exp)) => {
+                report.expired_with_row += 1;
+                exp.clone()
+            }
+            Some(None) => {
+                report.live += 1;
+                continue;
+            }
+            None => {
+                report.orphans += 1;
+                now.clone()
+            }
+        };
+        let written = client
+            .update_item()
+            .table_name(table)
+            .key("PK", AttributeValue::S(pk))
+            .key("SK", AttributeValue::S(sk.clone()))
+            .update_expression("SET expires_at = :exp")
+            .condition_expression("attribute_exists(PK) AND attribute_not_exists(expires_at)")
+            .expression_attribute_values(":exp", AttributeValue::N(exp))
+            .send()
+            .await;
+        if let Err(e) = written {
+            let raced = e
+                .as_service_error()
+                .is_some_and(|s| s.is_conditional_check_failed_exception());
+            if !raced {
+                return Err(anyhow::Error::new(e).context(format!("UpdateItem {sk}")));
+            }
+        }
+    }
+    Ok(report)
+}

@@ -295,6 +295,101 @@ mod items {
         assert!(page.sessions.iter().all(|l| l.final_metrics.is_some()));
     }
 
+    /// Tables written before the end set those TTLs get them once, from the operator tool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_backfill_gives_old_leftovers_their_rows_ttl_once() {
+        let client = client().await;
+        let table = table(&client).await;
+        let clock = Arc::new(ManualClock::new(T0));
+        let registry = DynamoRegistry::new(client.clone(), table.clone(), clock.clone());
+        let c = call("call-old");
+        let pk = format!("CALL#{c}");
+        let with_meta = || {
+            let mut req = request(&c);
+            req.metadata = Some(Metadata::parse(serde_json::json!({"user": "u-1"})).unwrap());
+            req
+        };
+        let StartOutcome::Created(ended) = registry.start(with_meta()).await.unwrap() else {
+            panic!()
+        };
+        let StartOutcome::Created(live) = registry.start(with_meta()).await.unwrap() else {
+            panic!()
+        };
+        let recorder = switchboard_core::MetricsRecorder::new();
+        recorder.on_tool_call(12.0);
+        registry
+            .flush_metrics(&c, ended.id, &recorder.snapshot())
+            .await
+            .unwrap();
+        registry
+            .end(
+                &c,
+                ended.id,
+                EndRequest::new(EndReason::Requested).retention(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+        // As the old end left them: no TTL on the metadata and metrics items.
+        for sk in [
+            format!("META#{}", ended.id),
+            format!("METRICS#{}", ended.id),
+        ] {
+            client
+                .update_item()
+                .table_name(&table)
+                .key("PK", AttributeValue::S(pk.clone()))
+                .key("SK", AttributeValue::S(sk))
+                .update_expression("REMOVE expires_at")
+                .send()
+                .await
+                .unwrap();
+        }
+        // And metrics whose row TTL already deleted.
+        client
+            .put_item()
+            .table_name(&table)
+            .item("PK", AttributeValue::S(pk.clone()))
+            .item("SK", AttributeValue::S("METRICS#gone".into()))
+            .item("metrics", AttributeValue::S("{}".into()))
+            .send()
+            .await
+            .unwrap();
+
+        let report = switchboard_aws::dynamodb::backfill_ttl(&client, &table)
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.expired_with_row, report.orphans, report.live),
+            (2, 1, 1),
+            "{report:?}"
+        );
+        let exp = |item: &Item| item.get("expires_at").map(|v| v.as_n().unwrap().to_owned());
+        let row = raw(&client, &table, pk.clone(), format!("SESSION#{}", ended.id)).await;
+        for sk in [
+            format!("META#{}", ended.id),
+            format!("METRICS#{}", ended.id),
+        ] {
+            let item = raw(&client, &table, pk.clone(), sk.clone()).await;
+            assert_eq!(exp(&item), exp(&row), "{sk} expires with its row");
+        }
+        let orphan = raw(&client, &table, pk.clone(), "METRICS#gone".into()).await;
+        assert!(exp(&orphan).is_some(), "an orphan expires");
+        let live_meta = raw(&client, &table, pk.clone(), format!("META#{}", live.id)).await;
+        assert_eq!(
+            exp(&live_meta),
+            None,
+            "a live session's items wait for its end"
+        );
+        // Once: a second run finds nothing left to do.
+        let again = switchboard_aws::dynamodb::backfill_ttl(&client, &table)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.expired_with_row, again.orphans, again.live),
+            (0, 0, 1)
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_nodes_sharing_a_table_share_the_limits() {
         let client = client().await;
