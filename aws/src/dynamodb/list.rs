@@ -136,15 +136,10 @@ impl DynamoRegistry {
         })
     }
 
-    /// Live rows from the `live` index: every shard's keys (of one call, or all), in call
-    /// then creation order, the page after `start`.
-    async fn live_rows(
-        &self,
-        call: Option<&str>,
-        start: Option<Position>,
-        limit: usize,
-    ) -> Result<(Vec<Item>, Option<Position>)> {
-        let mut keys: Vec<(String, String)> = Vec::new();
+    /// The keys (`PK`, `SK`) of every live session: each of the 16 shards of the keys-only
+    /// `live` index, every page (eventually consistent, as a GSI is).
+    pub(super) async fn live_keys(&self) -> Result<Vec<(String, String)>> {
+        let mut keys = Vec::new();
         for shard in 0..LIVE_SHARDS {
             let mut exclusive_start = None;
             loop {
@@ -162,21 +157,30 @@ impl DynamoRegistry {
                     .send()
                     .await
                     .map_err(|e| plain(e, "Query live index"))?;
-                keys.extend(
-                    out.items
-                        .unwrap_or_default()
-                        .iter()
-                        .filter_map(pk_sk)
-                        .filter(|(pk, sk)| {
-                            sk.starts_with("SESSION#") && call.is_none_or(|c| pk == c)
-                        }),
-                );
+                keys.extend(out.items.unwrap_or_default().iter().filter_map(pk_sk));
                 exclusive_start = out.last_evaluated_key;
                 if exclusive_start.is_none() {
                     break;
                 }
             }
         }
+        Ok(keys)
+    }
+
+    /// Live rows from the `live` index: every shard's keys (of one call, or all), in call
+    /// then creation order, the page after `start`.
+    async fn live_rows(
+        &self,
+        call: Option<&str>,
+        start: Option<Position>,
+        limit: usize,
+    ) -> Result<(Vec<Item>, Option<Position>)> {
+        let mut keys: Vec<(String, String)> = self
+            .live_keys()
+            .await?
+            .into_iter()
+            .filter(|(pk, sk)| sk.starts_with("SESSION#") && call.is_none_or(|c| pk == c))
+            .collect();
         keys.sort();
         if let Some(Position::Row(pk, sk)) = &start {
             keys.retain(|k| (&k.0, &k.1) > (pk, sk));

@@ -44,9 +44,9 @@ pub use table::{Backfill, LIVE_INDEX, backfill_ttl, create_table};
 
 use error::{Failure, classify, plain};
 use item::{
-    COUNTER_SK, GLOBAL_PK, HAS_META, HAS_METRICS, Item, LIVE_SHARDS, call_pk, expired, get_bool,
-    get_n, get_s, idem_sk, key, meta_sk, metrics_sk, n, s, session_from_item, session_item,
-    session_sk, ttl_seconds,
+    COUNTER_SK, GLOBAL_PK, HAS_META, HAS_METRICS, Item, call_pk, expired, get_bool, get_n, get_s,
+    idem_sk, key, meta_sk, metrics_sk, n, s, session_from_item, session_item, session_sk,
+    ttl_seconds,
 };
 
 /// A DynamoDB client from [`crate::sdk_config_from_env`] (operator tools, `serve`).
@@ -939,36 +939,12 @@ impl SessionRegistry for DynamoRegistry {
 
     async fn expired_leases(&self, limit: usize) -> Result<Vec<Session>> {
         let now = self.clock.now();
-        let mut keys = Vec::new();
-        for shard in 0..LIVE_SHARDS {
-            let mut start = None;
-            loop {
-                let out = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(LIVE_INDEX)
-                    .key_condition_expression("live_pk = :shard")
-                    .set_expression_attribute_values(Some(values(&[(
-                        ":shard",
-                        s(format!("LIVE#{shard:02}")),
-                    )])))
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(|e| plain(e, "Query live index"))?;
-                keys.extend(out.items.unwrap_or_default().into_iter().filter_map(|i| {
-                    Some(key(
-                        get_s(&i, "PK")?.to_owned(),
-                        get_s(&i, "SK")?.to_owned(),
-                    ))
-                }));
-                start = out.last_evaluated_key;
-                if start.is_none() {
-                    break;
-                }
-            }
-        }
+        let keys = self
+            .live_keys()
+            .await?
+            .into_iter()
+            .map(|(pk, sk)| key(pk, sk))
+            .collect();
         let mut expired_sessions = Vec::new();
         for item in self.batch_get(keys, true).await? {
             let session = session_from_item(&item)?;

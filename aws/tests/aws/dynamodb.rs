@@ -48,17 +48,7 @@ mod items {
     }
 
     async fn raw(client: &aws_sdk_dynamodb::Client, table: &str, pk: String, sk: String) -> Item {
-        client
-            .get_item()
-            .table_name(table)
-            .key("PK", AttributeValue::S(pk))
-            .key("SK", AttributeValue::S(sk))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap()
-            .item
-            .expect("item exists")
+        maybe_raw(client, table, pk, sk).await.expect("item exists")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

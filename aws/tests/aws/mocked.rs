@@ -110,20 +110,33 @@ async fn a_server_error_on_a_heartbeat_is_unavailable_not_an_end() {
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
 }
 
+type Tokens = Arc<std::sync::Mutex<Vec<Option<String>>>>;
+
+/// The ClientRequestToken of every TransactWriteItems a mock sees, and its matcher.
+fn token_log() -> (
+    Tokens,
+    impl Fn(&aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput) -> bool
+    + Send
+    + Sync
+    + 'static,
+) {
+    let tokens: Tokens = Arc::default();
+    let seen = tokens.clone();
+    (tokens, move |req| {
+        seen.lock()
+            .unwrap()
+            .push(req.client_request_token().map(str::to_owned));
+        true
+    })
+}
+
 #[tokio::test]
 async fn a_start_whose_response_was_lost_is_retried_with_the_same_token() {
-    use std::sync::Mutex;
-    let tokens = Arc::new(Mutex::new(Vec::new()));
-    let seen = tokens.clone();
+    let (tokens, seen) = token_log();
     // The first attempt committed but its response was lost (a 500 with no body); DynamoDB
     // answers the retry with the same ClientRequestToken as a success without applying it twice.
     let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
-        .match_requests(move |req| {
-            seen.lock()
-                .unwrap()
-                .push(req.client_request_token().map(str::to_owned));
-            true
-        })
+        .match_requests(seen)
         .sequence()
         .http_status(500, None)
         .output(|| TransactWriteItemsOutput::builder().build())
@@ -147,19 +160,12 @@ async fn a_start_whose_response_was_lost_is_retried_with_the_same_token() {
 
 #[tokio::test]
 async fn a_retry_after_a_definite_cancellation_goes_without_the_token() {
-    use std::sync::Mutex;
-    let tokens = Arc::new(Mutex::new(Vec::new()));
-    let seen = tokens.clone();
+    let (tokens, seen) = token_log();
     // F17: a cancelled transaction (a conflict on the hot global counter) is definite: nothing
     // was applied. DynamoDB may replay that outcome for a token it has seen, so the retry
     // carries none (the session's attribute_not_exists(PK) still rules out a double commit).
     let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
-        .match_requests(move |req| {
-            seen.lock()
-                .unwrap()
-                .push(req.client_request_token().map(str::to_owned));
-            true
-        })
+        .match_requests(seen)
         .sequence()
         .error(|| cancelled("TransactionConflict"))
         .times(2)

@@ -82,6 +82,31 @@ impl Fixture {
         }
     }
 
+    /// The task for `session` behind a proxy that cuts the table off, once it retries reading
+    /// its row: the child, the proxy (to restore), its log lines and those read so far.
+    async fn task_during_outage(
+        &self,
+        session: &Session,
+    ) -> (
+        Child,
+        switchboard_testkit::proxy::Proxy,
+        tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+        Vec<Value>,
+    ) {
+        let endpoint = switchboard_testkit::endpoint();
+        let proxy =
+            switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
+        proxy.cut();
+        let mut child = self.task(session, &proxy.url, &[]);
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = Vec::new();
+        read_until(&mut lines, &mut log, |v| {
+            v["message"] == "could not read the session row; retrying"
+        })
+        .await;
+        (child, proxy, lines, log)
+    }
+
     /// The task process for `session`, with the override's environment plus `extra`.
     fn task(&self, session: &Session, endpoint: &str, extra: &[(&str, &str)]) -> Child {
         let mut cmd = command(&["task", "--log-format", "json"]);
@@ -312,18 +337,8 @@ async fn a_task_that_comes_up_during_a_store_outage_waits_it_out_and_joins() {
     // unreachable for a moment as they came up.
     let f = fixture().await;
     let session = f.admit("call-blip", None).await;
-    let endpoint = switchboard_testkit::endpoint();
-    let proxy =
-        switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
-    proxy.cut();
-    let mut child = f.task(&session, &proxy.url, &[]);
     // The SDK's own attempts fail; the task retries rather than exit.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = Vec::new();
-    read_until(&mut lines, &mut log, |v| {
-        v["message"] == "could not read the session row; retrying"
-    })
-    .await;
+    let (mut child, proxy, mut lines, _) = f.task_during_outage(&session).await;
     proxy.restore();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     f.until(&session, "running", |r| r.status == SessionStatus::Running)
@@ -343,17 +358,7 @@ async fn a_sigterm_while_the_row_is_still_being_read_is_handled_not_ignored() {
     // (PID 1) or killing it (elsewhere) until SIGKILL at the stop timeout.
     let f = fixture().await;
     let session = f.admit("call-early-stop", None).await;
-    let endpoint = switchboard_testkit::endpoint();
-    let proxy =
-        switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
-    proxy.cut();
-    let mut child = f.task(&session, &proxy.url, &[]);
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = Vec::new();
-    read_until(&mut lines, &mut log, |v| {
-        v["message"] == "could not read the session row; retrying"
-    })
-    .await;
+    let (mut child, proxy, mut lines, mut log) = f.task_during_outage(&session).await;
     sigterm(&child).await;
     read_until(&mut lines, &mut log, |v| {
         v["message"]
