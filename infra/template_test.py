@@ -279,8 +279,9 @@ def main(path):
         st.get("Sid"): st for st in res["ApiFunction"]["Properties"]["Policies"][0]["Statement"]
     }
     check(
-        api_statements["ReadJwtKey"]["Resource"] == {"Fn::Sub": "${JwtKeySecretArn}*"},
-        "F14 GetSecretValue on the ARN prefix",
+        api_statements["ReadJwtKey"]["Resource"]
+        == [{"Ref": "JwtKeySecretArn"}, {"Fn::Sub": "${JwtKeySecretArn}-??????"}],
+        "F14 GetSecretValue on the full ARN, or the partial one and its random suffix only",
     )
     # JWKS: exactly one source of keys; a key set is public keys; no secret grant without one.
     jwks = "https://idp.example/.well-known/jwks.json"

@@ -14,11 +14,15 @@
 //!   Keys an identity provider publishes sign tokens for all its applications, so a key set
 //!   needs `AUTH_JWT_ISSUER` and `AUTH_JWT_AUDIENCE` (unless
 //!   `AUTH_JWT_ALLOW_UNBOUND_TOKENS=true`).
-//! - **Claims**: `sub` and `exp` are required (60 s of clock leeway); `scope` is a
-//!   space-separated string or an array of `sessions:start`, `sessions:close`,
-//!   `sessions:view`, `metrics:view`, `calls:join` (others are ignored); `calls` (an array of call ids)
-//!   and/or `call_prefix` restrict the calls the token may touch (neither: every call). With
-//!   `AUTH_JWT_ISSUER` / `AUTH_JWT_AUDIENCE` set, `iss` / `aud` must match.
+//! - **Claims**: `sub` and `exp` are required (60 s of clock leeway); the scopes are read from
+//!   `scope` (OAuth), `scp` (Okta, Entra) and `roles` (Entra's app roles), each a
+//!   space-separated string or an array, of `sessions:start`, `sessions:close`,
+//!   `sessions:view`, `metrics:view`, `calls:join` (others are ignored; with
+//!   `AUTH_JWT_SCOPE_PREFIX`, e.g. Cognito's `switchboard/`, only prefixed ones count);
+//!   `calls` (an array of call ids) and/or `call_prefix` restrict the calls the token may
+//!   touch (neither: every call). With `AUTH_JWT_ISSUER` set `iss` must match; with
+//!   `AUTH_JWT_AUDIENCE`, `aud` must include it, or a token without `aud` must name it as its
+//!   `client_id` (Cognito's access tokens).
 //! - **Answers**: no token, a malformed one, a bad signature, the wrong algorithm, an expired
 //!   token or a missing claim → 401 with `WWW-Authenticate: Bearer`; a valid token without
 //!   the action's scope or for another call → 403. Hooks run before any lookup, so the work
@@ -52,6 +56,10 @@ pub const AUTH_JWT_KEY_FILE: &str = "AUTH_JWT_KEY_FILE";
 pub const AUTH_JWT_ISSUER: &str = "AUTH_JWT_ISSUER";
 /// When set, an `aud` every token must include.
 pub const AUTH_JWT_AUDIENCE: &str = "AUTH_JWT_AUDIENCE";
+/// A prefix scopes carry (Cognito writes a resource server's scopes
+/// `<resource-server-id>/<scope>`, e.g. `switchboard/sessions:start`): only scopes with it count,
+/// read without it.
+pub const AUTH_JWT_SCOPE_PREFIX: &str = "AUTH_JWT_SCOPE_PREFIX";
 /// An identity provider's JWKS URL (instead of a key): its keys, chosen by `kid`, rotating.
 pub const AUTH_JWT_JWKS_URL: &str = "AUTH_JWT_JWKS_URL";
 /// `true` accepts tokens bound to no issuer or audience with an identity provider's keys (a
@@ -265,10 +273,29 @@ enum ScopeClaim {
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum AudienceClaim {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// OAuth's `scope` (space-separated or an array).
     #[serde(default)]
     scope: Option<ScopeClaim>,
+    /// Okta's and Entra's delegated scopes.
+    #[serde(default)]
+    scp: Option<ScopeClaim>,
+    /// Entra's application roles.
+    #[serde(default)]
+    roles: Option<ScopeClaim>,
+    #[serde(default)]
+    aud: Option<AudienceClaim>,
+    /// Cognito's access tokens name their app client here and carry no `aud`.
+    #[serde(default)]
+    client_id: Option<String>,
     #[serde(default)]
     calls: Option<Vec<String>>,
     #[serde(default)]
@@ -289,6 +316,10 @@ enum Keys {
 pub struct JwtPolicy {
     keys: Keys,
     validation: Validation,
+    /// The `aud` (or, without one, `client_id`) every token must name.
+    audience: Option<String>,
+    /// See [`AUTH_JWT_SCOPE_PREFIX`].
+    scope_prefix: Option<String>,
 }
 
 impl fmt::Debug for JwtPolicy {
@@ -357,6 +388,8 @@ impl JwtPolicy {
         Ok(Self {
             keys: Keys::One(key),
             validation: Self::validation(algorithm),
+            audience: None,
+            scope_prefix: None,
         })
     }
 
@@ -419,12 +452,14 @@ impl JwtPolicy {
         if jsonwebtoken::crypto::CryptoProvider::try_get_default().is_none() {
             return Err(AuthConfigError::NoCryptoProvider);
         }
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let keys = crate::jwks::JwksKeys::load(url, algorithm).await?;
         let mut policy = Self {
             keys: Keys::Set(keys),
             validation: Self::validation(algorithm),
+            audience: None,
+            scope_prefix: set(AUTH_JWT_SCOPE_PREFIX),
         };
-        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         if let Some(issuer) = set(AUTH_JWT_ISSUER) {
             policy = policy.with_issuer(&issuer);
         }
@@ -450,11 +485,16 @@ impl JwtPolicy {
         self
     }
 
-    /// Tokens must include this `aud`.
+    /// Tokens must include this `aud`, or, without an `aud`, name it as their `client_id`
+    /// (Cognito's access tokens, as API Gateway's own JWT authorizer accepts them).
     pub fn with_audience(mut self, audience: &str) -> Self {
-        self.validation.set_audience(&[audience]);
-        self.validation.validate_aud = true;
-        self.validation.required_spec_claims.insert("aud".into());
+        self.audience = Some(audience.to_owned());
+        self
+    }
+
+    /// Only scopes with this prefix count, read without it (see [`AUTH_JWT_SCOPE_PREFIX`]).
+    pub fn with_scope_prefix(mut self, prefix: &str) -> Self {
+        self.scope_prefix = Some(prefix.to_owned());
         self
     }
 
@@ -488,6 +528,9 @@ impl JwtPolicy {
         }
         if let Some(audience) = set(AUTH_JWT_AUDIENCE) {
             policy = policy.with_audience(&audience);
+        }
+        if let Some(prefix) = set(AUTH_JWT_SCOPE_PREFIX) {
+            policy = policy.with_scope_prefix(&prefix);
         }
         Ok(Some(policy))
     }
@@ -528,17 +571,30 @@ impl JwtPolicy {
             })
         })?;
         let claims = data.claims;
-        let scopes = match claims.scope {
-            None => 0,
-            Some(ScopeClaim::Text(text)) => text
-                .split_whitespace()
-                .filter_map(Scope::parse)
-                .fold(0, |acc, s| acc | s.bit()),
-            Some(ScopeClaim::List(list)) => list
-                .iter()
-                .filter_map(|s| Scope::parse(s))
-                .fold(0, |acc, s| acc | s.bit()),
+        if let Some(audience) = &self.audience {
+            let named = match &claims.aud {
+                Some(AudienceClaim::One(aud)) => aud == audience,
+                Some(AudienceClaim::Many(auds)) => auds.iter().any(|aud| aud == audience),
+                None => claims.client_id.as_deref() == Some(audience.as_str()),
+            };
+            if !named {
+                return Err(unauthorized("Invalid token: wrong audience"));
+            }
+        }
+        let prefix = self.scope_prefix.as_deref();
+        let parse = |value: &str| match prefix {
+            Some(prefix) => value.strip_prefix(prefix).and_then(Scope::parse),
+            None => Scope::parse(value),
         };
+        let scopes = [&claims.scope, &claims.scp, &claims.roles]
+            .into_iter()
+            .flatten()
+            .flat_map(|claim| match claim {
+                ScopeClaim::Text(text) => text.split_whitespace().collect::<Vec<_>>(),
+                ScopeClaim::List(list) => list.iter().map(String::as_str).collect(),
+            })
+            .filter_map(parse)
+            .fold(0, |acc, s| acc | s.bit());
         let calls = match (claims.calls, claims.call_prefix) {
             (None, None) => Calls::Any,
             (ids, prefix) => Calls::Only {

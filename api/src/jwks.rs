@@ -115,7 +115,13 @@ fn cache_for(cache_control: Option<&str>) -> Duration {
     match max_age {
         Some(seconds) => Duration::from_secs(seconds).clamp(MIN_CACHE, MAX_CACHE),
         // no-cache, no-store: as short as allowed.
-        None if value.to_ascii_lowercase().contains("no-") => MIN_CACHE,
+        None if value.split(',').any(|part| {
+            let part = part.trim().to_ascii_lowercase();
+            part == "no-cache" || part == "no-store"
+        }) =>
+        {
+            MIN_CACHE
+        }
         None => DEFAULT_CACHE,
     }
 }
@@ -315,5 +321,7 @@ mod tests {
         assert_eq!(cache_for(Some("max-age=999999999")), MAX_CACHE);
         assert_eq!(cache_for(Some("no-cache")), MIN_CACHE);
         assert_eq!(cache_for(Some("public")), DEFAULT_CACHE);
+        assert_eq!(cache_for(Some("public, no-transform")), DEFAULT_CACHE);
+        assert_eq!(cache_for(Some("no-store")), MIN_CACHE);
     }
 }

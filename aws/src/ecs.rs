@@ -395,15 +395,24 @@ const THROTTLING_CODES: [&str; 4] = [
 /// the services it calls for a launch (EC2 security groups, ENIs, quotas) in
 /// `InvalidParameterException`/`ClientException`, e.g. "Error retrieving security group
 /// information for [sg-…]: Request limit exceeded. (ErrorCode: RequestLimitExceeded)".
+///
+/// Specific phrases only: a permanent mistake must stay a 500, never a 503 that clients retry
+/// for ever ("The specified capacity provider strategy cannot contain a capacity provider that
+/// is not associated with the cluster" names capacity too).
 fn transient_message(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
+    if message.contains("capacity provider") {
+        return false;
+    }
     [
         "request limit exceeded",
         "requestlimitexceeded",
         "rate exceeded",
-        "limit",
-        "capacity",
         "throttl",
+        "capacity is unavailable",
+        "insufficient capacity",
+        "reached the limit on the number of tasks",
+        "limit exceeded",
     ]
     .iter()
     .any(|needle| message.contains(needle))
@@ -543,11 +552,16 @@ mod tests {
             "Error retrieving security group information for [sg-1]: Request limit exceeded. (ErrorCode: RequestLimitExceeded)",
             "Rate exceeded",
             "You've reached the limit on the number of tasks you can run concurrently",
-            "No Container Instances were found in your capacity provider",
+            "Capacity is unavailable at this time. Please try again later or in a different availability zone",
         ] {
             assert!(transient_message(message), "{message}");
         }
-        for message in ["subnet-1 does not exist", "Task definition does not exist"] {
+        for message in [
+            "subnet-1 does not exist",
+            "Task definition does not exist",
+            "The specified capacity provider strategy cannot contain a capacity provider that is not associated with the cluster",
+            "The specified capacity provider does not exist",
+        ] {
             assert!(!transient_message(message), "{message}");
         }
     }

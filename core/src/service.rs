@@ -111,6 +111,24 @@ pub async fn start_session(
         StartOutcome::Created(session) => session,
     };
     let launch_by = deadline.map(|d| d - END_RESERVE);
+    if launch_by.is_some_and(|at| tokio::time::Instant::now() >= at) {
+        // No time left to launch: nothing was sent, so the start definitely failed. Spend the
+        // reserve on ending it (its slots and its Idempotency-Key come back now).
+        warn!(session_id = %session.id, "admitted too late to launch within the deadline; ending it start_failed");
+        let end = EndRequest::new(EndReason::StartFailed)
+            .detail("no time left to launch the agent within the request deadline")
+            .retention(limits.session_retention());
+        match by(deadline, registry.end(&session.call_id, session.id, end)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                error!(session_id = %session.id, error = %e, "could not end a start that had no time to launch");
+            }
+            None => {
+                error!(session_id = %session.id, "no time left to end a start that had none to launch; left for the reaper");
+            }
+        }
+        return Err(past_deadline("admission took the launch's time"));
+    }
     let Some(launched) = by(launch_by, launcher.launch(&session)).await else {
         // A launch cut off in flight is ambiguous: ECS may have accepted it (the reaper finds
         // the task by `startedBy`) or not (the reaper ends the row `start_failed`).

@@ -295,6 +295,7 @@ impl ApiConfig {
                 AUTH_JWT_AUDIENCE,
                 AUTH_JWT_JWKS_URL,
                 AUTH_JWT_ALLOW_UNBOUND_TOKENS,
+                switchboard_api::auth::AUTH_JWT_SCOPE_PREFIX,
             ]
             .into_iter()
             .filter_map(|name| Some((name, vars.optional(name)?)))

@@ -13,7 +13,7 @@ use http::StatusCode;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use switchboard_api::auth::{AuthConfigError, JwtPolicy};
+use switchboard_api::auth::{AuthConfigError, JwtPolicy, Scope};
 
 const RS_PRIVATE: &[u8] = include_bytes!("keys/rs256-private.pem");
 const RS_PRIVATE_2: &[u8] = include_bytes!("keys/rs256-private-2.pem");
@@ -254,4 +254,86 @@ async fn start_up_fails_closed_and_needs_https_issuer_and_audience() {
     );
     assert!(err.to_string().contains(&silent_addr.to_string()), "{err}");
     held.abort();
+}
+
+fn signed(claims: Value) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let mut claims = claims;
+    claims["exp"] = json!(jsonwebtoken::get_current_timestamp() + 600);
+    claims["iss"] = json!(ISSUER);
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_rsa_pem(RS_PRIVATE).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_shaped_like_cognito_okta_and_entra_ones_are_understood() {
+    let (url, served) = server().await;
+    *served.keys.lock().unwrap() = vec![jwk(RS_PRIVATE, Algorithm::RS256, "k1")];
+    // Cognito access tokens: no aud, the app client in client_id, a resource server's scopes
+    // as `<identifier>/<scope>`.
+    let cognito = JwtPolicy::load(vars(&url, &[("AUTH_JWT_SCOPE_PREFIX", "switchboard/")]))
+        .await
+        .unwrap()
+        .unwrap();
+    let access = signed(json!({
+        "sub": "user-1", "client_id": AUDIENCE, "token_use": "access",
+        "scope": "openid switchboard/sessions:view switchboard/metrics:view",
+    }));
+    let grant = cognito
+        .verify(&access)
+        .await
+        .expect("a Cognito access token");
+    assert!(grant.has(Scope::SessionsView) && grant.has(Scope::MetricsView));
+    assert!(!grant.has(Scope::SessionsStart));
+    let other_client = signed(json!({
+        "sub": "user-1", "client_id": "another-app", "scope": "switchboard/sessions:view",
+    }));
+    let err = cognito.verify(&other_client).await.unwrap_err();
+    assert_eq!(
+        err.status,
+        StatusCode::UNAUTHORIZED,
+        "another app client: {err:?}"
+    );
+    let unprefixed = signed(json!({
+        "sub": "user-1", "client_id": AUDIENCE, "scope": "sessions:view",
+    }));
+    assert!(
+        !cognito
+            .verify(&unprefixed)
+            .await
+            .unwrap()
+            .has(Scope::SessionsView),
+        "with a prefix, only prefixed scopes count"
+    );
+    // Okta: scp as an array; Entra: scp as a string, application roles in roles.
+    let plain = JwtPolicy::load(vars(&url, &[])).await.unwrap().unwrap();
+    let okta = signed(json!({"sub": "u", "aud": AUDIENCE, "scp": ["sessions:view"]}));
+    assert!(plain.verify(&okta).await.unwrap().has(Scope::SessionsView));
+    let entra_user = signed(json!({"sub": "u", "aud": [AUDIENCE], "scp": "sessions:start"}));
+    assert!(
+        plain
+            .verify(&entra_user)
+            .await
+            .unwrap()
+            .has(Scope::SessionsStart)
+    );
+    let entra_app = signed(json!({"sub": "app", "aud": AUDIENCE, "roles": ["sessions:close"]}));
+    assert!(
+        plain
+            .verify(&entra_app)
+            .await
+            .unwrap()
+            .has(Scope::SessionsClose)
+    );
+    // An aud that is not ours is refused, even with a matching client_id.
+    let wrong = signed(json!({
+        "sub": "u", "aud": "someone-else", "client_id": AUDIENCE, "scp": ["sessions:view"],
+    }));
+    let err = plain.verify(&wrong).await.unwrap_err();
+    assert!(format!("{err:?}").contains("wrong audience"), "{err:?}");
 }

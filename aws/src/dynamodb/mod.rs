@@ -183,13 +183,13 @@ impl DynamoRegistry {
         let deadline =
             tokio::time::Instant::now() + switchboard_core::deadline::at_most(self.retry_deadline);
         let mut attempt: u32 = 0;
-        // The idempotency token goes with the first attempt and with retries after ambiguous
-        // failures (a timeout, a 5xx: the transaction may have committed, and the token makes
-        // DynamoDB answer for that commit instead of applying it twice). After a definite
-        // cancellation the retry goes without it: DynamoDB may replay the cancelled outcome
-        // for a token it has seen (for 10 minutes), and the conditions of the items (the
-        // session's `attribute_not_exists(PK)`) already rule out a double commit. (Without our
-        // token the SDK generates a fresh one per attempt: the member is an idempotency token.)
+        // The idempotency token goes with the first attempt and with every retry after an
+        // ambiguous failure (a timeout, a 5xx: the transaction may have committed, and the same
+        // token makes DynamoDB answer for that commit instead of applying it twice). After a
+        // definite cancellation the next attempt gets a fresh token of its own, kept for the
+        // retries after it: DynamoDB may replay the cancelled outcome for a token it has seen
+        // (for 10 minutes), and the items' conditions (the session's `attribute_not_exists(PK)`)
+        // rule out a double commit across tokens anyway.
         let mut send_token = token.clone();
         loop {
             let result = self
@@ -226,7 +226,9 @@ impl DynamoRegistry {
                             )
                         });
                         if transient {
-                            send_token = None;
+                            if token.is_some() {
+                                send_token = Some(uuid::Uuid::now_v7().to_string());
+                            }
                             Some(Error::Unavailable {
                                 retry_after: Duration::from_secs(1),
                                 source: anyhow::anyhow!(
@@ -245,14 +247,8 @@ impl DynamoRegistry {
             let retry = match retry {
                 Some(e) => e,
                 None => match classify(err, what) {
-                    Failure::Transient(e) => {
-                        // Ambiguous (may have committed): our token again, if one was given.
-                        // (Throttling is definite, but keeping the token there is harmless.)
-                        if send_token.is_none() {
-                            send_token.clone_from(&token);
-                        }
-                        e
-                    }
+                    // Ambiguous (may have committed): the same token again.
+                    Failure::Transient(e) => e,
                     Failure::ConditionFailed => return Ok(Tx::Cancelled(Vec::new())),
                     Failure::Fatal(e) => return Err(e),
                 },
@@ -592,6 +588,14 @@ impl SessionRegistry for DynamoRegistry {
                 if idem_index.is_some_and(|i| is_ccf(&codes, i)) {
                     // A concurrent start with the same key won: replay it (or refuse the mismatch).
                     return match self.replay(&call_id, &request).await? {
+                        // The key is ours: an attempt of this very start committed and its
+                        // answer was lost (the retry ran under another token). It is created,
+                        // not replayed: its agent is still to be launched.
+                        Some(StartOutcome::Replayed(receipt))
+                            if receipt.session_id == session.id =>
+                        {
+                            Ok(StartOutcome::Created(session))
+                        }
                         Some(replayed) => Ok(replayed),
                         None => Err(Error::unavailable(anyhow::anyhow!(
                             "Idempotency-Key race; retry"

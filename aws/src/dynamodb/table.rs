@@ -93,15 +93,16 @@ pub struct Backfill {
     pub expired_with_row: u64,
     /// Metadata and metrics items whose row is gone (already expired): set to expire now.
     pub orphans: u64,
-    /// Items of live sessions, left alone (their end sets the TTL).
-    pub live: u64,
+    /// Items of live sessions: their row is marked (`has_meta`/`has_metrics`), so that their
+    /// end sets the TTL.
+    pub live_marked: u64,
 }
 
 /// One-off, for tables written before the end set TTLs on metadata and metrics items: every
 /// `META#`/`METRICS#` item without `expires_at` gets its ended session row's, or now when the
-/// row is gone; live sessions' items are left to their end. Idempotent (each write is
-/// conditioned on `attribute_not_exists(expires_at)`), resumable, and safe while the API
-/// serves: run `switchboard-dynamodb backfill-ttl TABLE` with the operator's credentials.
+/// row is gone; a live session's row is marked as having the item, so that its end sets the
+/// TTL. Idempotent (each write is conditioned), resumable, and safe while the API serves: run
+/// `switchboard-dynamodb backfill-ttl TABLE` with the operator's credentials.
 pub async fn backfill_ttl(client: &Client, table: &str) -> anyhow::Result<Backfill> {
     use std::collections::HashMap;
 
@@ -117,7 +118,8 @@ pub async fn backfill_ttl(client: &Client, table: &str) -> anyhow::Result<Backfi
     let mut report = Backfill::default();
     // Rows: (PK, session id) → its expires_at (ended) or None (live).
     let mut rows: HashMap<(String, String), Option<String>> = HashMap::new();
-    let mut leftovers: Vec<(String, String, String)> = Vec::new();
+    // (PK, SK, session id, the row's flag for that item)
+    let mut leftovers: Vec<(String, String, String, &'static str)> = Vec::new();
     let mut start = None;
     loop {
         let out = client
@@ -136,12 +138,17 @@ pub async fn backfill_ttl(client: &Client, table: &str) -> anyhow::Result<Backfi
             if let Some(id) = sk.strip_prefix("SESSION#") {
                 let ended = text(&item, "status") == "ended";
                 rows.insert((pk, id.to_owned()), expires.filter(|_| ended));
-            } else if expires.is_none()
-                && let Some(id) = sk
+            } else if expires.is_none() {
+                let found = sk
                     .strip_prefix("META#")
-                    .or_else(|| sk.strip_prefix("METRICS#"))
-            {
-                leftovers.push((pk.clone(), sk.clone(), id.to_owned()));
+                    .map(|id| (id, super::item::HAS_META))
+                    .or_else(|| {
+                        sk.strip_prefix("METRICS#")
+                            .map(|id| (id, super::item::HAS_METRICS))
+                    });
+                if let Some((id, flag)) = found {
+                    leftovers.push((pk.clone(), sk.clone(), id.to_owned(), flag));
+                }
             }
         }
         start = out.last_evaluated_key;
@@ -154,14 +161,38 @@ pub async fn backfill_ttl(client: &Client, table: &str) -> anyhow::Result<Backfi
         .unwrap_or_default()
         .as_secs()
         .to_string();
-    for (pk, sk, id) in leftovers {
-        let exp = match rows.get(&(pk.clone(), id)) {
+    for (pk, sk, id, flag) in leftovers {
+        let exp = match rows.get(&(pk.clone(), id.clone())) {
             Some(Some(exp)) => {
                 report.expired_with_row += 1;
                 exp.clone()
             }
             Some(None) => {
-                report.live += 1;
+                // Live: mark its row, unless it ended meanwhile (then its end could not know
+                // of the item; the next run gives it the row's TTL).
+                let marked = client
+                    .update_item()
+                    .table_name(table)
+                    .key("PK", AttributeValue::S(pk))
+                    .key("SK", AttributeValue::S(format!("SESSION#{id}")))
+                    .update_expression(format!("SET {flag} = :t"))
+                    .condition_expression("attribute_exists(PK) AND #st <> :ended")
+                    .expression_attribute_names("#st", "status")
+                    .expression_attribute_values(":t", AttributeValue::Bool(true))
+                    .expression_attribute_values(":ended", AttributeValue::S("ended".into()))
+                    .send()
+                    .await;
+                match marked {
+                    Ok(_) => report.live_marked += 1,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+                    Err(e) => {
+                        return Err(
+                            anyhow::Error::new(e).context(format!("UpdateItem SESSION#{id}"))
+                        );
+                    }
+                }
                 continue;
             }
             None => {

@@ -319,7 +319,19 @@ mod items {
             )
             .await
             .unwrap();
-        // As the old end left them: no TTL on the metadata and metrics items.
+        // As the old code left them: no TTL on the metadata and metrics items, and rows that
+        // do not say they have them.
+        for id in [ended.id, live.id] {
+            client
+                .update_item()
+                .table_name(&table)
+                .key("PK", AttributeValue::S(pk.clone()))
+                .key("SK", AttributeValue::S(format!("SESSION#{id}")))
+                .update_expression("REMOVE has_meta, has_metrics")
+                .send()
+                .await
+                .unwrap();
+        }
         for sk in [
             format!("META#{}", ended.id),
             format!("METRICS#{}", ended.id),
@@ -349,7 +361,7 @@ mod items {
             .await
             .unwrap();
         assert_eq!(
-            (report.expired_with_row, report.orphans, report.live),
+            (report.expired_with_row, report.orphans, report.live_marked),
             (2, 1, 1),
             "{report:?}"
         );
@@ -370,14 +382,23 @@ mod items {
             None,
             "a live session's items wait for its end"
         );
-        // Once: a second run finds nothing left to do.
+        // Once: a second run finds nothing left to expire.
         let again = switchboard_aws::dynamodb::backfill_ttl(&client, &table)
             .await
             .unwrap();
-        assert_eq!(
-            (again.expired_with_row, again.orphans, again.live),
-            (0, 0, 1)
-        );
+        assert_eq!((again.expired_with_row, again.orphans), (0, 0));
+        // The live session's end now knows of its metadata.
+        registry
+            .end(
+                &c,
+                live.id,
+                EndRequest::new(EndReason::Requested).retention(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap();
+        let live_row = raw(&client, &table, pk.clone(), format!("SESSION#{}", live.id)).await;
+        let live_meta = raw(&client, &table, pk.clone(), format!("META#{}", live.id)).await;
+        assert_eq!(exp(&live_meta), exp(&live_row), "expires with its row");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

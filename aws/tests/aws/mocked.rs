@@ -159,16 +159,20 @@ async fn a_start_whose_response_was_lost_is_retried_with_the_same_token() {
 }
 
 #[tokio::test]
-async fn a_retry_after_a_definite_cancellation_goes_without_the_token() {
+async fn a_retry_after_a_definite_cancellation_goes_with_a_fresh_token() {
     let (tokens, seen) = token_log();
     // F17: a cancelled transaction (a conflict on the hot global counter) is definite: nothing
     // was applied. DynamoDB may replay that outcome for a token it has seen, so the retry
-    // carries none (the session's attribute_not_exists(PK) still rules out a double commit).
+    // carries a fresh token (the session's attribute_not_exists(PK) still rules out a double
+    // commit), and keeps it across the ambiguous 500 that follows: had that attempt committed,
+    // its retry must be recognised as the same request.
     let rule = mock!(aws_sdk_dynamodb::Client::transact_write_items)
         .match_requests(seen)
         .sequence()
         .error(|| cancelled("TransactionConflict"))
-        .times(2)
+        // Past the SDK's own attempts (which re-send the same input): the registry's retry.
+        .http_status(500, None)
+        .times(3)
         .output(|| TransactWriteItemsOutput::builder().build())
         .build();
     let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&rule]);
@@ -179,17 +183,73 @@ async fn a_retry_after_a_definite_cancellation_goes_without_the_token() {
         .await
         .unwrap();
     assert!(matches!(outcome, StartOutcome::Created(_)));
-    // Without a token of ours the SDK generates a fresh one for each attempt (the member is
-    // an idempotency token; under test-util that token is a fixed placeholder).
     let tokens = tokens.lock().unwrap().clone();
-    assert_eq!(tokens.len(), 3);
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
     assert_eq!(tokens[0].as_deref(), Some(id.as_str()), "the first attempt");
     assert!(
-        tokens[1..]
-            .iter()
-            .all(|t| t.as_deref() != Some(id.as_str())),
-        "no retry after a cancellation carries the session's token: {tokens:?}"
+        tokens[1].is_some() && tokens[1].as_deref() != Some(id.as_str()),
+        "a fresh token after the cancellation: {tokens:?}"
     );
+    assert_eq!(
+        tokens[2], tokens[1],
+        "the same one after the ambiguous failure"
+    );
+}
+
+#[tokio::test]
+async fn a_start_whose_own_hidden_commit_holds_its_key_is_created_not_replayed() {
+    use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+    // An attempt committed behind an ambiguous failure; the next attempt (another token after
+    // a cancellation) finds the Idempotency-Key taken, by this very session. Replaying it would
+    // answer 201 without ever launching its agent: it is created, and the launch goes on.
+    let mut req = request(&call("c"));
+    let idem = switchboard_core::registry::Idempotency::new(
+        switchboard_core::IdempotencyKey::parse("k-1").unwrap(),
+        &switchboard_core::CallType::default(),
+        None,
+    );
+    let fingerprint = idem.fingerprint.clone();
+    req.idempotency = Some(idem);
+    let id = req.session_id.to_string();
+    let key_taken = || {
+        let reason = |code: &str| CancellationReason::builder().code(code).build();
+        TransactWriteItemsError::TransactionCanceledException(
+            TransactionCanceledException::builder()
+                .message("Transaction cancelled")
+                .cancellation_reasons(reason("None"))
+                .cancellation_reasons(reason("None"))
+                .cancellation_reasons(reason("None"))
+                .cancellation_reasons(reason("ConditionalCheckFailed"))
+                .build(),
+        )
+    };
+    let tx = mock!(aws_sdk_dynamodb::Client::transact_write_items)
+        .sequence()
+        .error(key_taken)
+        .build();
+    let ours = id.clone();
+    let get = mock!(aws_sdk_dynamodb::Client::get_item)
+        .sequence()
+        .output(|| GetItemOutput::builder().build())
+        .output(move || {
+            GetItemOutput::builder()
+                .item("PK", AttributeValue::S("CALL#c".into()))
+                .item("SK", AttributeValue::S("IDEM#k-1".into()))
+                .item("fingerprint", AttributeValue::S(fingerprint.clone()))
+                .item("session_id", AttributeValue::S(ours.clone()))
+                .item("created_at", AttributeValue::N("1".into()))
+                .build()
+        })
+        .build();
+    let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&tx, &get]);
+    let outcome = registry(client, Duration::from_secs(5))
+        .start(req)
+        .await
+        .unwrap();
+    match outcome {
+        StartOutcome::Created(session) => assert_eq!(session.id.to_string(), id),
+        StartOutcome::Replayed(r) => panic!("replayed its own start: {r:?}"),
+    }
 }
 
 #[tokio::test]

@@ -4,3 +4,4 @@
 mod anchor_registry;
 mod memory;
 mod metrics;
+mod service;
