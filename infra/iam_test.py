@@ -83,8 +83,11 @@ def main(template_path, calls_dir):
     recorded = {role: [] for role in ROLES}
     files = sorted(pathlib.Path(calls_dir).glob("*.jsonl"))
     for f in files:
-        for line in f.read_text().splitlines():
-            call = json.loads(line)
+        for number, line in enumerate(f.read_text().splitlines(), 1):
+            try:
+                call = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{f}:{number}: not one recorded call ({e}): {line[:120]!r}")
             recorded.setdefault(call["role"], []).append(call)
     failures = []
     for role in ROLES:

@@ -66,11 +66,15 @@ impl CallRecorder {
     }
 
     fn record(&self, line: &serde_json::Value) {
+        // One write of the whole line: an append-mode write is not split between the threads
+        // (and processes) recording at once, where `writeln!` writes in pieces.
+        let mut text = line.to_string();
+        text.push('\n');
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&*self.path)
-            .and_then(|mut f| writeln!(f, "{line}"));
+            .and_then(|mut f| f.write_all(text.as_bytes()));
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot record an AWS call");
         }
