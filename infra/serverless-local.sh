@@ -51,7 +51,9 @@ cargo run --quiet -p switchboard-aws --bin switchboard-dynamodb -- create-table 
 echo "==> table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION"
 
 echo "==> cargo lambda watch on http://127.0.0.1:$PORT/lambda-url/api/ (builds the function on start)"
-(exec env PATH="$PWD/.venv/bin:$PATH" cargo lambda watch --wait -A 127.0.0.1 -P "$PORT" \
+# --disable-cors: the function answers CORS itself, as behind the HTTP API (the template
+# declares none there); watch's own layer would add a second `vary` to every response.
+(exec env PATH="$PWD/.venv/bin:$PATH" cargo lambda watch --wait --disable-cors -A 127.0.0.1 -P "$PORT" \
     ${RELEASE:+--release} --bin api \
     --env-var "TABLE_NAME=$TABLE" \
     --env-var "ECS_CLUSTER=$CLUSTER" \
