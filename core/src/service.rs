@@ -115,18 +115,14 @@ pub async fn start_session(
         // No time left to launch: nothing was sent, so the start definitely failed. Spend the
         // reserve on ending it (its slots and its Idempotency-Key come back now).
         warn!(session_id = %session.id, "admitted too late to launch within the deadline; ending it start_failed");
-        let end = EndRequest::new(EndReason::StartFailed)
-            .detail("no time left to launch the agent within the request deadline")
-            .retention(limits.session_retention());
-        match by(deadline, registry.end(&session.call_id, session.id, end)).await {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                error!(session_id = %session.id, error = %e, "could not end a start that had no time to launch");
-            }
-            None => {
-                error!(session_id = %session.id, "no time left to end a start that had none to launch; left for the reaper");
-            }
-        }
+        end_failed_start(
+            registry,
+            &session,
+            "no time left to launch the agent within the request deadline".into(),
+            limits,
+            deadline,
+        )
+        .await;
         return Err(past_deadline("admission took the launch's time"));
     }
     let Some(launched) = by(launch_by, launcher.launch(&session)).await else {
@@ -173,20 +169,7 @@ pub async fn start_session(
             })
         }
         Err(err) => {
-            let detail = format!("{err:#}");
-            let end = EndRequest::new(EndReason::StartFailed)
-                .detail(detail)
-                .retention(limits.session_retention());
-            match by(deadline, registry.end(&session.call_id, session.id, end)).await {
-                Some(Ok(_)) => {}
-                // The lease will expire and a sweep will release the slots.
-                Some(Err(end_err)) => {
-                    error!(session_id = %session.id, error = %end_err, "could not end a session whose launch failed");
-                }
-                None => {
-                    error!(session_id = %session.id, "no time left to end a session whose launch failed; left for the reaper");
-                }
-            }
+            end_failed_start(registry, &session, format!("{err:#}"), limits, deadline).await;
             match err {
                 LaunchError::NoCapacity {
                     retry_after,
@@ -198,6 +181,30 @@ pub async fn start_session(
                 LaunchError::Rejected(source) => Err(Error::LaunchFailed(source)),
                 LaunchError::Ambiguous { .. } => unreachable!("handled above"),
             }
+        }
+    }
+}
+
+/// Ends a start that definitely failed `start_failed` (its slots and its Idempotency-Key come
+/// back), within the start's deadline; if that cannot be written, the lease expires and a
+/// sweep releases the slots.
+async fn end_failed_start(
+    registry: &dyn SessionRegistry,
+    session: &Session,
+    detail: String,
+    limits: &Limits,
+    deadline: Option<tokio::time::Instant>,
+) {
+    let end = EndRequest::new(EndReason::StartFailed)
+        .detail(detail)
+        .retention(limits.session_retention());
+    match by(deadline, registry.end(&session.call_id, session.id, end)).await {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => {
+            error!(session_id = %session.id, error = %e, "could not end a start that failed; left for the reaper");
+        }
+        None => {
+            error!(session_id = %session.id, "no time left to end a start that failed; left for the reaper");
         }
     }
 }
