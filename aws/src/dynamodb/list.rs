@@ -212,13 +212,11 @@ impl DynamoRegistry {
         start: Option<Position>,
         limit: usize,
     ) -> Result<(Vec<Item>, Option<Position>)> {
-        let mut exclusive_start = match start {
+        let start = match start {
             Some(Position::Row(pk, sk)) => Some(key(pk, sk)),
             _ => None,
         };
-        let mut found: Vec<Item> = Vec::with_capacity(limit + 1);
-        let mut last = None;
-        for _ in 0..MAX_READS {
+        let (found, last) = read_pages(limit, start, |from, wanted| async move {
             let out = self
                 .client
                 .query()
@@ -228,18 +226,14 @@ impl DynamoRegistry {
                     (":pk", s(call)),
                     (":prefix", s("SESSION#")),
                 ])))
-                .set_exclusive_start_key(exclusive_start.take())
-                .limit(i32::try_from(limit + 1 - found.len()).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(from)
+                .limit(i32::try_from(wanted).unwrap_or(i32::MAX))
                 .send()
                 .await
                 .map_err(|e| plain(e, "Query sessions of a call"))?;
-            found.extend(out.items.unwrap_or_default());
-            last = out.last_evaluated_key;
-            if found.len() > limit || last.is_none() {
-                break;
-            }
-            exclusive_start.clone_from(&last);
-        }
+            Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+        })
+        .await?;
         Ok(page_of(found, limit, last, Position::Row))
     }
 
@@ -249,33 +243,55 @@ impl DynamoRegistry {
         start: Option<Position>,
         limit: usize,
     ) -> Result<(Vec<Item>, Option<Position>)> {
-        let mut exclusive_start = match start {
+        let start = match start {
             Some(Position::Row(pk, sk) | Position::Scan(pk, sk)) => Some(key(pk, sk)),
             None => None,
         };
-        let mut found: Vec<Item> = Vec::with_capacity(limit + 1);
-        let mut last = None;
-        for _ in 0..MAX_READS {
+        let (found, last) = read_pages(limit, start, |from, _wanted| async move {
+            // A Scan's Limit counts the items it evaluates, not the rows it returns.
             let out = self
                 .client
                 .scan()
                 .table_name(&self.table)
                 .filter_expression("begins_with(SK, :prefix)")
                 .set_expression_attribute_values(Some(values(&[(":prefix", s("SESSION#"))])))
-                .set_exclusive_start_key(exclusive_start.take())
+                .set_exclusive_start_key(from)
                 .limit(scan_page_items(limit))
                 .send()
                 .await
                 .map_err(|e| plain(e, "Scan sessions"))?;
-            found.extend(out.items.unwrap_or_default());
-            last = out.last_evaluated_key;
-            if found.len() > limit || last.is_none() {
-                break;
-            }
-            exclusive_start.clone_from(&last);
-        }
+            Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+        })
+        .await?;
         Ok(page_of(found, limit, last, Position::Scan))
     }
+}
+
+/// Reads pages with `read(from, wanted)` (a page's items and its `LastEvaluatedKey`) from
+/// `start` until more than `limit` rows are found, the reads reach the end, or
+/// [`MAX_READS`] pages were read; returns the rows and the last key read.
+async fn read_pages<F, Fut>(
+    limit: usize,
+    start: Option<Item>,
+    mut read: F,
+) -> Result<(Vec<Item>, Option<Item>)>
+where
+    F: FnMut(Option<Item>, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>)>>,
+{
+    let mut found: Vec<Item> = Vec::with_capacity(limit + 1);
+    let mut from = start;
+    let mut last = None;
+    for _ in 0..MAX_READS {
+        let (items, last_read) = read(from.take(), limit + 1 - found.len()).await?;
+        found.extend(items);
+        last = last_read;
+        if found.len() > limit || last.is_none() {
+            break;
+        }
+        from.clone_from(&last);
+    }
+    Ok((found, last))
 }
 
 /// The first `limit` of `found` and where the next page starts: after the last row returned
