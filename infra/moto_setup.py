@@ -15,6 +15,7 @@ Usage:
 
 import json
 import sys
+import urllib.error
 import urllib.request
 
 import boto3
@@ -38,7 +39,12 @@ def main() -> None:
     request = urllib.request.Request(
         f"{endpoint}/moto-api/state-manager/set-transition", data=body, method="POST"
     )
-    urllib.request.urlopen(request, timeout=5)
+    try:
+        urllib.request.urlopen(request, timeout=5)
+    except urllib.error.HTTPError as e:
+        # Another emulator (EMULATOR=external): it keeps its own task states.
+        print(f"moto_setup: {endpoint} is not moto ({e.code}); task states left as they are",
+              file=sys.stderr)
     ec2 = client("ec2", endpoint)
     subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])
     subnet = sorted(s["SubnetId"] for s in subnets["Subnets"])[0]
@@ -63,6 +69,11 @@ def main() -> None:
                 # moto needs container-level memory (task-level alone fails RunTask).
                 "memory": 1024,
                 "stopTimeout": 30,
+                # As template.yaml's AgentTaskDefinition.
+                "environment": [
+                    {"name": "SWITCHBOARD_LOG_FORMAT", "value": "json"},
+                    {"name": "RUST_LOG", "value": "info"},
+                ],
             }
         ],
     )

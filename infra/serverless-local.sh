@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
-# The serverless stack on this machine, no AWS account: moto (DynamoDB + ECS) on 127.0.0.1,
-# the sessions table and the agents' cluster created as template.yaml declares them, and the
-# `api` function under `cargo lambda watch` on http://127.0.0.1:${PORT:-9000}/lambda-url/api/.
-# Ctrl-C stops everything it started. RELEASE=1 builds the function with optimizations (for
-# `switchboard-bench --url`, docs/benchmarks.md); MAX_CONCURRENT_SESSIONS sets the global limit.
+# The serverless stack on this machine, no AWS account (README, docs/serverless.md):
 #
-# moto records each RunTask but runs no container: sessions stay `starting` until an agent
-# task reports in (see docs/serverless.md).
+#   - moto (DynamoDB + ECS) on 127.0.0.1:$MOTO_PORT, with the sessions table, the agents'
+#     cluster and task definition as template.yaml declares them;
+#   - the `api` and `reaper` functions under `cargo lambda watch` on 127.0.0.1:$PORT (each
+#     function's own settings in functions/Cargo.toml's package.metadata.lambda);
+#   - the local ECS (switchboard-local-ecs): it runs the agent process of every task the api
+#     starts, after PROVISIONING_SECONDS, stops it as StopTask does, and hands the reaper
+#     the ECS Task State Change events (LOCAL_ECS_EVENTS=0: none) and its schedule (every
+#     SWEEP_SECONDS).
+#
+# It prints `switchboard: ready at http://127.0.0.1:$PORT/lambda-url/api` once the api's
+# /ready answers 200, and stops everything it started on Ctrl-C or SIGTERM.
+#
+# Settings (environment): PORT (9000), MOTO_PORT (5050), TABLE, CLUSTER, RELEASE=1 (optimized
+# builds), PROVISIONING_SECONDS (0), SWEEP_SECONDS (60), LOCAL_ECS_EVENTS (1), AGENT (the
+# tasks' binary; default the demo agent), LOGS (target/local-stack), every SWITCHBOARD_*
+# launcher setting (passed to both functions; the api hands the agents theirs).
+# EMULATOR=external with AWS_ENDPOINT_URL set uses an emulator you already run instead of
+# starting moto; LOCAL_ECS=0 when that emulator runs the tasks itself. BIN_DIR names a folder
+# with the agent, the local ECS and switchboard-dynamodb already built (the tests' copies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,56 +27,163 @@ PORT=${PORT:-9000}
 MOTO_PORT=${MOTO_PORT:-5050}
 TABLE=${TABLE:-switchboard-local}
 CLUSTER=${CLUSTER:-switchboard-local}
+EMULATOR=${EMULATOR:-moto}
+LOCAL_ECS=${LOCAL_ECS:-1}
+LOGS=${LOGS:-target/local-stack}
+export PROVISIONING_SECONDS=${PROVISIONING_SECONDS:-0}
+export SWEEP_SECONDS=${SWEEP_SECONDS:-60}
+export LOCAL_ECS_EVENTS=${LOCAL_ECS_EVENTS:-1}
 
-# The same pinned tools as the test command, in the project-local .venv.
-stamp=.venv/.requirements.sha256
-want=$(sha256sum scripts/requirements-test.txt | cut -d' ' -f1)
-if [[ ! -x .venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-    echo "==> installing the Python tools into .venv"
-    rm -rf .venv
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-    echo "$want" > "$stamp"
-fi
+say() { echo "==> $*"; }
+fail() { echo "switchboard: $*" >&2; exit 1; }
 
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
+case "$EMULATOR" in
+    moto) ;;
+    external) [[ -n "${AWS_ENDPOINT_URL:-}" ]] || fail "EMULATOR=external needs AWS_ENDPOINT_URL (the emulator's address)" ;;
+    *) fail "EMULATOR must be moto or external, not $EMULATOR" ;;
+esac
+
+# Each process runs in its own process group (setsid) and is stopped with its whole group,
+# the last started first: the local ECS drains the agents while the table is still there.
+GROUPS_STARTED=()
+stop_all() {
+    trap - EXIT INT TERM
+    local i pg
+    for ((i = ${#GROUPS_STARTED[@]} - 1; i >= 0; i--)); do
+        pg=${GROUPS_STARTED[i]}
+        kill -TERM -- "-$pg" 2>/dev/null || continue
+        for _ in $(seq 1 150); do
+            kill -0 -- "-$pg" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL -- "-$pg" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    echo "switchboard: stopped"
 }
-trap cleanup EXIT INT TERM
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-mkdir -p target
-(exec .venv/bin/python infra/moto_server.py 127.0.0.1 "$MOTO_PORT" > target/moto-local.log 2>&1) &
-PIDS+=($!)
-endpoint="http://127.0.0.1:$MOTO_PORT"
-for _ in $(seq 1 100); do
-    .venv/bin/python -c "import urllib.request; urllib.request.urlopen('$endpoint/moto-api/', timeout=1)" 2>/dev/null && break
-    sleep 0.1
-done
-echo "==> moto on $endpoint (log: target/moto-local.log)"
+# Only what the local stack needs (moto, cargo-lambda) in the project-local .venv; the test
+# command's full toolchain there has them too.
+local_want=$(sha256sum infra/requirements-local.txt | cut -d' ' -f1)
+full_want=$(cat scripts/requirements-test.txt infra/requirements-local.txt | sha256sum | cut -d' ' -f1)
+if [[ -x .venv/bin/python \
+    && ( "$(cat .venv/.requirements.sha256 2>/dev/null)" == "$full_want" \
+      || "$(cat .venv/.local.sha256 2>/dev/null)" == "$local_want" ) ]]; then
+    :
+else
+    say "installing moto and cargo-lambda into .venv (once, about a minute)"
+    [[ -x .venv/bin/python ]] || python3 -m venv .venv
+    .venv/bin/pip install --disable-pip-version-check --quiet -r infra/requirements-local.txt
+    echo "$local_want" > .venv/.local.sha256
+fi
+export PATH="$PWD/.venv/bin:$PATH"
 
-export AWS_ENDPOINT_URL=$endpoint AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+profile=debug
+if [[ -n "${RELEASE:-}" ]]; then profile=release; fi
+# The functions exactly as `cargo lambda watch -p switchboard-functions` runs them, so its
+# first invocation finds them built.
+say "building the functions (api, reaper; the first build takes a few minutes)"
+cargo build ${RELEASE:+--release} --locked -p switchboard-functions --bins
+if [[ -n "${BIN_DIR:-}" ]]; then
+    bin=$BIN_DIR
+else
+    say "building the agent (demo-agent with its aws feature), the local ECS and switchboard-dynamodb"
+    cargo build ${RELEASE:+--release} --locked -p demo-agent --features demo-agent/aws \
+        -p switchboard-local-ecs -p switchboard-aws --bins
+    bin=target/$profile
+fi
+AGENT=${AGENT:-$bin/demo-agent}
+[[ -x "$AGENT" ]] || fail "the agent binary $AGENT does not exist"
+
+mkdir -p "$LOGS"
+if [[ "$EMULATOR" == moto ]]; then
+    endpoint="http://127.0.0.1:$MOTO_PORT"
+    say "starting moto on $endpoint (log: $LOGS/moto.log)"
+    setsid .venv/bin/python infra/moto_server.py 127.0.0.1 "$MOTO_PORT" > "$LOGS/moto.log" 2>&1 &
+    GROUPS_STARTED+=($!)
+    for _ in $(seq 1 100); do
+        .venv/bin/python -c "import urllib.request; urllib.request.urlopen('$endpoint/moto-api/', timeout=1)" 2>/dev/null && break
+        kill -0 "${GROUPS_STARTED[-1]}" 2>/dev/null || { cat "$LOGS/moto.log"; fail "moto exited (is port $MOTO_PORT free? MOTO_PORT=... picks another)"; }
+        sleep 0.1
+    done
+else
+    endpoint=$AWS_ENDPOINT_URL
+    say "using the emulator at $endpoint"
+fi
+
+export AWS_ENDPOINT_URL=$endpoint AWS_REGION=${AWS_REGION:-us-east-1}
+export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
 eval "$(.venv/bin/python infra/moto_setup.py "$endpoint" --cluster "$CLUSTER")"
-cargo run --quiet -p switchboard-aws --bin switchboard-dynamodb -- create-table "$TABLE"
-echo "==> table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION"
+"$bin/switchboard-dynamodb" create-table "$TABLE" > /dev/null
+say "table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION"
 
-echo "==> cargo lambda watch on http://127.0.0.1:$PORT/lambda-url/api/ (builds the function on start)"
+# Every SWITCHBOARD_* launcher setting to both functions (the api puts the agents' in each
+# task's container override); the global limit defaults to 10 here.
+env_args=()
+while IFS='=' read -r name value; do
+    env_args+=(--env-var "$name=$value")
+done < <(env | grep '^SWITCHBOARD_' | grep -v '^SWITCHBOARD_TEST_' || true)
+if [[ -z "${SWITCHBOARD_MAX_CONCURRENT_SESSIONS:-}" ]]; then
+    env_args+=(--env-var "SWITCHBOARD_MAX_CONCURRENT_SESSIONS=10")
+fi
+
+say "starting cargo lambda watch on 127.0.0.1:$PORT: api and reaper (log: $LOGS/lambda.log)"
 # --disable-cors: the function answers CORS itself, as behind the HTTP API (the template
 # declares none there); watch's own layer would add a second `vary` to every response.
-(exec env PATH="$PWD/.venv/bin:$PATH" cargo lambda watch --wait --disable-cors -A 127.0.0.1 -P "$PORT" \
-    ${RELEASE:+--release} --bin api \
+setsid cargo lambda watch --disable-cors -A 127.0.0.1 -P "$PORT" \
+    ${RELEASE:+--release} -p switchboard-functions \
     --env-var "TABLE_NAME=$TABLE" \
     --env-var "ECS_CLUSTER=$CLUSTER" \
     --env-var "TASK_DEFINITION=$TASK_DEFINITION" \
     --env-var "SUBNETS=$SUBNET" \
-    --env-var "SECURITY_GROUPS=sg-0123456789abcdef0" \
-    --env-var "SWITCHBOARD_MAX_CONCURRENT_SESSIONS=${MAX_CONCURRENT_SESSIONS:-10}" \
     --env-var "AWS_ENDPOINT_URL=$endpoint" \
-    --env-var "AWS_REGION=us-east-1" \
-    --env-var "AWS_ACCESS_KEY_ID=testing" \
-    --env-var "AWS_SECRET_ACCESS_KEY=testing") &
-PIDS+=($!)
-wait "${PIDS[-1]}"
+    --env-var "AWS_REGION=$AWS_REGION" \
+    --env-var "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \
+    --env-var "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" \
+    "${env_args[@]}" > "$LOGS/lambda.log" 2>&1 &
+GROUPS_STARTED+=($!)
+watch_pid=$!
+
+http() {
+    .venv/bin/python - "$@" <<'PY'
+import sys, urllib.request
+method, url = sys.argv[1], sys.argv[2]
+body = sys.argv[3].encode() if len(sys.argv) > 3 else None
+req = urllib.request.Request(url, data=body, method=method, headers={"content-type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(r.status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except Exception:
+    print(0)
+PY
+}
+
+base="http://127.0.0.1:$PORT"
+for i in $(seq 1 600); do
+    kill -0 "$watch_pid" 2>/dev/null || { tail -20 "$LOGS/lambda.log"; fail "cargo lambda watch exited (is port $PORT free? PORT=... picks another)"; }
+    [[ "$(http GET "$base/lambda-url/api/ready")" == 200 ]] && break
+    (( i % 50 == 0 )) && say "waiting for the api to answer /ready (log: $LOGS/lambda.log)"
+    sleep 0.2
+done
+[[ "$(http GET "$base/lambda-url/api/ready")" == 200 ]] || fail "the api never answered /ready"
+# The reaper's first invocation starts its process (one sweep: harmless on a new table).
+[[ "$(http POST "$base/2015-03-31/functions/reaper/invocations" "$(cat infra/events/eventbridge-schedule.json)")" == 200 ]] \
+    || fail "the reaper did not answer its first invocation (log: $LOGS/lambda.log)"
+
+if [[ "$LOCAL_ECS" != 0 ]]; then
+    say "starting the local ECS: provisioning ${PROVISIONING_SECONDS}s, sweep every ${SWEEP_SECONDS}s, events $([[ "$LOCAL_ECS_EVENTS" == 0 ]] && echo off || echo on); task logs in $LOGS/tasks"
+    setsid "$bin/switchboard-local-ecs" --endpoint "$endpoint" --cluster "$CLUSTER" \
+        --agent "$AGENT" --lambda-url "$base" --logs "$LOGS/tasks" &
+    GROUPS_STARTED+=($!)
+    local_ecs_pid=$!
+    sleep 0.5
+    kill -0 "$local_ecs_pid" 2>/dev/null || fail "the local ECS exited"
+fi
+
+echo "switchboard: ready at $base/lambda-url/api"
+wait "$watch_pid"

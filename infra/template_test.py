@@ -12,6 +12,7 @@ with every failed check listed.
 """
 
 import copy
+import json
 import os
 import sys
 import tomllib
@@ -181,6 +182,16 @@ def main(path):
         == {"Ref": "ReaperReservedConcurrency"},
         "F1 ReaperReservedConcurrency=2 reserves 2",
     )
+
+    # The local ECS (local-ecs/src/event.rs) filters its events with the reaper rule's
+    # pattern from infra/events/task-stopped-pattern.json: it must be the template's.
+    _, res = t.resolved()
+    pattern = res["ReaperFunction"]["Properties"]["Events"]["TaskStopped"]["Properties"]["Pattern"]
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "events", "task-stopped-pattern.json")
+    with open(here) as f:
+        local = json.load(f)
+    local["detail"]["clusterArn"] = [{"Fn::GetAtt": ["AgentCluster", "Arn"]}]
+    check(pattern == local, "the local ECS's event pattern is the TaskStopped rule's")
 
     # F5: failed reaper invocations are kept, and every queue and the reaper's errors alarm.
     topic = "arn:aws:sns:us-east-1:123456789012:ops"
