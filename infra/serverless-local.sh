@@ -133,7 +133,8 @@ fi
 say "starting cargo lambda watch on 127.0.0.1:$PORT: api and reaper (log: $LOGS/lambda.log)"
 # --disable-cors: the function answers CORS itself, as behind the HTTP API (the template
 # declares none there); watch's own layer would add a second `vary` to every response.
-setsid cargo lambda watch --disable-cors -A 127.0.0.1 -P "$PORT" \
+# --timeout 60: an invocation may take the reaper's timeout in the template.
+setsid cargo lambda watch --disable-cors --timeout 60 -A 127.0.0.1 -P "$PORT" \
     ${RELEASE:+--release} -p switchboard-functions \
     --env-var "TABLE_NAME=$TABLE" \
     --env-var "ECS_CLUSTER=$CLUSTER" \

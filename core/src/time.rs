@@ -39,7 +39,12 @@ impl Timestamp {
 
     /// The current system time.
     pub fn now_system() -> Self {
-        let micros = match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Self::from_system(SystemTime::now())
+    }
+
+    /// A system time.
+    pub fn from_system(at: SystemTime) -> Self {
+        let micros = match at.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
         };

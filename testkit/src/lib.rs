@@ -4,10 +4,14 @@
 //! parallel and never reset the emulator), and the default-VPC subnet awsvpc tasks need.
 #![allow(clippy::missing_panics_doc)]
 
+pub mod bins;
 pub mod browser;
 pub mod http;
 pub mod openai;
-pub mod proxy;
+pub mod proxy {
+    //! The cuttable TCP proxy (the local ECS's, one per task there).
+    pub use switchboard_local_ecs::proxy::Proxy;
+}
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
@@ -89,6 +93,8 @@ pub async fn ecs_cluster(client: &aws_sdk_ecs::Client) -> (String, String) {
                 .memory(512)
                 .essential(true)
                 .command("task")
+                // The local ECS sends SIGKILL this long after SIGTERM (Fargate default: 30 s).
+                .stop_timeout(2)
                 .build(),
         )
         .send()

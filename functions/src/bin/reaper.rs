@@ -26,12 +26,19 @@ impl Reaper {
     async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, lambda_runtime::Error> {
         let (payload, context) = event.into_parts();
         if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
-            // Leave a margin before the function's own timeout.
-            let left = context
+            // Leave a margin before the function's own timeout. A deadline already past is
+            // no real one (`cargo lambda watch` sends a constant 600000, i.e. 1970, and Lambda
+            // would have stopped the invocation): then the template's 60 s timeout applies.
+            let budget = match context
                 .deadline()
                 .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            let budget = left.saturating_sub(Duration::from_secs(5));
+            {
+                Ok(left) => left.saturating_sub(Duration::from_secs(5)),
+                Err(_) => {
+                    tracing::warn!("the invocation's deadline is past; sweeping for 55 s at most");
+                    Duration::from_secs(55)
+                }
+            };
             let sweeper = Sweeper {
                 registry: &self.registry,
                 tasks: &self.tasks,

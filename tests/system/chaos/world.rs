@@ -1,13 +1,12 @@
 //! The world the fault and chaos tests run in: moto's DynamoDB and ECS, the API served
-//! in-process over them, the reaper (its STOPPED-event path and its schedule), a player of
-//! Fargate that runs the real agent binary for every RUNNING task, an event bus that repeats
-//! and reorders ECS events, a proxy that can cut the agents off from the table, and an
-//! observer that looks only at what is really there (live processes, moto's tasks, the rows).
+//! in-process over them, the local ECS as Fargate (it runs the real agent binary for every
+//! task, repeats and reorders ECS's events, and cuts the agents off from the table on
+//! demand), the reaper in-process as its event sink (the STOPPED-event path and the
+//! schedule), and an observer that looks only at what is really there (live processes,
+//! moto's tasks, the rows).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,22 +20,17 @@ use switchboard_core::{
     SystemClock, TaskLauncher, Timestamp,
 };
 use switchboard_functions::reaper::{Outcome, Sweeper, end_stopped, parse_stopped};
-use switchboard_testkit::proxy::Proxy;
-use tokio::process::Command;
-use tokio::sync::mpsc;
+use switchboard_local_ecs::{EventSink, Faults, LocalEcs};
 use tokio::task::JoinHandle;
 
-/// Fargate takes tens of seconds from RunTask to a running container; the player waits 3 s.
-/// An agent frees its slot with its own end write and exits right after, but with the
-/// emulator answering that write late under load, "right after" was seen at up to 2.5 s
+/// Fargate takes tens of seconds from RunTask to a running container; the local ECS waits
+/// 3 s here. An agent frees its slot with its own end write and exits right after, but with
+/// the emulator answering that write late under load, "right after" was seen at up to 2.5 s
 /// here: a successor's container must not start sooner than any real Fargate would, or the
 /// process count would see both. (It also means every task comes up with its admission
-/// lease nearly spent, as on Fargate.)
+/// lease nearly spent, as on Fargate.) SIGKILL follows SIGTERM after the test task
+/// definition's `stopTimeout` (2 s, switchboard_testkit::ecs_cluster).
 const PROVISIONING: Duration = Duration::from_secs(3);
-/// SIGTERM, then SIGKILL after this long (the task definition's stop timeout, shortened).
-const STOP_TIMEOUT: Duration = Duration::from_secs(2);
-/// The player's and the event bus's pace.
-const TICK: Duration = Duration::from_millis(100);
 /// The reaper's schedule (every minute in AWS).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The observer's pace.
@@ -46,78 +40,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A ECS Task State Change event in the real shape, for one of our tasks.
-fn task_event(
-    arn: &str,
-    env: &HashMap<String, String>,
-    last_status: &str,
-    exit_code: Option<i32>,
-    stop: Option<(&str, &str)>,
-) -> Value {
-    let text = include_str!("../../../../infra/events/ecs-task-state-change-stopped.json")
-        .replace(
-            "SESSION_ID_HERE",
-            env.get("SESSION_ID").map_or("", String::as_str),
-        )
-        .replace(
-            "CALL_ID_HERE",
-            env.get("CALL_ID").map_or("", String::as_str),
-        );
-    let mut event: Value = serde_json::from_str(&text).expect("the fixture");
-    let detail = &mut event["detail"];
-    detail["taskArn"] = Value::from(arn);
-    detail["lastStatus"] = Value::from(last_status);
-    detail["desiredStatus"] = Value::from(if stop.is_some() { "STOPPED" } else { "RUNNING" });
-    detail["containers"][0]["lastStatus"] = Value::from(last_status);
-    detail["containers"][0]["exitCode"] = exit_code.map_or(Value::Null, Value::from);
-    match stop {
-        Some((code, reason)) => {
-            detail["stopCode"] = Value::from(code);
-            detail["stoppedReason"] = Value::from(reason);
-        }
-        None => {
-            for key in ["stopCode", "stoppedReason", "stoppedAt", "stoppingAt"] {
-                detail.as_object_mut().expect("detail").remove(key);
-            }
-        }
-    }
-    event
-}
-
 /// Settings of one world.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub limits: Limits,
     /// Seeds the event bus's choices (which event goes next, how often it repeats).
     pub seed: u64,
-}
-
-/// One agent process, as Fargate would run it.
-#[derive(Debug)]
-enum Phase {
-    Provisioning(Instant),
-    Running,
-    Stopping(Instant),
-}
-
-/// A signal for an agent process (its waiter holds the child).
-#[derive(Debug, Clone, Copy)]
-enum Signal {
-    Term,
-    Kill,
-}
-
-/// How an agent process ended (128 + signal for a signal, as ECS reports it), and when.
-type ExitRecord = (Option<i32>, Timestamp);
-
-#[derive(Debug)]
-struct Task {
-    env: HashMap<String, String>,
-    /// The running process's waiter; `None` while provisioning.
-    control: Option<mpsc::UnboundedSender<Signal>>,
-    phase: Phase,
-    /// The reaper (or anyone) stopped it in ECS before its container exited.
-    stopped_by_ecs: bool,
 }
 
 /// An agent process that exited.
@@ -129,25 +57,68 @@ pub struct Exited {
     pub at: Timestamp,
 }
 
-#[derive(Debug, Default)]
-struct Fleet {
-    tasks: HashMap<String, Task>,
-    done: HashSet<String>,
-    /// Exited containers whose tasks are still RUNNING in moto (StopTask retried each tick).
-    to_stop: HashSet<String>,
-    exits: Vec<Exited>,
-    started: usize,
-}
-
-/// ECS events on their way to the reaper: each STOPPED event 1–3 times, in random order.
+/// The reaper, in-process, as the local ECS's event sink: ECS's STOPPED events end their
+/// session (an error leaves the event pending: EventBridge retries), and each Scheduled
+/// Event runs one sweep. It counts what each did.
 #[derive(Debug)]
-struct Bus {
-    pending: Mutex<Vec<Value>>,
-    delivered: Mutex<Vec<Value>>,
-    rng: Mutex<fastrand::Rng>,
-    held: AtomicBool,
+struct Reaper {
+    registry: Arc<DynamoRegistry>,
+    tasks: EcsTasks,
+    limits: Limits,
     outcomes: Mutex<BTreeMap<String, u32>>,
     ended_by_event: Mutex<HashMap<String, u32>>,
+    sweeps: Mutex<BTreeMap<&'static str, u32>>,
+}
+
+#[async_trait::async_trait]
+impl EventSink for Reaper {
+    async fn deliver(&self, event: &Value) -> Result<(), String> {
+        if event["detail-type"] == "Scheduled Event" {
+            self.sweep().await;
+            return Ok(());
+        }
+        let outcome = match parse_stopped(event, "agent") {
+            Err(skipped) => format!("skipped ({})", skipped_kind(&skipped)),
+            Ok(stopped) => match end_stopped(&*self.registry, &stopped, &self.limits).await {
+                Ok(Outcome::Ended(reason)) => {
+                    *lock(&self.ended_by_event)
+                        .entry(stopped.session_id.to_string())
+                        .or_default() += 1;
+                    format!("ended {reason}")
+                }
+                Ok(Outcome::AlreadyEnded) => "already ended".into(),
+                Ok(Outcome::Unknown) => "unknown session".into(),
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        *lock(&self.outcomes).entry(outcome).or_default() += 1;
+        Ok(())
+    }
+}
+
+impl Reaper {
+    async fn sweep(&self) {
+        let report = Sweeper {
+            registry: &*self.registry,
+            tasks: &self.tasks,
+            limits: &self.limits,
+            start_deadline: Duration::from_secs(60),
+            clock: &SystemClock,
+        }
+        .sweep(Duration::from_secs(5))
+        .await;
+        let mut sweeps = lock(&self.sweeps);
+        match report {
+            Ok(r) => {
+                *sweeps.entry("runs").or_default() += 1;
+                *sweeps.entry("lease_expired").or_default() += r.lease_expired;
+                *sweeps.entry("start_failed").or_default() += r.start_failed;
+                *sweeps.entry("tasks_stopped").or_default() += r.tasks_stopped;
+                *sweeps.entry("failed").or_default() += r.failed;
+            }
+            Err(_) => *sweeps.entry("runs that failed").or_default() += 1,
+        }
+    }
 }
 
 /// What the observer saw.
@@ -177,24 +148,21 @@ pub struct World {
     pub registry: Arc<DynamoRegistry>,
     pub ecs: aws_sdk_ecs::Client,
     definition: String,
-    pub proxy: Proxy,
+    /// Fargate: the local ECS, with its fault knobs.
+    pub local: LocalEcs,
+    reaper: Arc<Reaper>,
     /// The API's `host:port`.
     pub api: String,
     binary: PathBuf,
-    logs: PathBuf,
-    fleet: Mutex<Fleet>,
-    /// Exits as their waiters saw them, by task ARN, at the instant of the exit.
-    exited: Arc<Mutex<HashMap<String, ExitRecord>>>,
-    bus: Bus,
     pub observations: Mutex<Observations>,
-    sweeps: Mutex<BTreeMap<&'static str, u32>>,
     stopping: AtomicBool,
     background: Mutex<Vec<JoinHandle<()>>>,
     ops_in_flight: AtomicUsize,
 }
 
 impl World {
-    /// Starts the API, the player, the bus, the reaper's schedule and the observer.
+    /// Starts the API, the local ECS (its events and the reaper's schedule to the reaper)
+    /// and the observer.
     pub async fn start(settings: Settings) -> Arc<World> {
         let client = switchboard_testkit::client().await;
         let table = switchboard_testkit::table(&client).await;
@@ -205,8 +173,6 @@ impl World {
             table.clone(),
             Arc::new(SystemClock),
         ));
-        let endpoint = switchboard_testkit::endpoint();
-        let proxy = Proxy::start(endpoint.trim_start_matches("http://")).await;
 
         let limits = settings.limits;
         let mut vars: HashMap<&str, String> = HashMap::from([
@@ -232,11 +198,29 @@ impl World {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap().to_string();
 
-        let binary = crate::lambda_watch::agent_binary()
+        let reaper = Arc::new(Reaper {
+            registry: registry.clone(),
+            tasks: EcsTasks::new(ecs.clone(), cluster.clone()),
+            limits,
+            outcomes: Mutex::default(),
+            ended_by_event: Mutex::default(),
+            sweeps: Mutex::default(),
+        });
+        let local = crate::local_ecs(&cluster, reaper.clone(), |c| {
+            c.provisioning = PROVISIONING;
+            c.sweep_every = Some(SWEEP_EVERY);
+            // ECS events: each 1–3 times, in random order.
+            c.faults = Faults {
+                max_copies: 3,
+                reorder: true,
+                seed: settings.seed,
+                ..Faults::default()
+            };
+        })
+        .await;
+        let binary = switchboard_testkit::bins::bin("demo-agent")
             .canonicalize()
             .expect("the agent binary");
-        let logs = std::env::temp_dir().join(format!("switchboard-chaos-{table}"));
-        std::fs::create_dir_all(&logs).unwrap();
         let world = Arc::new(World {
             settings,
             table,
@@ -244,22 +228,11 @@ impl World {
             registry,
             ecs,
             definition,
-            proxy,
+            local,
+            reaper,
             api,
             binary,
-            logs,
-            fleet: Mutex::default(),
-            exited: Arc::default(),
-            bus: Bus {
-                pending: Mutex::default(),
-                delivered: Mutex::default(),
-                rng: Mutex::new(fastrand::Rng::with_seed(settings.seed)),
-                held: AtomicBool::new(false),
-                outcomes: Mutex::default(),
-                ended_by_event: Mutex::default(),
-            },
             observations: Mutex::default(),
-            sweeps: Mutex::default(),
             stopping: AtomicBool::new(false),
             background: Mutex::default(),
             ops_in_flight: AtomicUsize::new(0),
@@ -267,39 +240,18 @@ impl World {
         let server = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
-        let mut jobs = vec![server];
-        for job in [Job::Player, Job::Bus, Job::Sweeper, Job::Observer] {
-            let w = world.clone();
-            jobs.push(tokio::spawn(async move { w.run(job).await }));
-        }
-        *lock(&world.background) = jobs;
+        let w = world.clone();
+        let observer = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !w.stopping.load(Ordering::SeqCst) {
+                ticks.tick().await;
+                w.observe().await;
+            }
+        });
+        *lock(&world.background) = vec![server, observer];
         world
     }
-
-    async fn run(self: Arc<Self>, job: Job) {
-        let every = match job {
-            Job::Player | Job::Bus => TICK,
-            Job::Sweeper => SWEEP_EVERY,
-            Job::Observer => SAMPLE_EVERY,
-        };
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !self.stopping.load(Ordering::SeqCst) {
-            ticks.tick().await;
-            match job {
-                Job::Player => self.play().await,
-                Job::Bus => {
-                    for _ in 0..2 {
-                        self.deliver_one().await;
-                    }
-                }
-                Job::Sweeper => self.sweep().await,
-                Job::Observer => self.observe().await,
-            }
-        }
-    }
-
-    // ---- the player of Fargate ----
 
     async fn running_arns(&self) -> Option<HashSet<String>> {
         let mut arns = HashSet::new();
@@ -322,323 +274,82 @@ impl World {
         }
     }
 
-    /// Starts the agent process for a task; a waiter records its exit the moment it happens
-    /// and forwards signals.
-    fn spawn_agent(
-        &self,
-        arn: &str,
-        env: &HashMap<String, String>,
-    ) -> mpsc::UnboundedSender<Signal> {
-        let session = env.get("SESSION_ID").cloned().unwrap_or_default();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.logs.join(format!("{session}.log")))
-            .expect("the agent's log file");
-        let mut child = Command::new(&self.binary)
-            .arg("task")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AWS_ENDPOINT_URL", &self.proxy.url)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("SWITCHBOARD_LOG_FORMAT", "json")
-            .env("DEMO_PARTICIPANT_SECONDS", "3600")
-            .envs(env)
-            .envs(switchboard_testkit::recording_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the agent binary");
-        let (control, mut signals) = mpsc::unbounded_channel();
-        let (arn, exited) = (arn.to_owned(), self.exited.clone());
-        tokio::spawn(async move {
-            let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
-            let status = loop {
-                tokio::select! {
-                    status = child.wait() => break status,
-                    Some(signal) = signals.recv() => match signal {
-                        Signal::Term => {
-                            let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
-                        }
-                        Signal::Kill => {
-                            let _ = child.start_kill();
-                        }
-                    },
-                }
-            };
-            let code = status
-                .ok()
-                .and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)));
-            lock(&exited).insert(arn, (code, Timestamp::now_system()));
-        });
-        control
-    }
-
-    async fn play(&self) {
-        let Some(running) = self.running_arns().await else {
-            return;
-        };
-        let new: Vec<String> = {
-            let fleet = lock(&self.fleet);
-            running
-                .iter()
-                .filter(|a| !fleet.tasks.contains_key(*a) && !fleet.done.contains(*a))
-                .cloned()
-                .collect()
-        };
-        for arn in new {
-            let env = switchboard_testkit::task_environment(&self.ecs, &self.cluster, &arn).await;
-            self.bus
-                .publish(task_event(&arn, &env, "PROVISIONING", None, None), 1);
-            lock(&self.fleet).tasks.insert(
-                arn,
-                Task {
-                    env,
-                    control: None,
-                    phase: Phase::Provisioning(Instant::now()),
-                    stopped_by_ecs: false,
-                },
-            );
-        }
-
-        let now = Instant::now();
-        let mut events = Vec::new();
-        let to_stop: Vec<String> = {
-            let mut fleet = lock(&self.fleet);
-            let mut finished = Vec::new();
-            let mut started = 0;
-            let exited = lock(&self.exited).clone();
-            for (arn, task) in &mut fleet.tasks {
-                if let Some((code, at)) = exited.get(arn) {
-                    finished.push((arn.clone(), *code, Some(*at)));
-                    continue;
-                }
-                let in_ecs = running.contains(arn);
-                task.stopped_by_ecs |= !in_ecs;
-                match task.phase {
-                    Phase::Provisioning(_) if !in_ecs => finished.push((arn.clone(), None, None)),
-                    Phase::Provisioning(since) if now - since >= PROVISIONING => {
-                        task.control = Some(self.spawn_agent(arn, &task.env));
-                        task.phase = Phase::Running;
-                        started += 1;
-                        events.push((task_event(arn, &task.env, "RUNNING", None, None), 1));
-                    }
-                    Phase::Running if !in_ecs => {
-                        // ECS stops a task with SIGTERM, then SIGKILL after the stop timeout.
-                        if let Some(control) = &task.control {
-                            let _ = control.send(Signal::Term);
-                        }
-                        task.phase = Phase::Stopping(now);
-                    }
-                    Phase::Stopping(since) if now - since >= STOP_TIMEOUT => {
-                        if let Some(control) = &task.control {
-                            let _ = control.send(Signal::Kill);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            fleet.started += started;
-            for (arn, code, at) in finished {
-                let task = fleet.tasks.remove(&arn).expect("known");
-                let stop = if task.stopped_by_ecs {
-                    ("UserInitiated", "switchboard reaper stopped the task")
-                } else {
-                    (
-                        "EssentialContainerExited",
-                        "Essential container in task exited",
-                    )
-                };
-                let copies = 1 + lock(&self.bus.rng).usize(0..3);
-                events.push((
-                    task_event(&arn, &task.env, "STOPPED", code, Some(stop)),
-                    copies,
-                ));
-                fleet.exits.push(Exited {
-                    session_id: task.env.get("SESSION_ID").cloned().unwrap_or_default(),
-                    code,
-                    at: at.unwrap_or_else(Timestamp::now_system),
-                });
-                if !task.stopped_by_ecs {
-                    fleet.to_stop.insert(arn.clone());
-                }
-                fleet.done.insert(arn);
-            }
-            fleet.to_stop.iter().cloned().collect()
-        };
-        for (event, copies) in events {
-            self.bus.publish(event, copies);
-        }
-        for arn in to_stop {
-            let stopped = self
-                .ecs
-                .stop_task()
-                .cluster(&self.cluster)
-                .task(&arn)
-                .reason("Essential container in task exited")
-                .send()
-                .await;
-            if stopped.is_ok() {
-                lock(&self.fleet).to_stop.remove(&arn);
-            }
-        }
-    }
-
     /// SIGKILLs a running agent picked by `rng`; returns its session.
     pub fn kill_one(&self, rng: &mut fastrand::Rng) -> Option<String> {
-        let mut fleet = lock(&self.fleet);
-        let mut running: Vec<&mut Task> = fleet
-            .tasks
-            .values_mut()
-            .filter(|t| matches!(t.phase, Phase::Running))
-            .collect();
-        running.sort_by(|a, b| a.env.get("SESSION_ID").cmp(&b.env.get("SESSION_ID")));
+        let running = self.local.running();
         if running.is_empty() {
             return None;
         }
-        let i = rng.usize(0..running.len());
-        let task = &mut running[i];
-        task.control.as_ref()?.send(Signal::Kill).ok()?;
-        task.env.get("SESSION_ID").cloned()
+        let task = &running[rng.usize(0..running.len())];
+        self.local
+            .kill(&task.task_arn)
+            .then(|| task.session_id.clone())
+            .flatten()
     }
 
-    /// Where the agents' logs are (one file per session).
+    /// Where the agents' logs are (one file per task, its first line names the session).
     pub fn logs(&self) -> &std::path::Path {
-        &self.logs
+        self.local.logs()
     }
 
     /// Deletes the agents' logs (kept when a test fails: its message names the folder).
     pub fn discard_logs(&self) {
-        let _ = std::fs::remove_dir_all(&self.logs);
+        let _ = std::fs::remove_dir_all(self.local.logs());
     }
 
-    /// How many agent processes the player started.
+    /// How many agent processes the local ECS started.
     pub fn agents_started(&self) -> usize {
-        lock(&self.fleet).started
+        self.local.started()
     }
 
     /// The exits so far.
     pub fn exits(&self) -> Vec<Exited> {
-        lock(&self.fleet).exits.clone()
-    }
-
-    /// Whether every task the player knows is settled (none provisioning or stopping, no
-    /// exited container whose task is still RUNNING in moto).
-    fn fleet_settled(&self) -> bool {
-        let fleet = lock(&self.fleet);
-        fleet.to_stop.is_empty()
-            && fleet
-                .tasks
-                .values()
-                .all(|t| matches!(t.phase, Phase::Running))
+        self.local
+            .exits()
+            .into_iter()
+            .map(|e| Exited {
+                session_id: e.session_id.unwrap_or_default(),
+                code: e.code,
+                at: Timestamp::from_system(e.at),
+            })
+            .collect()
     }
 
     // ---- the event bus and the reaper ----
 
     /// Holds every event until [`World::release_events`].
     pub fn hold_events(&self) {
-        self.bus.held.store(true, Ordering::SeqCst);
+        self.local.hold_events();
     }
 
     pub fn release_events(&self) {
-        self.bus.held.store(false, Ordering::SeqCst);
+        self.local.release_events();
     }
 
     pub fn events_pending(&self) -> usize {
-        lock(&self.bus.pending).len()
+        self.local.events_pending()
     }
 
     /// Sends an already delivered event again, late (EventBridge delivers at least once).
     pub fn replay_event(&self, rng: &mut fastrand::Rng) -> bool {
-        let old = {
-            let delivered = lock(&self.bus.delivered);
-            if delivered.is_empty() {
-                return false;
-            }
-            delivered[rng.usize(0..delivered.len())].clone()
-        };
-        self.bus.publish(old, 1);
-        true
-    }
-
-    async fn deliver_one(&self) {
-        if self.bus.held.load(Ordering::SeqCst) {
-            return;
-        }
-        let event = {
-            let mut pending = lock(&self.bus.pending);
-            if pending.is_empty() {
-                return;
-            }
-            let i = lock(&self.bus.rng).usize(0..pending.len());
-            pending.swap_remove(i)
-        };
-        let limits = self.settings.limits;
-        let outcome = match parse_stopped(&event, "agent") {
-            Err(skipped) => format!("skipped ({})", skipped_kind(&skipped)),
-            Ok(stopped) => match end_stopped(&*self.registry, &stopped, &limits).await {
-                Ok(Outcome::Ended(reason)) => {
-                    *lock(&self.bus.ended_by_event)
-                        .entry(stopped.session_id.to_string())
-                        .or_default() += 1;
-                    format!("ended {reason}")
-                }
-                Ok(Outcome::AlreadyEnded) => "already ended".into(),
-                Ok(Outcome::Unknown) => "unknown session".into(),
-                Err(_) => {
-                    // Lambda failed: EventBridge retries the event.
-                    lock(&self.bus.pending).push(event);
-                    return;
-                }
-            },
-        };
-        *lock(&self.bus.outcomes).entry(outcome).or_default() += 1;
-        lock(&self.bus.delivered).push(event);
+        self.local.replay_event(rng)
     }
 
     pub fn event_outcomes(&self) -> BTreeMap<String, u32> {
-        lock(&self.bus.outcomes).clone()
+        lock(&self.reaper.outcomes).clone()
     }
 
     /// Sessions the event path ended more than once (must be none).
     pub fn ended_twice_by_events(&self) -> Vec<String> {
-        lock(&self.bus.ended_by_event)
+        lock(&self.reaper.ended_by_event)
             .iter()
             .filter(|(_, n)| **n > 1)
             .map(|(s, _)| s.clone())
             .collect()
     }
 
-    async fn sweep(&self) {
-        let tasks = EcsTasks::new(self.ecs.clone(), self.cluster.clone());
-        let report = Sweeper {
-            registry: &*self.registry,
-            tasks: &tasks,
-            limits: &self.settings.limits,
-            start_deadline: Duration::from_secs(60),
-            clock: &SystemClock,
-        }
-        .sweep(Duration::from_secs(5))
-        .await;
-        let mut sweeps = lock(&self.sweeps);
-        match report {
-            Ok(r) => {
-                *sweeps.entry("runs").or_default() += 1;
-                *sweeps.entry("lease_expired").or_default() += r.lease_expired;
-                *sweeps.entry("start_failed").or_default() += r.start_failed;
-                *sweeps.entry("tasks_stopped").or_default() += r.tasks_stopped;
-                *sweeps.entry("failed").or_default() += r.failed;
-            }
-            Err(_) => *sweeps.entry("runs that failed").or_default() += 1,
-        }
-    }
-
     pub fn sweep_totals(&self) -> BTreeMap<&'static str, u32> {
-        lock(&self.sweeps).clone()
+        lock(&self.reaper.sweeps).clone()
     }
 
     // ---- the observer ----
@@ -893,10 +604,10 @@ impl World {
         if self.ops_in_flight.load(Ordering::SeqCst) > 0 {
             problems.push("operations in flight".to_owned());
         }
-        if !self.fleet_settled() {
+        if !self.local.settled() {
             problems.push("tasks provisioning or stopping".to_owned());
         }
-        if self.events_pending() > 0 && !self.bus.held.load(Ordering::SeqCst) {
+        if self.events_pending() > 0 && !self.local.events_held() {
             problems.push(format!("{} events pending", self.events_pending()));
         }
         let rows = self.rows().await;
@@ -960,7 +671,7 @@ impl World {
             assert!(
                 Instant::now() < deadline,
                 "not consistent after {within:?}:\n{problems}\nagent logs: {}",
-                self.logs.display()
+                self.logs().display()
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -974,26 +685,8 @@ impl World {
             job.abort();
             let _ = job.await;
         }
-        let tasks = std::mem::take(&mut lock(&self.fleet).tasks);
-        for (_, task) in tasks {
-            if let Some(control) = &task.control {
-                let _ = control.send(Signal::Kill);
-            }
-        }
-        // The waiters reap them.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.alive_agents().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.local.shutdown(Duration::ZERO).await;
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Job {
-    Player,
-    Bus,
-    Sweeper,
-    Observer,
 }
 
 /// Marks an operation in flight.
@@ -1003,15 +696,6 @@ pub struct OpGuard<'a>(&'a World);
 impl Drop for OpGuard<'_> {
     fn drop(&mut self) {
         self.0.ops_in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Bus {
-    fn publish(&self, event: Value, copies: usize) {
-        let mut pending = lock(&self.pending);
-        for _ in 0..copies {
-            pending.push(event.clone());
-        }
     }
 }
 

@@ -19,10 +19,6 @@ use switchboard_core::{
 use switchboard_testkit::http::request;
 use world::{Settings, World};
 
-/// One world at a time: both run a dozen processes against the one emulator, and a 3 s lease
-/// leaves no room for the other's load.
-static ONE_WORLD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn limits(max: i64, per_call: i64, interval: f64, lease: f64) -> Limits {
     Limits::new(LimitOptions {
         max_concurrent_sessions: Some(max),
@@ -74,7 +70,7 @@ async fn row(world: &World, call: &CallId, id: SessionId) -> switchboard_core::S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_outage_of_two_intervals_keeps_the_agents_whose_lease_holds_and_stops_the_others_once()
  {
-    let _one = ONE_WORLD.lock().await;
+    let _one = crate::HEAVY.lock().await;
     // Interval 2 s (room for a loaded emulator's latency), outage 4 s. Three agents hold a
     // 20 s lease (it outlasts the outage), three a 6 s lease (it cannot: the agent gives up
     // one interval before it expires, at most 4 s after its last renewal).
@@ -114,9 +110,9 @@ async fn a_registry_outage_of_two_intervals_keeps_the_agents_whose_lease_holds_a
     .await;
 
     // The outage: the agents' connections to the table are cut for 2 intervals.
-    world.proxy.cut();
+    world.local.cut_all();
     tokio::time::sleep(outage).await;
-    world.proxy.restore();
+    world.local.restore_all();
     let restored = switchboard_core::Timestamp::now_system();
 
     // The short-lease agents stop themselves before their lease expires; each session ends
@@ -372,9 +368,9 @@ async fn perform(shared: &Shared, op: Op, rng: &mut fastrand::Rng) -> bool {
             if shared.outage.swap(true, Ordering::SeqCst) {
                 return false;
             }
-            world.proxy.cut();
+            world.local.cut_all();
             tokio::time::sleep(world.settings.limits.maintenance_interval() * 2).await;
-            world.proxy.restore();
+            world.local.restore_all();
             shared.outage.store(false, Ordering::SeqCst);
             true
         }
@@ -421,7 +417,7 @@ fn ops_per_client() -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_chaos_never_sees_more_agents_than_a_limit_and_ends_consistent() {
-    let _one = ONE_WORLD.lock().await;
+    let _one = crate::HEAVY.lock().await;
     for seed in seeds() {
         chaos(seed, ops_per_client()).await;
     }

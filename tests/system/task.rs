@@ -95,7 +95,9 @@ impl Fixture {
     ) {
         let endpoint = switchboard_testkit::endpoint();
         let proxy =
-            switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
+            switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://"))
+                .await
+                .expect("the proxy");
         proxy.cut();
         let mut child = self.task(session, &proxy.url, &[]);
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -413,8 +415,9 @@ async fn a_lost_lease_stops_the_agent_before_it_expires() {
     let f = fixture().await;
     let session = f.admit("call-lease", None).await;
     let endpoint = switchboard_testkit::endpoint();
-    let proxy =
-        switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://")).await;
+    let proxy = switchboard_testkit::proxy::Proxy::start(endpoint.trim_start_matches("http://"))
+        .await
+        .expect("the proxy");
     let mut child = f.task(
         &session,
         &proxy.url,

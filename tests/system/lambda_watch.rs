@@ -64,12 +64,12 @@ impl Stack {
         instances: usize,
         edit: impl FnOnce(&mut HashMap<&'static str, String>),
     ) -> Self {
-        Self::start_function(env!("CARGO_BIN_EXE_api"), instances, edit).await
+        Self::start_function(&switchboard_testkit::bins::bin("api"), instances, edit).await
     }
 
     /// Like [`Stack::start`], for any of the package's function binaries.
     async fn start_function(
-        binary: &str,
+        binary: &std::path::Path,
         instances: usize,
         edit: impl FnOnce(&mut HashMap<&'static str, String>),
     ) -> Self {
@@ -368,20 +368,6 @@ async fn a_failing_run_task_under_cargo_lambda_watch_leaves_no_slot_taken() {
     );
 }
 
-/// The agent binary (`demo-agent`, built with its `aws` feature by `cargo test --workspace
-/// --all-features`, next to this package's `api`).
-pub fn agent_binary() -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_api")).with_file_name("demo-agent");
-    assert!(
-        path.exists(),
-        "{} is missing: run the workspace's tests (./scripts/test), or `cargo build -p demo-agent --features aws` first",
-        path.display()
-    );
-    path
-}
-
-/// Plays Fargate for one `RunTask`: starts the agent binary's `task` with exactly the
-/// environment moto recorded in the task's container override.
 /// What `sam build` made: the test command builds it first (`sam build ApiFunction
 /// --build-in-source`, x86_64) and names it in `SWITCHBOARD_TEST_SAM_BOOTSTRAP`.
 fn sam_bootstrap() -> String {
@@ -399,7 +385,7 @@ fn sam_bootstrap() -> String {
 async fn the_function_sam_build_made_serves_health_and_a_session_lifecycle() {
     // The artifact a deploy uploads, not the test build: SAM's own cargo-lambda build
     // (an explicit target triple, its own profile and features) under cargo lambda watch.
-    let stack = Stack::start_function(&sam_bootstrap(), 1, |_| {}).await;
+    let stack = Stack::start_function(std::path::Path::new(&sam_bootstrap()), 1, |_| {}).await;
     let health = stack.call("GET", "/health", "").await;
     assert_eq!(health.status, 200);
     // Each header once through the function (lambda_http keeps one value per header).
@@ -459,51 +445,44 @@ async fn docs_without_a_slash_renders_the_operations_through_the_function() {
         .await;
 }
 
-pub async fn play_fargate(ecs: &aws_sdk_ecs::Client, cluster: &str, arn: &str) -> Child {
-    let mut cmd = Command::new(agent_binary());
-    cmd.arg("task")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AWS_ENDPOINT_URL", switchboard_testkit::endpoint())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("SWITCHBOARD_LOG_FORMAT", "json")
-        .env("DEMO_PARTICIPANT_SECONDS", "120")
-        .envs(switchboard_testkit::task_environment(ecs, cluster, arn).await)
-        .envs(switchboard_testkit::recording_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    cmd.spawn().expect("the agent binary")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_serverless_path_end_to_end_with_the_test_playing_fargate() {
+async fn the_serverless_path_end_to_end_with_the_local_ecs_running_the_task() {
     let stack = Stack::start(2, |vars| {
         vars.insert("SWITCHBOARD_MAINTENANCE_INTERVAL", "1".into());
     })
     .await;
     let ecs = switchboard_testkit::ecs_client();
+    // The api alone here (the reaper's path: local_stack.rs): events are only logged.
+    let local = crate::local_ecs(
+        &stack.cluster,
+        std::sync::Arc::new(switchboard_local_ecs::LogSink),
+        |_| {},
+    )
+    .await;
     let posted = Instant::now();
     let created = stack.call("POST", "/calls/call-fargate/sessions", "").await;
     assert_eq!(created.status, 201, "{created:?}");
     let id = created.json()["session_id"].as_str().unwrap().to_owned();
     let tasks = switchboard_testkit::tasks_started_by(&ecs, &stack.cluster, &id).await;
-    let mut agent = play_fargate(&ecs, &stack.cluster, &tasks[0]).await;
 
     let path = format!("/calls/call-fargate/sessions/{id}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while stack.call("GET", &path, "").await.json()["status"] != "running" {
         assert!(
             Instant::now() < deadline,
-            "the agent never reported running"
+            "the agent never reported running; its log: {}",
+            local.log_of(&tasks[0]).display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!(
-        "POST → running through the agent task: {:?}",
+        "POST → running through the local ECS's task: {:?}",
         posted.elapsed()
+    );
+    let log = std::fs::read_to_string(local.log_of(&tasks[0])).unwrap();
+    assert!(
+        log.lines().next().unwrap().contains(&id),
+        "the task's log names its session first: {log}"
     );
     // The agent's metrics reach the API once flushed (the demo agent answers its participant).
     loop {
@@ -523,23 +502,29 @@ async fn the_serverless_path_end_to_end_with_the_test_playing_fargate() {
     }
 
     let closed_at = Instant::now();
+    let closed_sys = std::time::SystemTime::now();
     assert_eq!(stack.call("DELETE", &path, "").await.status, 202);
-    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
-        .await
-        .expect("the agent task exits after the close")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    let exit = loop {
+        if let Some(exit) = local.exits().into_iter().find(|e| e.task_arn == tasks[0]) {
+            break exit;
+        }
+        assert!(
+            closed_at.elapsed() < Duration::from_secs(30),
+            "the agent task did not exit after the close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code, Some(0));
     eprintln!(
         "DELETE → agent process exit: {:?} (interval 1 s)",
-        closed_at.elapsed()
+        exit.at.duration_since(closed_sys).unwrap_or_default()
     );
-    ecs.stop_task()
-        .cluster(&stack.cluster)
-        .task(&tasks[0])
-        .reason("Essential container in task exited")
-        .send()
-        .await
-        .unwrap();
+    // The local ECS stops the exited task in the emulator, as ECS does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while switchboard_testkit::running_tasks(&ecs, &stack.cluster).await != 0 {
+        assert!(Instant::now() < deadline, "the exited task still RUNNING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let gone = stack.call("GET", &path, "").await;
     assert_eq!(gone.status, 404, "ended sessions answer 404");
@@ -561,6 +546,7 @@ async fn the_serverless_path_end_to_end_with_the_test_playing_fargate() {
         .await
         .unwrap();
     assert_eq!((counts.global, counts.per_call), (0, 0), "slots released");
+    local.shutdown(Duration::from_secs(5)).await;
 }
 
 /// Invokes the function with an event, as EventBridge does (the Lambda Invoke API of
@@ -580,7 +566,7 @@ async fn invoke(stack: &Stack, event: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_under_cargo_lambda_watch_ends_a_stopped_tasks_session_once_and_sweeps() {
-    let stack = Stack::start_function(env!("CARGO_BIN_EXE_reaper"), 1, |_| {}).await;
+    let stack = Stack::start_function(&switchboard_testkit::bins::bin("reaper"), 1, |_| {}).await;
     let registry = registry(&stack.table).await;
     let call = CallId::parse("call-reaped").unwrap();
     let StartOutcome::Created(session) = registry
@@ -601,7 +587,7 @@ async fn the_reaper_under_cargo_lambda_watch_ends_a_stopped_tasks_session_once_a
     };
     registry.mark_running(&call, session.id).await.unwrap();
     let event: Value = serde_json::from_str(
-        &include_str!("../../../infra/events/ecs-task-state-change-stopped.json")
+        &include_str!("../../infra/events/ecs-task-state-change-stopped.json")
             .replace("SESSION_ID_HERE", &session.id.to_string())
             .replace("CALL_ID_HERE", call.as_str()),
     )
@@ -618,13 +604,13 @@ async fn the_reaper_under_cargo_lambda_watch_ends_a_stopped_tasks_session_once_a
     );
     assert_eq!(registry.counts(&call).await.unwrap().global, 0);
 
-    let schedule: Value = serde_json::from_str(include_str!(
-        "../../../infra/events/eventbridge-schedule.json"
-    ))
-    .unwrap();
+    let schedule: Value =
+        serde_json::from_str(include_str!("../../infra/events/eventbridge-schedule.json")).unwrap();
     let swept = invoke(&stack, &schedule).await;
+    // A whole sweep: under watch the invocation's deadline header is no real deadline.
+    let report = swept["sweep"].as_str().unwrap();
     assert!(
-        swept["sweep"].as_str().unwrap().starts_with("SweepReport"),
+        report.starts_with("SweepReport") && report.contains("incomplete: false"),
         "{swept}"
     );
 }

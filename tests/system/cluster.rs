@@ -1,6 +1,5 @@
 //! Two `serve` processes on one DynamoDB table (moto): the limits hold across both, a session
 //! started on A is visible and closable on B, and A closes it within one maintenance interval.
-#![cfg(feature = "aws")]
 
 use std::time::{Duration, Instant};
 

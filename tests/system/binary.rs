@@ -8,10 +8,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_demo-agent");
-
 pub fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(switchboard_testkit::bins::bin("demo-agent"));
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -247,7 +245,6 @@ async fn run_serves_the_demo_page_and_its_call_then_ends_idle_after_the_person_l
 
 /// `serve` with `OPENAI_MODEL` answers through the OpenAI-compatible model: the greeting, a
 /// tool round and the answer come from a local fake server, over the local call.
-#[cfg(feature = "openai")]
 #[tokio::test]
 async fn serve_with_an_openai_compatible_model_answers_through_it() {
     use serde_json::json;

@@ -1,0 +1,393 @@
+//! `infra/serverless-local.sh` itself, as a user runs it: its own moto, the api and the
+//! reaper under `cargo lambda watch`, the local ECS running each session's agent process.
+//! One full lifecycle through it, a SIGKILLed agent resolved by the reaper (by its STOPPED
+//! event; with `LOCAL_ECS_EVENTS=0`, by the sweep once the lease expired), then SIGTERM:
+//! the script stops everything it started.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_testkit::http::{Reply, request};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The processes whose environment has `key=value` (not zombies), from /proc.
+fn processes_with(key: &str, value: &str) -> Vec<(u32, String)> {
+    let needle = format!("{key}={value}");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let base = entry.path();
+        let Ok(stat) = std::fs::read_to_string(base.join("stat")) else {
+            continue;
+        };
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, Some('Z' | 'X') | None) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(base.join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            let cmdline = std::fs::read(base.join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
+struct LocalStack {
+    script: Child,
+    port: u16,
+    table: String,
+    marker: String,
+    /// The script's output so far (its own lines and the local ECS's).
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    logs: std::path::PathBuf,
+}
+
+impl LocalStack {
+    /// Starts the script with `settings` and waits for its ready line.
+    async fn start(settings: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let run = uuid::Uuid::now_v7().simple().to_string();
+        let table = format!("local-stack-{run}");
+        let logs = std::env::temp_dir().join(format!("switchboard-local-stack-{run}"));
+        let root = switchboard_testkit::bins::workspace_root();
+        let mut command = Command::new("bash");
+        command
+            .arg(root.join("infra/serverless-local.sh"))
+            .current_dir(&root)
+            .env("PORT", port.to_string())
+            .env("MOTO_PORT", free_port().to_string())
+            .env("TABLE", &table)
+            .env("CLUSTER", format!("local-stack-{run}"))
+            .env("LOGS", &logs)
+            .env("BIN_DIR", switchboard_testkit::bins::bin_dir())
+            .env("SWITCHBOARD_LOCAL_STACK_TEST", &run)
+            .envs(settings.iter().copied())
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group, as a user's terminal would give it; stopped by SIGTERM.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut script = command.spawn().expect("bash infra/serverless-local.sh");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
+        let ready = format!("switchboard: ready at http://127.0.0.1:{port}/lambda-url/api");
+        let (seen, collected) = (tokio::sync::oneshot::channel::<()>(), output.clone());
+        let (ready_tx, ready_rx) = seen;
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line == ready
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                collected
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
+        // A cold first build of the functions can take minutes; the test command builds
+        // them before the tests.
+        tokio::time::timeout(Duration::from_secs(900), ready_rx)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no ready line; output: {:#?}",
+                    output
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                )
+            })
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the script ended before it was ready: {:#?}",
+                    output
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                )
+            });
+        Self {
+            script,
+            port,
+            table,
+            marker: run,
+            output,
+            logs,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str) -> Reply {
+        request(
+            &format!("127.0.0.1:{}", self.port),
+            method,
+            &format!("/lambda-url/api{path}"),
+            &[],
+            "",
+        )
+        .await
+    }
+
+    async fn session(&self, call: &str, id: &str) -> Value {
+        let listed = self
+            .call("GET", &format!("/calls/{call}/sessions?include_ended=true"))
+            .await;
+        assert_eq!(listed.status, 200, "{listed:?}");
+        listed.json()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session_id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Polls the session until `done`; panics after `within` with the script's output.
+    async fn until(
+        &self,
+        call: &str,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.session(call, id).await;
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session {id} not as expected within {within:?}: {s}\noutput: {:#?}",
+                self.output
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn start_session(&self, call: &str) -> String {
+        let created = self.call("POST", &format!("/calls/{call}/sessions")).await;
+        assert_eq!(created.status, 201, "{created:?}");
+        created.json()["session_id"].as_str().unwrap().to_owned()
+    }
+
+    /// The pid of the session's agent process (the local ECS starts it with the task's
+    /// environment, so its SESSION_ID).
+    fn agent_of(&self, id: &str) -> u32 {
+        let found = processes_with("SESSION_ID", id);
+        assert_eq!(found.len(), 1, "one agent process for {id}: {found:?}");
+        found[0].0
+    }
+
+    /// SIGTERM, as Ctrl-C or a service manager would stop it; then nothing it started is left.
+    async fn stop(mut self) {
+        let pid = self.script.id().unwrap().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), self.script.wait())
+            .await
+            .expect("the script stops within a minute of SIGTERM")
+            .unwrap();
+        // 143: it exits as a SIGTERMed script does, after stopping what it started.
+        assert_eq!(status.code(), Some(143), "{status:?}");
+        let left: Vec<_> = processes_with("SWITCHBOARD_LOCAL_STACK_TEST", &self.marker)
+            .into_iter()
+            .chain(processes_with("TABLE_NAME", &self.table))
+            .collect();
+        assert!(left.is_empty(), "processes outlived the script: {left:#?}");
+        let output = self
+            .output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            output.last().map(String::as_str),
+            Some("switchboard: stopped"),
+            "{output:#?}"
+        );
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+impl Drop for LocalStack {
+    /// A failed test still stops the stack: SIGTERM lets the script stop what it started
+    /// (a SIGKILL would leave its process groups running).
+    fn drop(&mut self) {
+        if !matches!(self.script.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Some(pid) = self.script.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(self.script.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_stack_runs_a_session_end_to_end_and_the_reaper_ends_a_killed_one() {
+    let _heavy = crate::HEAVY.lock().await;
+    let stack = LocalStack::start(&[
+        ("PROVISIONING_SECONDS", "1"),
+        ("SWEEP_SECONDS", "60"),
+        ("SWITCHBOARD_MAINTENANCE_INTERVAL", "1"),
+    ])
+    .await;
+    assert_eq!(stack.call("GET", "/health").await.status, 200);
+
+    // starting → running (its process visible) → metrics → DELETE → ended requested.
+    let posted = Instant::now();
+    let id = stack.start_session("walk").await;
+    let got = stack
+        .call("GET", &format!("/calls/walk/sessions/{id}"))
+        .await;
+    assert_eq!(got.json()["status"], "starting");
+    stack
+        .until("walk", &id, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    eprintln!(
+        "local stack: POST → running in {:?} (provisioning 1 s)",
+        posted.elapsed()
+    );
+    let agent = stack.agent_of(&id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = stack
+            .call("GET", &format!("/calls/walk/sessions/{id}/metrics"))
+            .await
+            .json();
+        if m["metrics"]["llm_latency_ms__count"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no metrics: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = stack
+        .call("DELETE", &format!("/calls/walk/sessions/{id}"))
+        .await;
+    assert_eq!(closed.status, 202, "{closed:?}");
+    let ended = stack
+        .until("walk", &id, Duration::from_secs(30), |s| {
+            s["status"] == "ended"
+        })
+        .await;
+    assert_eq!(ended["end_reason"], "requested", "{ended}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{agent}")).exists()
+        && !processes_with("SESSION_ID", &id).is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the agent process outlived its session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // kill -9 of an agent: its STOPPED event reaches the reaper, which ends it task_stopped.
+    let id = stack.start_session("killed").await;
+    stack
+        .until("killed", &id, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    let pid = stack.agent_of(&id).to_string();
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .await
+        .unwrap();
+    let ended = stack
+        .until("killed", &id, Duration::from_secs(30), |s| {
+            s["status"] == "ended"
+        })
+        .await;
+    assert_eq!(ended["end_reason"], "task_stopped", "{ended}");
+    eprintln!(
+        "local stack: kill -9 → ended task_stopped in {:?}",
+        killed.elapsed()
+    );
+    let output = stack
+        .output
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .join("\n");
+    assert!(
+        output.contains("STOPPED") && output.contains("137"),
+        "the local ECS printed the STOPPED state with the exit code: {output}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_events_the_sweep_ends_a_killed_agents_session_once_its_lease_expired() {
+    let _heavy = crate::HEAVY.lock().await;
+    let lease = 4.0;
+    let stack = LocalStack::start(&[
+        ("LOCAL_ECS_EVENTS", "0"),
+        ("SWEEP_SECONDS", "1"),
+        ("SWITCHBOARD_MAINTENANCE_INTERVAL", "1"),
+        ("SWITCHBOARD_SESSION_LEASE_SECONDS", "4"),
+    ])
+    .await;
+    let id = stack.start_session("swept").await;
+    stack
+        .until("swept", &id, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    let pid = stack.agent_of(&id).to_string();
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .await
+        .unwrap();
+    let ended = stack
+        .until("swept", &id, Duration::from_secs(30), |s| {
+            s["status"] == "ended"
+        })
+        .await;
+    assert_eq!(ended["end_reason"], "lease_expired", "{ended}");
+    let took = killed.elapsed();
+    eprintln!(
+        "local stack without events: kill -9 → ended lease_expired in {took:?} (lease {lease} s, sweep 1 s)"
+    );
+    stack.stop().await;
+}
