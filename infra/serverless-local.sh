@@ -118,7 +118,7 @@ export AWS_ENDPOINT_URL=$endpoint AWS_REGION=${AWS_REGION:-us-east-1}
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
 eval "$(.venv/bin/python infra/moto_setup.py "$endpoint" --cluster "$CLUSTER")"
 "$bin/switchboard-dynamodb" create-table "$TABLE" > /dev/null
-say "table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION"
+say "table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION, subnet $SUBNET"
 
 # Every SWITCHBOARD_* launcher setting to both functions (the api puts the agents' in each
 # task's container override); the global limit defaults to 10 here.

@@ -13,7 +13,7 @@ use switchboard_testkit::browser::Chromium;
 use crate::local_call::Server;
 
 fn screenshot_paths(name: &str) -> Vec<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = switchboard_testkit::bins::workspace_root();
     let mut paths = vec![root.join("target/screenshots").join(name)];
     if std::env::var_os("SWITCHBOARD_DOCS_SCREENSHOTS").is_some() {
         paths.push(root.join("docs/screenshots").join(name));
