@@ -724,6 +724,7 @@ async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value>
     let client = client();
     let sketch = LatencySketch::new();
     let started = LatencySketch::new();
+    let exited = std::sync::Arc::new(LatencySketch::new());
     let mut polls = 0u64;
     for i in 0..samples {
         let call_id = format!("close-{i}");
@@ -747,8 +748,23 @@ async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value>
                 .1;
         }
         started.record(asked.elapsed().as_secs_f64() * 1000.0);
+        // An agent in a process of its own (the local ECS's tasks): its exit is measured too.
+        let id = path.rsplit('/').next().unwrap_or_default().to_owned();
+        let agents = agent_processes(&id);
         let start = Instant::now();
         let (status, _) = call(&client, &server.base, Method::DELETE, &path, None).await?;
+        let exit_wait = (!agents.is_empty()).then(|| {
+            let exited = exited.clone();
+            tokio::spawn(async move {
+                while agents.iter().any(|pid| alive(*pid)) {
+                    if start.elapsed() > Duration::from_secs(60) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                exited.record(start.elapsed().as_secs_f64() * 1000.0);
+            })
+        });
         if status != StatusCode::ACCEPTED {
             bail!("close {i}: {status}");
         }
@@ -766,12 +782,46 @@ async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value>
             }
         }
         sketch.record(start.elapsed().as_secs_f64() * 1000.0);
+        if let Some(wait) = exit_wait {
+            wait.await?;
+        }
     }
-    let (s, up) = (sketch.stats(), started.stats());
-    Ok(json!({
+    let (s, up, ex) = (sketch.stats(), started.stats(), exited.stats());
+    let mut report = json!({
         "samples": samples, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "max_ms": s.max_ms, "polls": polls,
         "start_to_running": {"p50_ms": up.p50_ms, "p95_ms": up.p95_ms, "max_ms": up.max_ms},
-    }))
+    });
+    if ex.count > 0 {
+        report["close_to_exit"] = json!({"samples": ex.count, "p50_ms": ex.p50_ms, "p95_ms": ex.p95_ms, "max_ms": ex.max_ms});
+    }
+    Ok(report)
+}
+
+/// The live processes whose environment names `SESSION_ID=<id>` (from /proc).
+fn agent_processes(id: &str) -> Vec<u32> {
+    let needle = format!("SESSION_ID={id}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// Whether a process runs (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X') | None
+        )
+    })
 }
 
 fn print_report(report: &Value) {
@@ -872,6 +922,15 @@ fn print_report(report: &Value) {
             up["p95_ms"].as_f64().unwrap_or(0.0),
             up["max_ms"].as_f64().unwrap_or(0.0)
         );
+        if let Some(ex) = c.get("close_to_exit") {
+            out += &format!(
+                "close (DELETE → agent process exit): {} samples, p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms\n",
+                ex["samples"],
+                ex["p50_ms"].as_f64().unwrap_or(0.0),
+                ex["p95_ms"].as_f64().unwrap_or(0.0),
+                ex["max_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
     for run in report["task"]["runs"].as_array().into_iter().flatten() {
         let ms = |part: &str, k: &str| run[part][k].as_f64().unwrap_or(0.0);

@@ -5,7 +5,9 @@
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -234,3 +236,114 @@ impl EventSink for LogSink {
 
 /// Shares a sink.
 pub type SharedSink = Arc<dyn EventSink>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default)]
+    struct Recorder {
+        got: Mutex<Vec<u64>>,
+        fail_first: AtomicBool,
+    }
+
+    #[async_trait]
+    impl EventSink for Recorder {
+        async fn deliver(&self, event: &Value) -> Result<(), String> {
+            if self.fail_first.swap(false, Ordering::SeqCst) {
+                return Err("the target is down".into());
+            }
+            lock(&self.got).push(event["n"].as_u64().unwrap());
+            Ok(())
+        }
+    }
+
+    fn publish(bus: &Bus, n: u64) {
+        for i in 0..n {
+            bus.publish(serde_json::json!({ "n": i }));
+        }
+    }
+
+    #[tokio::test]
+    async fn without_faults_every_event_goes_once_in_order() {
+        let bus = Bus::new(Faults::default());
+        let sink = Recorder::default();
+        publish(&bus, 5);
+        bus.deliver_due(&sink).await;
+        assert_eq!(*lock(&sink.got), vec![0, 1, 2, 3, 4]);
+        assert_eq!(bus.stats().delivered, 5);
+    }
+
+    #[tokio::test]
+    async fn dropped_events_never_arrive_and_are_counted() {
+        let bus = Bus::new(Faults {
+            drop: 1.0,
+            ..Faults::default()
+        });
+        let sink = Recorder::default();
+        publish(&bus, 5);
+        bus.deliver_due(&sink).await;
+        assert!(lock(&sink.got).is_empty());
+        assert_eq!((bus.stats().published, bus.stats().dropped), (5, 5));
+    }
+
+    #[tokio::test]
+    async fn duplicates_and_reordering_keep_every_event_at_least_once() {
+        let bus = Bus::new(Faults {
+            max_copies: 3,
+            reorder: true,
+            seed: 7,
+            ..Faults::default()
+        });
+        let sink = Recorder::default();
+        publish(&bus, 20);
+        bus.deliver_due(&sink).await;
+        let got = lock(&sink.got).clone();
+        for i in 0..20 {
+            let copies = got.iter().filter(|n| **n == i).count();
+            assert!((1..=3).contains(&copies), "event {i} came {copies} times");
+        }
+        assert!(got.len() > 20, "some came more than once: {got:?}");
+        assert!(
+            got.windows(2).any(|w| w[0] > w[1]),
+            "some came out of order: {got:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_event_waits_and_a_held_bus_delivers_nothing() {
+        let bus = Bus::new(Faults {
+            delay: Duration::from_secs(2),
+            ..Faults::default()
+        });
+        let sink = Recorder::default();
+        publish(&bus, 1);
+        bus.deliver_due(&sink).await;
+        assert!(lock(&sink.got).is_empty(), "not yet due");
+        bus.hold(true);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        bus.deliver_due(&sink).await;
+        assert!(lock(&sink.got).is_empty(), "held");
+        bus.hold(false);
+        bus.deliver_due(&sink).await;
+        assert_eq!(*lock(&sink.got), vec![0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_delivery_is_retried_and_a_replay_comes_again() {
+        let bus = Bus::new(Faults::default());
+        let sink = Recorder {
+            fail_first: AtomicBool::new(true),
+            ..Recorder::default()
+        };
+        publish(&bus, 1);
+        bus.deliver_due(&sink).await;
+        assert_eq!((bus.pending(), bus.stats().failed_deliveries), (1, 1));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        bus.deliver_due(&sink).await;
+        assert_eq!(*lock(&sink.got), vec![0]);
+        assert!(bus.replay_random(&mut fastrand::Rng::with_seed(1)));
+        bus.deliver_due(&sink).await;
+        assert_eq!(*lock(&sink.got), vec![0, 0]);
+    }
+}

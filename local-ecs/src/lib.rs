@@ -826,6 +826,7 @@ impl Inner {
                     continue;
                 };
                 self.metadata.unregister(&task.info.id);
+                lock(&self.exited).remove(&arn);
                 task.proxy = None;
                 let at = exited.get(&arn).map_or_else(SystemTime::now, |e| e.1);
                 fleet.exits.push(Exit {
