@@ -43,20 +43,24 @@ case "$EMULATOR" in
     *) fail "EMULATOR must be moto or external, not $EMULATOR" ;;
 esac
 
-# Each process runs in its own process group (setsid) and is stopped with its whole group,
+# Each process runs in a session of its own (setsid) and is stopped with its whole group,
 # the last started first: the local ECS drains the agents while the table is still there.
+# Whatever is left in that session after the grace (the agents run in process groups of
+# their own inside the local ECS's session) is killed by session id.
 GROUPS_STARTED=()
 stop_all() {
-    trap - EXIT INT TERM
+    trap '' INT TERM   # a second Ctrl-C must not cut the stop short
+    trap - EXIT
     local i pg
     for ((i = ${#GROUPS_STARTED[@]} - 1; i >= 0; i--)); do
         pg=${GROUPS_STARTED[i]}
-        kill -TERM -- "-$pg" 2>/dev/null || continue
+        kill -TERM -- "-$pg" 2>/dev/null || true
         for _ in $(seq 1 150); do
             kill -0 -- "-$pg" 2>/dev/null || break
             sleep 0.1
         done
         kill -KILL -- "-$pg" 2>/dev/null || true
+        pkill -KILL -s "$pg" 2>/dev/null || true
     done
     wait 2>/dev/null || true
     echo "switchboard: stopped"
@@ -69,14 +73,18 @@ trap 'exit 143' TERM
 # command's full toolchain there has them too.
 local_want=$(sha256sum infra/requirements-local.txt | cut -d' ' -f1)
 full_want=$(cat scripts/requirements-test.txt infra/requirements-local.txt | sha256sum | cut -d' ' -f1)
-if [[ -x .venv/bin/python \
+if [[ -x .venv/bin/pip \
     && ( "$(cat .venv/.requirements.sha256 2>/dev/null)" == "$full_want" \
       || "$(cat .venv/.local.sha256 2>/dev/null)" == "$local_want" ) ]]; then
     :
 else
     say "installing moto and cargo-lambda into .venv (once, about a minute)"
-    [[ -x .venv/bin/python ]] || python3 -m venv .venv
-    .venv/bin/pip install --disable-pip-version-check --quiet -r infra/requirements-local.txt
+    if [[ ! -x .venv/bin/pip ]]; then
+        rm -rf .venv
+        python3 -m venv .venv || { rm -rf .venv; fail "python3 -m venv failed (Debian/Ubuntu: apt install python3-venv)"; }
+    fi
+    .venv/bin/pip install --disable-pip-version-check --quiet -r infra/requirements-local.txt \
+        || fail "pip could not install infra/requirements-local.txt"
     echo "$local_want" > .venv/.local.sha256
 fi
 export PATH="$PWD/.venv/bin:$PATH"
@@ -104,11 +112,16 @@ if [[ "$EMULATOR" == moto ]]; then
     say "starting moto on $endpoint (log: $LOGS/moto.log)"
     setsid .venv/bin/python infra/moto_server.py 127.0.0.1 "$MOTO_PORT" > "$LOGS/moto.log" 2>&1 &
     GROUPS_STARTED+=($!)
-    for _ in $(seq 1 100); do
-        .venv/bin/python -c "import urllib.request; urllib.request.urlopen('$endpoint/moto-api/', timeout=1)" 2>/dev/null && break
+    moto_up=""
+    for _ in $(seq 1 300); do
+        if .venv/bin/python -c "import urllib.request; urllib.request.urlopen('$endpoint/moto-api/', timeout=1)" 2>/dev/null; then
+            moto_up=1
+            break
+        fi
         kill -0 "${GROUPS_STARTED[-1]}" 2>/dev/null || { cat "$LOGS/moto.log"; fail "moto exited (is port $MOTO_PORT free? MOTO_PORT=... picks another)"; }
         sleep 0.1
     done
+    [[ -n "$moto_up" ]] || { cat "$LOGS/moto.log"; fail "moto did not answer on $endpoint within 30 s"; }
 else
     endpoint=$AWS_ENDPOINT_URL
     say "using the emulator at $endpoint"
@@ -116,8 +129,12 @@ fi
 
 export AWS_ENDPOINT_URL=$endpoint AWS_REGION=${AWS_REGION:-us-east-1}
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
-eval "$(.venv/bin/python infra/moto_setup.py "$endpoint" --cluster "$CLUSTER")"
-"$bin/switchboard-dynamodb" create-table "$TABLE" > /dev/null
+unset SUBNET TASK_DEFINITION
+setup=$(.venv/bin/python infra/moto_setup.py "$endpoint" --cluster "$CLUSTER") \
+    || fail "setting up the cluster and task definition at $endpoint failed"
+eval "$setup"
+"$bin/switchboard-dynamodb" create-table "$TABLE" > /dev/null \
+    || fail "creating the table $TABLE failed (with EMULATOR=external it may exist already: TABLE=... picks another)"
 say "table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION, subnet $SUBNET"
 
 # Every SWITCHBOARD_* launcher setting to both functions (the api puts the agents' in each
@@ -178,13 +195,22 @@ done
 
 if [[ "$LOCAL_ECS" != 0 ]]; then
     say "starting the local ECS: provisioning ${PROVISIONING_SECONDS}s, sweep every ${SWEEP_SECONDS}s, events $([[ "$LOCAL_ECS_EVENTS" == 0 ]] && echo off || echo on); task logs in $LOGS/tasks"
+    ready_file="$LOGS/local-ecs.ready"
+    rm -f "$ready_file"
     setsid "$bin/switchboard-local-ecs" --endpoint "$endpoint" --cluster "$CLUSTER" \
-        --agent "$AGENT" --lambda-url "$base" --logs "$LOGS/tasks" &
+        --agent "$AGENT" --lambda-url "$base" --logs "$LOGS/tasks" --ready-file "$ready_file" &
     GROUPS_STARTED+=($!)
     local_ecs_pid=$!
-    sleep 0.5
-    kill -0 "$local_ecs_pid" 2>/dev/null || fail "the local ECS exited"
+    for _ in $(seq 1 300); do
+        [[ -e "$ready_file" ]] && break
+        kill -0 "$local_ecs_pid" 2>/dev/null || fail "the local ECS exited"
+        sleep 0.1
+    done
+    [[ -e "$ready_file" ]] || fail "the local ECS did not start watching within 30 s"
 fi
 
 echo "switchboard: ready at $base/lambda-url/api"
-wait "$watch_pid"
+# Until one of them ends (or a signal): then everything stops.
+wait -n "${GROUPS_STARTED[@]}" || true
+echo "switchboard: a process of the stack exited; stopping the rest" >&2
+exit 1

@@ -57,10 +57,10 @@ impl EventSink for InvokeSink {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(event.to_string())))
             .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
+        // The reaper's timeout in the template is 60 s; a hung invocation is a failed one.
+        let response = tokio::time::timeout(Duration::from_secs(70), self.client.request(request))
             .await
+            .map_err(|_| format!("{}: no answer within 70 s", self.url))?
             .map_err(|e| format!("{}: {e}", self.url))?;
         let status = response.status();
         let failed = response.headers().contains_key("x-amz-function-error");
@@ -121,6 +121,8 @@ pub(crate) struct Bus {
     delivered: Mutex<Vec<Value>>,
     rng: Mutex<fastrand::Rng>,
     held: AtomicBool,
+    /// Taken from `pending`, not yet handled.
+    in_flight: std::sync::atomic::AtomicUsize,
     stats: Mutex<BusStats>,
 }
 
@@ -132,6 +134,7 @@ impl Bus {
             delivered: Mutex::default(),
             rng: Mutex::new(fastrand::Rng::with_seed(faults.seed)),
             held: AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             stats: Mutex::default(),
         }
     }
@@ -175,9 +178,12 @@ impl Bus {
                 } else {
                     due[0]
                 };
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
                 pending.remove(pick).1
             };
-            match sink.deliver(&event).await {
+            let delivered = sink.deliver(&event).await;
+            let _in_flight = InFlight(&self.in_flight);
+            match delivered {
                 Ok(()) => {
                     lock(&self.stats).delivered += 1;
                     lock(&self.delivered).push(event);
@@ -201,8 +207,10 @@ impl Bus {
         self.held.load(Ordering::SeqCst)
     }
 
+    /// Events not yet handled: waiting, or being delivered now.
     pub(crate) fn pending(&self) -> usize {
-        lock(&self.pending).len()
+        let pending = lock(&self.pending);
+        pending.len() + self.in_flight.load(Ordering::SeqCst)
     }
 
     pub(crate) fn replay_random(&self, rng: &mut fastrand::Rng) -> bool {
@@ -219,6 +227,15 @@ impl Bus {
 
     pub(crate) fn stats(&self) -> BusStats {
         *lock(&self.stats)
+    }
+}
+
+/// Counts one delivery done when dropped (after a failed one is back in `pending`).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

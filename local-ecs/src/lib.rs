@@ -178,6 +178,8 @@ struct Task {
     stopped_by_ecs: Option<String>,
     started_at: Option<String>,
     version: u64,
+    /// Why its process could not start (`TaskFailedToStart`).
+    failed_to_start: Option<String>,
 }
 
 /// A finished task whose STOPPED event waits for its StopTask in the emulator.
@@ -341,15 +343,28 @@ impl LocalEcs {
         for c in &controls {
             let _ = c.send(Signal::Term);
         }
-        let deadline = Instant::now() + grace;
-        while !controls.iter().all(mpsc::UnboundedSender::is_closed) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for c in &controls {
-            let _ = c.send(Signal::Kill);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !controls.iter().all(mpsc::UnboundedSender::is_closed) && Instant::now() < deadline {
+        // As ECS: the exits are handled (their tasks stopped in the emulator, their STOPPED
+        // events delivered) while the processes drain; SIGKILL after the grace.
+        let kill_at = Instant::now() + grace;
+        let give_up = kill_at + Duration::from_secs(5);
+        let mut killed = false;
+        loop {
+            self.inner.advance().await;
+            self.inner.bus.deliver_due(&*self.inner.sink).await;
+            let done = {
+                let fleet = lock(&self.inner.fleet);
+                fleet.to_stop.is_empty() && fleet.tasks.values().all(|t| t.control.is_none())
+            } && self.inner.bus.pending() == 0;
+            let now = Instant::now();
+            if done || now >= give_up {
+                return;
+            }
+            if now >= kill_at && !killed {
+                killed = true;
+                for c in &controls {
+                    let _ = c.send(Signal::Kill);
+                }
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -404,6 +419,9 @@ impl LocalEcs {
     /// Whether every task is settled: none provisioning or stopping, no exited process whose
     /// task is still RUNNING in the emulator.
     pub fn settled(&self) -> bool {
+        if !lock(&self.inner.exited).is_empty() {
+            return false;
+        }
         let fleet = lock(&self.inner.fleet);
         fleet.to_stop.is_empty()
             && fleet
@@ -688,10 +706,16 @@ impl Inner {
     }
 
     async fn tick(self: &Arc<Self>) {
-        let Some(running) = self.running_arns().await else {
-            return;
-        };
-        // New tasks: PROVISIONING.
+        // A failed listing (the emulator down or slow) skips only what needs it: exits,
+        // timers and StopTask retries go on with what is known.
+        if let Some(running) = self.running_arns().await {
+            self.adopt_and_notice_stops(&running).await;
+        }
+        self.advance().await;
+    }
+
+    /// New RUNNING tasks start PROVISIONING; known ones no longer RUNNING were stopped by ECS.
+    async fn adopt_and_notice_stops(self: &Arc<Self>, running: &HashSet<String>) {
         let new: Vec<String> = {
             let fleet = lock(&self.fleet);
             running
@@ -717,6 +741,7 @@ impl Inner {
                 stopped_by_ecs: None,
                 started_at: None,
                 version: 1,
+                failed_to_start: None,
             };
             self.emit(&task, "PROVISIONING", None, None);
             lock(&self.fleet).tasks.insert(task.info.arn.clone(), task);
@@ -758,7 +783,10 @@ impl Inner {
                 }
             }
         }
+    }
 
+    /// Timers, exits, spawns and the StopTask of exited tasks.
+    async fn advance(self: &Arc<Self>) {
         let now = Instant::now();
         let exited = lock(&self.exited).clone();
         let mut to_spawn = Vec::new();
@@ -814,7 +842,11 @@ impl Inner {
                 }
                 Err(error) => {
                     warn!(task = %info.id, error = %format!("{error:#}"), "the task's process did not start");
-                    // CannotStartContainerError, as ECS would stop it.
+                    // As ECS stops a task whose container cannot start.
+                    if let Some(task) = lock(&self.fleet).tasks.get_mut(&arn) {
+                        task.failed_to_start =
+                            Some(format!("CannotStartContainerError: {error:#}"));
+                    }
                     lock(&self.exited).insert(arn.clone(), (None, SystemTime::now()));
                 }
             }
@@ -845,9 +877,19 @@ impl Inner {
             }
         }
         // Exited processes: their tasks stopped in the emulator, then the event.
-        let to_stop: Vec<String> = lock(&self.fleet).to_stop.keys().cloned().collect();
-        for arn in to_stop {
-            let reason = "Essential container in task exited";
+        let to_stop: Vec<(String, Option<String>)> = lock(&self.fleet)
+            .to_stop
+            .iter()
+            .map(|(arn, s)| (arn.clone(), s.task.failed_to_start.clone()))
+            .collect();
+        for (arn, failed) in to_stop {
+            let (code, reason) = match &failed {
+                Some(why) => ("TaskFailedToStart", why.as_str()),
+                None => (
+                    "EssentialContainerExited",
+                    "Essential container in task exited",
+                ),
+            };
             let stopped = self
                 .ecs
                 .stop_task()
@@ -856,21 +898,24 @@ impl Inner {
                 .reason(reason)
                 .send()
                 .await;
-            match stopped {
-                Ok(_) => {
-                    let mut fleet = lock(&self.fleet);
-                    if let Some(s) = fleet.to_stop.remove(&arn) {
-                        self.emit(
-                            &s.task,
-                            "STOPPED",
-                            s.code,
-                            Some(("EssentialContainerExited", reason)),
-                        );
-                        fleet.done.insert(arn);
-                    }
-                }
-                Err(e) => {
-                    warn!(task = task_id(&arn), error = %aws_sdk_ecs::error::DisplayErrorContext(&e), "StopTask failed; retrying")
+            let gone = match &stopped {
+                Ok(_) => true,
+                // The emulator no longer knows the task (restarted, its cluster deleted):
+                // nothing is left to stop.
+                Err(e) => e.as_service_error().is_some_and(|e| {
+                    e.is_client_exception()
+                        || e.is_invalid_parameter_exception()
+                        || e.is_cluster_not_found_exception()
+                }),
+            };
+            if let Err(e) = &stopped {
+                warn!(task = task_id(&arn), error = %aws_sdk_ecs::error::DisplayErrorContext(e), gone, "StopTask failed");
+            }
+            if gone {
+                let mut fleet = lock(&self.fleet);
+                if let Some(s) = fleet.to_stop.remove(&arn) {
+                    self.emit(&s.task, "STOPPED", s.code, Some((code, reason)));
+                    fleet.done.insert(arn);
                 }
             }
         }
@@ -949,12 +994,15 @@ impl Inner {
                             Signal::Term => "TERM",
                             Signal::Kill => "KILL",
                         };
-                        let _ = Command::new("kill")
+                        let sent = Command::new("kill")
                             .args(["-s", name, "--", &group])
                             .stderr(Stdio::null())
                             .status()
                             .await;
-                        if matches!(signal, Signal::Kill) {
+                        if let Err(error) = &sent {
+                            warn!(%error, "`kill` did not run; SIGKILL to the agent alone");
+                        }
+                        if sent.is_err() || matches!(signal, Signal::Kill) {
                             let _ = child.start_kill();
                         }
                     }

@@ -62,6 +62,9 @@ struct Args {
     /// Seeds the fault choices.
     #[arg(long, env = "LOCAL_ECS_SEED", default_value_t = 1)]
     seed: u64,
+    /// Created once it watches (for a script to wait on).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "LOCAL_ECS_LOG_JSON", default_value = "0", value_parser = parse_flag)]
     json: bool,
@@ -137,12 +140,21 @@ async fn main() -> anyhow::Result<()> {
         Some(url) => Arc::new(InvokeSink::new(url, &args.function)),
         None => Arc::new(LogSink),
     };
+    // A hung emulator call must not stall the watch (moto serves one request at a time).
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(Duration::from_secs(10))
+        .build();
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&args.endpoint)
+        .timeout_config(timeouts)
         .load()
         .await;
     let ecs = aws_sdk_ecs::Client::new(&sdk);
     let local = LocalEcs::start(config, ecs, sink).await?;
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, b"watching\n")
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -1,7 +1,8 @@
 //! The workspace's binaries for system tests (`CARGO_BIN_EXE_*` only exists inside the
 //! package that owns a binary): built once per test process with the test command's own
-//! features (`cargo build --workspace --all-features --bins`, nothing to do after `cargo test
-//! --workspace --all-features` built them), then copied to `target/system-tests/bin/`. The
+//! features and dev-dependencies (`cargo build --workspace --all-features --bins --tests`:
+//! the same feature unification as `cargo test --workspace --all-features`, so nothing is
+//! built twice), then copied to `target/system-tests/bin/`. The
 //! copies are what the tests run: `target/debug/NAME` is replaced by any later build of
 //! another feature set (the local stack script builds the functions alone), and a process
 //! must never start a half-replaced file or the other variant.
@@ -47,6 +48,7 @@ fn build() -> HashMap<String, PathBuf> {
             "--workspace",
             "--all-features",
             "--bins",
+            "--tests",
             "--locked",
             "--message-format=json-render-diagnostics",
         ])
@@ -57,7 +59,7 @@ fn build() -> HashMap<String, PathBuf> {
         .expect("cargo build (the workspace's binaries)");
     assert!(
         output.status.success(),
-        "cargo build --workspace --all-features --bins failed"
+        "cargo build --workspace --all-features --bins --tests failed"
     );
     let dir = root.join("target").join("system-tests").join("bin");
     std::fs::create_dir_all(&dir).expect("target/system-tests/bin");

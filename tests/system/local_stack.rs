@@ -61,6 +61,8 @@ struct LocalStack {
     marker: String,
     /// The script's output so far (its own lines and the local ECS's).
     output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Reads the output until the script and everything it started closed it.
+    reader: Option<tokio::task::JoinHandle<()>>,
     logs: std::path::PathBuf,
 }
 
@@ -83,8 +85,14 @@ impl LocalStack {
             .env("LOGS", &logs)
             .env("BIN_DIR", switchboard_testkit::bins::bin_dir())
             .env("SWITCHBOARD_LOCAL_STACK_TEST", &run)
+            // The local ECS's lines as JSON, for the checks below.
+            .env("LOCAL_ECS_LOG_JSON", "1")
             .envs(settings.iter().copied())
             .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("EMULATOR")
+            .env_remove("LOCAL_ECS")
+            .env_remove("RELEASE")
+            .env_remove("AGENT")
             .env_remove("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -98,7 +106,7 @@ impl LocalStack {
         let ready = format!("switchboard: ready at http://127.0.0.1:{port}/lambda-url/api");
         let (seen, collected) = (tokio::sync::oneshot::channel::<()>(), output.clone());
         let (ready_tx, ready_rx) = seen;
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             while let Ok(Some(line)) = lines.next_line().await {
                 if line == ready
@@ -112,34 +120,42 @@ impl LocalStack {
                     .push(line);
             }
         });
-        // A cold first build of the functions can take minutes; the test command builds
-        // them before the tests.
-        tokio::time::timeout(Duration::from_secs(900), ready_rx)
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no ready line; output: {:#?}",
-                    output
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                )
-            })
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the script ended before it was ready: {:#?}",
-                    output
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                )
-            });
-        Self {
+        // The guard exists before the wait: a failed start still stops what it started.
+        let stack = Self {
             script,
             port,
             table,
             marker: run,
             output,
+            reader: Some(reader),
             logs,
+        };
+        // A cold first build of the functions can take minutes; the test command builds
+        // them before the tests.
+        let ready = tokio::time::timeout(Duration::from_secs(900), ready_rx).await;
+        let output = || {
+            stack
+                .output
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        };
+        match ready {
+            Ok(Ok(())) => stack,
+            Ok(Err(_)) => panic!("the script ended before it was ready: {:#?}", output()),
+            Err(_) => panic!("no ready line within 15 minutes: {:#?}", output()),
         }
+    }
+
+    /// The local ECS's `task state` lines (JSON) for a session.
+    fn task_states(&self, session: &str) -> Vec<Value> {
+        self.output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "task state" && v["session"] == session)
+            .collect()
     }
 
     async fn call(&self, method: &str, path: &str) -> Reply {
@@ -220,6 +236,9 @@ impl LocalStack {
             .unwrap();
         // 143: it exits as a SIGTERMed script does, after stopping what it started.
         assert_eq!(status.code(), Some(143), "{status:?}");
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+        }
         let left: Vec<_> = processes_with("SWITCHBOARD_LOCAL_STACK_TEST", &self.marker)
             .into_iter()
             .chain(processes_with("TABLE_NAME", &self.table))
@@ -262,7 +281,7 @@ impl Drop for LocalStack {
 async fn the_local_stack_runs_a_session_end_to_end_and_the_reaper_ends_a_killed_one() {
     let _heavy = crate::HEAVY.lock().await;
     let stack = LocalStack::start(&[
-        ("PROVISIONING_SECONDS", "1"),
+        ("PROVISIONING_SECONDS", "2"),
         ("SWEEP_SECONDS", "60"),
         ("SWITCHBOARD_MAINTENANCE_INTERVAL", "1"),
     ])
@@ -282,7 +301,7 @@ async fn the_local_stack_runs_a_session_end_to_end_and_the_reaper_ends_a_killed_
         })
         .await;
     eprintln!(
-        "local stack: POST → running in {:?} (provisioning 1 s)",
+        "local stack: POST → running in {:?} (provisioning 2 s)",
         posted.elapsed()
     );
     let agent = stack.agent_of(&id);
@@ -343,14 +362,18 @@ async fn the_local_stack_runs_a_session_end_to_end_and_the_reaper_ends_a_killed_
         "local stack: kill -9 → ended task_stopped in {:?}",
         killed.elapsed()
     );
-    let output = stack
-        .output
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .join("\n");
-    assert!(
-        output.contains("STOPPED") && output.contains("137"),
-        "the local ECS printed the STOPPED state with the exit code: {output}"
+    let states = stack.task_states(&id);
+    let statuses: Vec<&str> = states.iter().filter_map(|v| v["status"].as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["PROVISIONING", "RUNNING", "STOPPED"],
+        "{states:#?}"
+    );
+    let stopped = &states[2];
+    assert_eq!(stopped["exit_code"], 137, "128 + SIGKILL: {stopped}");
+    assert_eq!(
+        stopped["stop_code"], "EssentialContainerExited",
+        "{stopped}"
     );
     stack.stop().await;
 }
@@ -386,6 +409,11 @@ async fn without_events_the_sweep_ends_a_killed_agents_session_once_its_lease_ex
         .await;
     assert_eq!(ended["end_reason"], "lease_expired", "{ended}");
     let took = killed.elapsed();
+    // Never before the lease: it was renewed at most one interval (1 s) before the kill.
+    assert!(
+        took >= Duration::from_secs(3),
+        "ended {took:?} after the kill, inside the lease"
+    );
     eprintln!(
         "local stack without events: kill -9 → ended lease_expired in {took:?} (lease {lease} s, sweep 1 s)"
     );
