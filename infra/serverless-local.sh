@@ -13,7 +13,7 @@
 # It prints `switchboard: ready at http://127.0.0.1:$PORT/lambda-url/api` once the api's
 # /ready answers 200, and stops everything it started on Ctrl-C or SIGTERM.
 #
-# Settings (environment): PORT (9000), MOTO_PORT (5050), TABLE, CLUSTER, RELEASE=1 (optimized
+# Settings (environment): PORT (9000), MOTO_PORT (5050), MOTO_HOST (127.0.0.1), TABLE, CLUSTER, RELEASE=1 (optimized
 # builds), PROVISIONING_SECONDS (0), SWEEP_SECONDS (60), LOCAL_ECS_EVENTS (1), AGENT (the
 # tasks' binary; default the demo agent), LOGS (target/local-stack), every SWITCHBOARD_*
 # launcher setting (passed to both functions; the api hands the agents theirs).
@@ -25,6 +25,8 @@ cd "$(dirname "$0")/.."
 
 PORT=${PORT:-9000}
 MOTO_PORT=${MOTO_PORT:-5050}
+# 0.0.0.0 lets a container reach moto (sam local start-api, README); loopback by default.
+MOTO_HOST=${MOTO_HOST:-127.0.0.1}
 TABLE=${TABLE:-switchboard-local}
 CLUSTER=${CLUSTER:-switchboard-local}
 EMULATOR=${EMULATOR:-moto}
@@ -36,6 +38,19 @@ export LOCAL_ECS_EVENTS=${LOCAL_ECS_EVENTS:-1}
 
 say() { echo "==> $*"; }
 fail() { echo "switchboard: $*" >&2; exit 1; }
+# 0/1 switches: 1, true, yes, on turn one on; 0, false, no, off (or empty) turn it off.
+flag() {
+    case "${1,,}" in
+        1 | true | yes | on) echo 1 ;;
+        "" | 0 | false | no | off) echo 0 ;;
+        *) fail "$2 must be 0 or 1, not $1" ;;
+    esac
+}
+RELEASE=$(flag "${RELEASE:-0}" RELEASE)
+LOCAL_ECS=$(flag "$LOCAL_ECS" LOCAL_ECS)
+LOCAL_ECS_EVENTS=$(flag "$LOCAL_ECS_EVENTS" LOCAL_ECS_EVENTS)
+export LOCAL_ECS_EVENTS
+[[ "$RELEASE" == 1 ]] && release=(--release) || release=()
 
 case "$EMULATOR" in
     moto) ;;
@@ -90,17 +105,29 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 profile=debug
-if [[ -n "${RELEASE:-}" ]]; then profile=release; fi
+if [[ "$RELEASE" == 1 ]]; then profile=release; fi
+
+# Ports in use (often a previous run's processes): say so before building anything.
+port_free() { .venv/bin/python -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$1" 2>/dev/null; }
+port_free "$PORT" || fail "port $PORT is in use (a previous run still going?); PORT=... picks another"
+if [[ "$EMULATOR" == moto ]]; then
+    port_free "$MOTO_PORT" || fail "port $MOTO_PORT is in use (a previous run's moto?); MOTO_PORT=... picks another"
+fi
 # The functions exactly as `cargo lambda watch -p switchboard-functions` runs them, so its
 # first invocation finds them built.
 say "building the functions (api, reaper; the first build takes a few minutes)"
-cargo build ${RELEASE:+--release} --locked -p switchboard-functions --bins
+cargo build "${release[@]}" --locked -p switchboard-functions --bins
 if [[ -n "${BIN_DIR:-}" ]]; then
     bin=$BIN_DIR
 else
-    say "building the agent (demo-agent with its aws feature), the local ECS and switchboard-dynamodb"
-    cargo build ${RELEASE:+--release} --locked -p demo-agent --features demo-agent/aws \
-        -p switchboard-local-ecs -p switchboard-aws --bins
+    if [[ -n "${AGENT:-}" ]]; then
+        say "building the local ECS and switchboard-dynamodb (the tasks run $AGENT)"
+        cargo build "${release[@]}" --locked -p switchboard-local-ecs -p switchboard-aws --bins
+    else
+        say "building the agent (demo-agent with its aws feature), the local ECS and switchboard-dynamodb"
+        cargo build "${release[@]}" --locked -p demo-agent --features demo-agent/aws \
+            -p switchboard-local-ecs -p switchboard-aws --bins
+    fi
     bin=target/$profile
 fi
 AGENT=${AGENT:-$bin/demo-agent}
@@ -110,7 +137,7 @@ mkdir -p "$LOGS"
 if [[ "$EMULATOR" == moto ]]; then
     endpoint="http://127.0.0.1:$MOTO_PORT"
     say "starting moto on $endpoint (log: $LOGS/moto.log)"
-    setsid .venv/bin/python infra/moto_server.py 127.0.0.1 "$MOTO_PORT" > "$LOGS/moto.log" 2>&1 &
+    setsid .venv/bin/python infra/moto_server.py "$MOTO_HOST" "$MOTO_PORT" > "$LOGS/moto.log" 2>&1 &
     GROUPS_STARTED+=($!)
     moto_up=""
     for _ in $(seq 1 300); do
@@ -127,6 +154,12 @@ else
     say "using the emulator at $endpoint"
 fi
 
+# moto: its region and dummy credentials, whatever the user's shell has (real keys must
+# never reach a command line here). An external emulator keeps what the user set.
+if [[ "$EMULATOR" == moto ]]; then
+    export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+    unset AWS_SESSION_TOKEN AWS_PROFILE
+fi
 export AWS_ENDPOINT_URL=$endpoint AWS_REGION=${AWS_REGION:-us-east-1}
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
 unset SUBNET TASK_DEFINITION
@@ -152,7 +185,7 @@ say "starting cargo lambda watch on 127.0.0.1:$PORT: api and reaper (log: $LOGS/
 # declares none there); watch's own layer would add a second `vary` to every response.
 # --timeout 60: an invocation may take the reaper's timeout in the template.
 setsid cargo lambda watch --disable-cors --timeout 60 -A 127.0.0.1 -P "$PORT" \
-    ${RELEASE:+--release} -p switchboard-functions \
+    "${release[@]}" -p switchboard-functions \
     --env-var "TABLE_NAME=$TABLE" \
     --env-var "ECS_CLUSTER=$CLUSTER" \
     --env-var "TASK_DEFINITION=$TASK_DEFINITION" \

@@ -75,6 +75,14 @@ fn build() -> HashMap<String, PathBuf> {
         ) else {
             continue;
         };
+        // The binaries themselves: `--tests` also builds each binary's unit-test harness,
+        // under the same target name.
+        let is_bin = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "bin"));
+        if !is_bin || message["profile"]["test"].as_bool() != Some(false) {
+            continue;
+        }
         let copy = dir.join(name);
         let partial = dir.join(format!(".{name}.{}", std::process::id()));
         std::fs::copy(exe, &partial).unwrap_or_else(|e| panic!("copying {exe}: {e}"));
