@@ -801,8 +801,10 @@ impl Inner {
                 let stopped = task.stopped_by_ecs.is_some();
                 match task.phase {
                     Phase::Provisioning(_) if stopped => finished.push((arn.clone(), None)),
+                    // Nothing new starts once the local ECS is stopping.
                     Phase::Provisioning(since)
-                        if now.duration_since(since) >= self.config.provisioning =>
+                        if now.duration_since(since) >= self.config.provisioning
+                            && !self.stopping.load(Ordering::SeqCst) =>
                     {
                         to_spawn.push(arn.clone());
                     }
