@@ -442,43 +442,43 @@ impl LocalEcs {
 
     /// Cuts one task from the emulator (its connections refused); false if it has no proxy.
     pub fn cut(&self, task_arn: &str) -> bool {
-        let fleet = lock(&self.inner.fleet);
-        fleet
-            .tasks
-            .get(task_arn)
-            .and_then(|t| t.proxy.as_ref())
-            .map(Proxy::cut)
-            .is_some()
+        self.with_proxy(task_arn, Proxy::cut)
     }
 
     /// Reconnects one task.
     pub fn restore(&self, task_arn: &str) -> bool {
+        self.with_proxy(task_arn, Proxy::restore)
+    }
+
+    /// Cuts every task from the emulator, and the tasks that start while cut.
+    pub fn cut_all(&self) {
+        self.set_all_cut(true);
+    }
+
+    /// Reconnects every task.
+    pub fn restore_all(&self) {
+        self.set_all_cut(false);
+    }
+
+    fn with_proxy(&self, task_arn: &str, act: fn(&Proxy)) -> bool {
         let fleet = lock(&self.inner.fleet);
         fleet
             .tasks
             .get(task_arn)
             .and_then(|t| t.proxy.as_ref())
-            .map(Proxy::restore)
+            .map(act)
             .is_some()
     }
 
-    /// Cuts every task from the emulator, and the tasks that start while cut.
-    pub fn cut_all(&self) {
-        self.inner.all_cut.store(true, Ordering::SeqCst);
-        for t in lock(&self.inner.fleet).tasks.values() {
-            if let Some(p) = &t.proxy {
-                p.cut();
-            }
-        }
-    }
-
-    /// Reconnects every task.
-    pub fn restore_all(&self) {
-        self.inner.all_cut.store(false, Ordering::SeqCst);
-        for t in lock(&self.inner.fleet).tasks.values() {
-            if let Some(p) = &t.proxy {
-                p.restore();
-            }
+    fn set_all_cut(&self, cut: bool) {
+        self.inner.all_cut.store(cut, Ordering::SeqCst);
+        let act = if cut { Proxy::cut } else { Proxy::restore };
+        for p in lock(&self.inner.fleet)
+            .tasks
+            .values()
+            .filter_map(|t| t.proxy.as_ref())
+        {
+            act(p);
         }
     }
 
@@ -527,6 +527,35 @@ impl Drop for LocalEcs {
     }
 }
 
+/// The ARNs of a cluster's tasks whose desired status is RUNNING, every page.
+///
+/// # Errors
+/// When a ListTasks call fails.
+pub async fn running_task_arns(
+    ecs: &Client,
+    cluster: &str,
+) -> Result<
+    HashSet<String>,
+    aws_sdk_ecs::error::SdkError<aws_sdk_ecs::operation::list_tasks::ListTasksError>,
+> {
+    let mut arns = HashSet::new();
+    let mut token = None;
+    loop {
+        let page = ecs
+            .list_tasks()
+            .cluster(cluster)
+            .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+            .set_next_token(token)
+            .send()
+            .await?;
+        arns.extend(page.task_arns().iter().cloned());
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            return Ok(arns);
+        }
+    }
+}
+
 fn task_id(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
 }
@@ -537,25 +566,12 @@ fn now_rfc3339() -> String {
 
 impl Inner {
     async fn running_arns(&self) -> Option<HashSet<String>> {
-        let mut arns = HashSet::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .ecs
-                .list_tasks()
-                .cluster(&self.config.cluster)
-                .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
-                .set_next_token(token)
-                .send()
-                .await
-                .inspect_err(|e| warn!(error = %aws_sdk_ecs::error::DisplayErrorContext(e), "ListTasks failed"))
-                .ok()?;
-            arns.extend(page.task_arns().iter().cloned());
-            token = page.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Some(arns);
-            }
-        }
+        running_task_arns(&self.ecs, &self.config.cluster)
+            .await
+            .inspect_err(
+                |e| warn!(error = %aws_sdk_ecs::error::DisplayErrorContext(e), "ListTasks failed"),
+            )
+            .ok()
     }
 
     async fn definition(&self, arn: &str) -> Option<Definition> {

@@ -8,6 +8,7 @@ pub mod bins;
 pub mod browser;
 pub mod http;
 pub mod openai;
+pub mod procs;
 pub mod proxy {
     //! The cuttable TCP proxy (the local ECS's, one per task there).
     pub use switchboard_local_ecs::proxy::Proxy;

@@ -32,14 +32,6 @@ struct Stack {
     init: Duration,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 async fn wait_for(addr: &str, path: &str, want: u16) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -77,7 +69,7 @@ impl Stack {
         let table = switchboard_testkit::table(&dynamodb).await;
         let ecs = switchboard_testkit::ecs_client();
         let (cluster, definition) = switchboard_testkit::ecs_cluster(&ecs).await;
-        let port = free_port();
+        let port = crate::free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut watch = Command::new("cargo")
             .args([

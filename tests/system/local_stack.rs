@@ -12,46 +12,12 @@ use switchboard_testkit::http::{Reply, request};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// The processes whose environment has `key=value` (not zombies), from /proc.
+/// The processes whose environment has `key=value`, with their command lines.
 fn processes_with(key: &str, value: &str) -> Vec<(u32, String)> {
-    let needle = format!("{key}={value}");
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let base = entry.path();
-        let Ok(stat) = std::fs::read_to_string(base.join("stat")) else {
-            continue;
-        };
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next());
-        if matches!(state, Some('Z' | 'X') | None) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(base.join("environ")) else {
-            continue;
-        };
-        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            let cmdline = std::fs::read(base.join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-                .unwrap_or_default();
-            out.push((pid, cmdline));
-        }
-    }
-    out
+    switchboard_testkit::procs::with_env(key, value)
+        .into_iter()
+        .map(|p| (p.pid, p.cmdline()))
+        .collect()
 }
 
 struct LocalStack {
@@ -69,7 +35,7 @@ struct LocalStack {
 impl LocalStack {
     /// Starts the script with `settings` and waits for its ready line.
     async fn start(settings: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        let port = crate::free_port();
         let run = uuid::Uuid::now_v7().simple().to_string();
         let table = format!("local-stack-{run}");
         let logs = std::env::temp_dir().join(format!("switchboard-local-stack-{run}"));
@@ -79,7 +45,7 @@ impl LocalStack {
             .arg(root.join("infra/serverless-local.sh"))
             .current_dir(&root)
             .env("PORT", port.to_string())
-            .env("MOTO_PORT", free_port().to_string())
+            .env("MOTO_PORT", crate::free_port().to_string())
             .env("TABLE", &table)
             .env("CLUSTER", format!("local-stack-{run}"))
             .env("LOGS", &logs)
@@ -222,6 +188,29 @@ impl LocalStack {
         found[0].0
     }
 
+    /// Starts a session in `call`, SIGKILLs its agent once it runs, and waits for the
+    /// session to end; returns its id, its ended row and how long the end took.
+    async fn kill_a_running_agent(&self, call: &str) -> (String, Value, Duration) {
+        let id = self.start_session(call).await;
+        self.until(call, &id, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+        let pid = self.agent_of(&id).to_string();
+        let killed = Instant::now();
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .await
+            .unwrap();
+        let ended = self
+            .until(call, &id, Duration::from_secs(30), |s| {
+                s["status"] == "ended"
+            })
+            .await;
+        (id, ended, killed.elapsed())
+    }
+
     /// SIGTERM, as Ctrl-C or a service manager would stop it; then nothing it started is left.
     async fn stop(mut self) {
         let pid = self.script.id().unwrap().to_string();
@@ -339,29 +328,9 @@ async fn the_local_stack_runs_a_session_end_to_end_and_the_reaper_ends_a_killed_
     }
 
     // kill -9 of an agent: its STOPPED event reaches the reaper, which ends it task_stopped.
-    let id = stack.start_session("killed").await;
-    stack
-        .until("killed", &id, Duration::from_secs(60), |s| {
-            s["status"] == "running"
-        })
-        .await;
-    let pid = stack.agent_of(&id).to_string();
-    let killed = Instant::now();
-    Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .await
-        .unwrap();
-    let ended = stack
-        .until("killed", &id, Duration::from_secs(30), |s| {
-            s["status"] == "ended"
-        })
-        .await;
+    let (id, ended, took) = stack.kill_a_running_agent("killed").await;
     assert_eq!(ended["end_reason"], "task_stopped", "{ended}");
-    eprintln!(
-        "local stack: kill -9 → ended task_stopped in {:?}",
-        killed.elapsed()
-    );
+    eprintln!("local stack: kill -9 → ended task_stopped in {took:?}");
     let states = stack.task_states(&id);
     let statuses: Vec<&str> = states.iter().filter_map(|v| v["status"].as_str()).collect();
     assert_eq!(
@@ -389,26 +358,8 @@ async fn without_events_the_sweep_ends_a_killed_agents_session_once_its_lease_ex
         ("SWITCHBOARD_SESSION_LEASE_SECONDS", "4"),
     ])
     .await;
-    let id = stack.start_session("swept").await;
-    stack
-        .until("swept", &id, Duration::from_secs(60), |s| {
-            s["status"] == "running"
-        })
-        .await;
-    let pid = stack.agent_of(&id).to_string();
-    let killed = Instant::now();
-    Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .await
-        .unwrap();
-    let ended = stack
-        .until("swept", &id, Duration::from_secs(30), |s| {
-            s["status"] == "ended"
-        })
-        .await;
+    let (_, ended, took) = stack.kill_a_running_agent("swept").await;
     assert_eq!(ended["end_reason"], "lease_expired", "{ended}");
-    let took = killed.elapsed();
     // Never before the lease: it was renewed at most one interval (1 s) before the kill.
     assert!(
         took >= Duration::from_secs(3),

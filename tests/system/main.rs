@@ -50,3 +50,12 @@ pub async fn local_ecs(
         .await
         .expect("the local ECS")
 }
+
+/// A loopback port free now (for a process that must be told its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}

@@ -254,24 +254,9 @@ impl World {
     }
 
     async fn running_arns(&self) -> Option<HashSet<String>> {
-        let mut arns = HashSet::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .ecs
-                .list_tasks()
-                .cluster(&self.cluster)
-                .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
-                .set_next_token(token)
-                .send()
-                .await
-                .ok()?;
-            arns.extend(page.task_arns().iter().cloned());
-            token = page.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Some(arns);
-            }
-        }
+        switchboard_local_ecs::running_task_arns(&self.ecs, &self.cluster)
+            .await
+            .ok()
     }
 
     /// SIGKILLs a running agent picked by `rng`; returns its session.
@@ -356,48 +341,15 @@ impl World {
 
     /// The agent processes of this world that are alive now (not zombies), from /proc.
     pub fn alive_agents(&self) -> Vec<Alive> {
-        let mut out = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for entry in dir.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let base = entry.path();
-            if std::fs::read_link(base.join("exe")).ok().as_ref() != Some(&self.binary) {
-                continue;
-            }
-            let Ok(stat) = std::fs::read_to_string(base.join("stat")) else {
-                continue;
-            };
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            if matches!(state, Some('Z' | 'X') | None) {
-                continue;
-            }
-            let Ok(environ) = std::fs::read(base.join("environ")) else {
-                continue;
-            };
-            let vars: HashMap<String, String> = environ
-                .split(|b| *b == 0)
-                .filter_map(|kv| {
-                    let kv = String::from_utf8_lossy(kv);
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                })
-                .collect();
-            if vars.get("TABLE_NAME") != Some(&self.table) {
-                continue;
-            }
-            out.push(Alive {
-                pid,
-                session_id: vars.get("SESSION_ID").cloned().unwrap_or_default(),
-                call_id: vars.get("CALL_ID").cloned().unwrap_or_default(),
-            });
-        }
-        out
+        switchboard_testkit::procs::live(Some(&self.binary))
+            .into_iter()
+            .filter(|p| p.env.get("TABLE_NAME") == Some(&self.table))
+            .map(|p| Alive {
+                pid: p.pid,
+                session_id: p.env.get("SESSION_ID").cloned().unwrap_or_default(),
+                call_id: p.env.get("CALL_ID").cloned().unwrap_or_default(),
+            })
+            .collect()
     }
 
     /// The agents with their rows, for a violation's message.
