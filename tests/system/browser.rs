@@ -30,6 +30,8 @@ async fn screenshot(browser: &mut Chromium, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_page_joins_chats_with_the_agent_and_closes_its_session_then_the_dashboard_lists_it()
  {
+    // Chromium starts within its wait only when no heavy test loads both cores.
+    let _heavy = crate::HEAVY.lock().await;
     let server = Server::start(ServeOptions::default()).await;
     let base = format!("http://{}", server.addr);
     let mut page = Chromium::launch(&format!("{base}/?call_id=browser-call"), 1280, 800).await;
@@ -170,6 +172,8 @@ async fn the_demo_page_joins_chats_with_the_agent_and_closes_its_session_then_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_without_a_slash_renders_the_operations() {
+    // Chromium starts within its wait only when no heavy test loads both cores.
+    let _heavy = crate::HEAVY.lock().await;
     let server = Server::start(ServeOptions::default()).await;
     let mut page = Chromium::launch(&format!("http://{}/docs", server.addr), 1280, 800).await;
     page.wait_for(

@@ -418,6 +418,8 @@ async fn the_function_sam_build_made_serves_health_and_a_session_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docs_without_a_slash_renders_the_operations_through_the_function() {
+    // Chromium starts within its wait only when no heavy test loads both cores.
+    let _heavy = crate::HEAVY.lock().await;
     // /docs is the page itself (200), and its relative assets and document resolve under the
     // function's URL prefix (cargo lambda watch's /lambda-url/_/), as under a stage on AWS.
     let stack = Stack::start(1, |_| {}).await;

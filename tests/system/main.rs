@@ -24,7 +24,8 @@ mod task;
 use std::sync::Arc;
 
 /// One heavy test at a time: the chaos worlds and the local stack each run a dozen processes
-/// against one emulator on 2 cores, and their short leases leave no room for another's load.
+/// against one emulator on 2 cores, and their short leases leave no room for another's load;
+/// the browser tests take it too (Chromium once missed its 20 s start beside a chaos world).
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 use switchboard_local_ecs::{Config, EventSink, LocalEcs};
