@@ -15,7 +15,8 @@
 #
 # Settings (environment): PORT (9000), MOTO_PORT (5050), MOTO_HOST (127.0.0.1), TABLE, CLUSTER, RELEASE=1 (optimized
 # builds), PROVISIONING_SECONDS (0), SWEEP_SECONDS (60), LOCAL_ECS_EVENTS (1), AGENT (the
-# tasks' binary; default the demo agent), LOGS (target/local-stack), every SWITCHBOARD_*
+# tasks' binary; default the demo agent), LOGS (target/local-stack), WARM_POOL_SIZE (0: the
+# idle warm standbys to keep; PROVISIONING_SECONDS applies to them too), every SWITCHBOARD_*
 # launcher setting (passed to both functions; the api hands the agents theirs).
 # EMULATOR=external with AWS_ENDPOINT_URL set uses an emulator you already run instead of
 # starting moto; LOCAL_ECS=0 when that emulator runs the tasks itself. BIN_DIR names a folder
@@ -35,6 +36,7 @@ LOGS=${LOGS:-target/local-stack}
 export PROVISIONING_SECONDS=${PROVISIONING_SECONDS:-0}
 export SWEEP_SECONDS=${SWEEP_SECONDS:-60}
 export LOCAL_ECS_EVENTS=${LOCAL_ECS_EVENTS:-1}
+WARM_POOL_SIZE=${WARM_POOL_SIZE:-0}
 
 say() { echo "==> $*"; }
 fail() { echo "switchboard: $*" >&2; exit 1; }
@@ -51,6 +53,9 @@ LOCAL_ECS=$(flag "$LOCAL_ECS" LOCAL_ECS)
 LOCAL_ECS_EVENTS=$(flag "$LOCAL_ECS_EVENTS" LOCAL_ECS_EVENTS)
 export LOCAL_ECS_EVENTS
 [[ "$RELEASE" == 1 ]] && release=(--release) || release=()
+
+[[ "$WARM_POOL_SIZE" =~ ^[0-9]+$ ]] && (( 10#$WARM_POOL_SIZE <= 100 )) \
+    || fail "WARM_POOL_SIZE must be a whole number 0-100, not $WARM_POOL_SIZE"
 
 case "$EMULATOR" in
     moto) ;;
@@ -168,7 +173,7 @@ setup=$(.venv/bin/python infra/moto_setup.py "$endpoint" --cluster "$CLUSTER") \
 eval "$setup"
 "$bin/switchboard-dynamodb" create-table "$TABLE" > /dev/null \
     || fail "creating the table $TABLE failed (with EMULATOR=external it may exist already: TABLE=... picks another)"
-say "table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION, subnet $SUBNET"
+say "table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION, subnet $SUBNET, warm pool $WARM_POOL_SIZE"
 
 # Every SWITCHBOARD_* launcher setting to both functions (the api puts the agents' in each
 # task's container override); the global limit defaults to 10 here.
@@ -183,13 +188,16 @@ fi
 say "starting cargo lambda watch on 127.0.0.1:$PORT: api and reaper (log: $LOGS/lambda.log)"
 # --disable-cors: the function answers CORS itself, as behind the HTTP API (the template
 # declares none there); watch's own layer would add a second `vary` to every response.
-# --timeout 60: an invocation may take the reaper's timeout in the template.
-setsid cargo lambda watch --disable-cors --timeout 60 -A 127.0.0.1 -P "$PORT" \
+# No --timeout: watch applies it to every request of its runtime API too, so an idle
+# function's long poll for its next invocation got a 408 after it, without the request id
+# header, and lambda_runtime panicked (the api died after 60 s without requests).
+setsid cargo lambda watch --disable-cors -A 127.0.0.1 -P "$PORT" \
     "${release[@]}" -p switchboard-functions \
     --env-var "TABLE_NAME=$TABLE" \
     --env-var "ECS_CLUSTER=$CLUSTER" \
     --env-var "TASK_DEFINITION=$TASK_DEFINITION" \
     --env-var "SUBNETS=$SUBNET" \
+    --env-var "WARM_POOL_SIZE=$WARM_POOL_SIZE" \
     --env-var "AWS_ENDPOINT_URL=$endpoint" \
     --env-var "AWS_REGION=$AWS_REGION" \
     --env-var "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \

@@ -101,6 +101,8 @@ pub enum ApiError {
     LaunchFailed(anyhow::Error),
     /// 404 for an unknown route.
     RouteNotFound,
+    /// 404 `GET /pool` where no warm pool is kept.
+    NoPool,
     /// 405.
     MethodNotAllowed,
     /// 500 with a generic detail; the cause is logged.
@@ -141,7 +143,7 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::SessionNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::SessionNotFound(_) | Self::RouteNotFound | Self::NoPool => StatusCode::NOT_FOUND,
             Self::Rejected(r) => r.status,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -192,6 +194,9 @@ impl IntoResponse for ApiError {
                 json!(FAILED_TO_START)
             }
             Self::RouteNotFound => json!("Not Found"),
+            Self::NoPool => json!(
+                "No warm pool is kept here: agents run in this process (serve), or the deployment's WarmPoolSize is 0"
+            ),
             Self::MethodNotAllowed => json!("Method Not Allowed"),
             Self::Internal(source) => {
                 tracing::error!(error.cause_chain = ?source, "internal error");

@@ -12,7 +12,7 @@ use switchboard_core::{Error, SessionId};
 use crate::error::{ApiError, ErrorBody, ValidationErrorBody};
 use crate::hooks::{self, CallFilter};
 use crate::models::{
-    SessionListItem, SessionListResponse, SessionMetricsResponse, SessionResponse,
+    PoolResponse, SessionListItem, SessionListResponse, SessionMetricsResponse, SessionResponse,
     StartSessionRequest, StartSessionResponse,
 };
 use crate::request::{
@@ -367,6 +367,41 @@ fn prefers_html(headers: &http::HeaderMap) -> bool {
         }
     }
     html > json
+}
+
+/// The warm pool: standbys per task definition and state, and each standby. Guarded like
+/// `GET /sessions` (the `can_list_sessions` hook; with JWT, `sessions:view`), and fleet-wide:
+/// a token that may view only some calls is refused.
+#[utoipa::path(
+    get,
+    path = "/pool",
+    tag = "pool",
+    responses(
+        (status = 200, description = "The warm pool", body = PoolResponse),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed to view every call", body = ErrorBody),
+        (status = 404, description = "No warm pool is kept here", body = ErrorBody),
+        (status = 503, description = "The registry is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_pool(
+    State(app): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    if let Some(hook) = &app.hooks.can_list_sessions
+        && !matches!(hook.check(&parts).await?, CallFilter::All)
+    {
+        return Err(hooks::Rejection::forbidden(
+            "The warm pool is fleet-wide: it needs permission to view every call",
+        )
+        .into());
+    }
+    match app.launcher.pool().await {
+        None => Err(ApiError::NoPool),
+        Some(Ok(pool)) => Ok(Json(PoolResponse::from(&pool)).into_response()),
+        Some(Err(e)) => Err(ApiError::from_domain(e, "")),
+    }
 }
 
 /// Liveness: 200 while the process serves requests.

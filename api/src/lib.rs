@@ -118,6 +118,7 @@ pub fn router(state: AppState, options: ServeOptions) -> Result<Router, ConfigEr
             get(handlers::get_session_metrics),
         )
         .route("/sessions", get(handlers::list_sessions))
+        .route("/pool", get(handlers::get_pool))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
         .with_state(state);

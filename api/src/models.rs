@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use switchboard_core::registry::{ListedSession, MetricsReport};
-use switchboard_core::{AgentMetrics, Session};
+use switchboard_core::{AgentMetrics, PoolStatus, Session, StandbyState};
 use utoipa::ToSchema;
 
 /// `POST /calls/{call_id}/sessions` body. Both fields are optional; a missing or empty body
@@ -53,6 +53,12 @@ pub struct SessionResponse {
     /// When a close was requested, if it was.
     #[schema(format = DateTime)]
     pub close_requested_at: Option<String>,
+    /// `warm` (a standby of the warm pool was claimed for it) or `cold` (a task was started
+    /// for it); null until its agent was launched, and in `serve` (in-process agents).
+    pub start_type: Option<String>,
+    /// Admission → `running` in milliseconds (how long the agent took to join); null until
+    /// it has joined, and for sessions that never did.
+    pub start_latency_ms: Option<u64>,
 }
 
 impl From<&Session> for SessionResponse {
@@ -64,6 +70,10 @@ impl From<&Session> for SessionResponse {
             status: s.status.to_string(),
             call_type: s.call_type.to_string(),
             close_requested_at: s.close_requested_at.map(|t| t.to_rfc3339()),
+            start_type: s.start_type.map(|t| t.to_string()),
+            start_latency_ms: s
+                .start_latency()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -178,4 +188,117 @@ pub struct SessionListResponse {
     pub sessions: Vec<SessionListItem>,
     /// Pass as `?next_token=` for the next page; null on the last page.
     pub next_token: Option<String>,
+}
+
+/// One standby of the warm pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StandbyItem {
+    /// Its ECS task.
+    pub task_arn: String,
+    /// The task definition it runs.
+    pub task_definition: String,
+    /// `provisioning` (started, not yet registered), `idle` (claimable) or `claimed`.
+    pub state: String,
+    /// Whether its lease has lapsed (an idle standby past it is never claimed).
+    pub lease_lapsed: bool,
+    /// Its lease.
+    #[schema(format = DateTime)]
+    pub lease_expires_at: String,
+    /// When its task was started (provisioning) or it registered (idle) or was claimed.
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// The call of the session it hosts, once claimed.
+    pub call_id: Option<String>,
+    /// The session it hosts, once claimed.
+    pub session_id: Option<String>,
+}
+
+/// The standbys of one task definition, by state (lapsed leases not counted).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolDefinition {
+    /// The task definition ARN.
+    pub task_definition: String,
+    /// Whether claims take standbys of it (the api's `TASK_DEFINITION`); the others are
+    /// stopped by the reaper's sweep.
+    pub current: bool,
+    /// Claimable standbys.
+    pub idle: u32,
+    /// Standbys hosting a session.
+    pub claimed: u32,
+    /// Standbys started but not yet registered.
+    pub provisioning: u32,
+}
+
+/// `GET /pool`: the warm pool.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolResponse {
+    /// The idle standbys the pool keeps (`WarmPoolSize`).
+    pub target_size: u32,
+    /// The task definition claims accept.
+    pub task_definition: String,
+    /// Counts per task definition, the current one first.
+    pub definitions: Vec<PoolDefinition>,
+    /// Every registered standby.
+    pub standbys: Vec<StandbyItem>,
+    /// When the pool was read.
+    #[schema(format = DateTime)]
+    pub generated_at: String,
+}
+
+impl From<&PoolStatus> for PoolResponse {
+    fn from(pool: &PoolStatus) -> Self {
+        let mut definitions: Vec<PoolDefinition> = vec![PoolDefinition {
+            task_definition: pool.task_definition.clone(),
+            current: true,
+            idle: 0,
+            claimed: 0,
+            provisioning: 0,
+        }];
+        for standby in &pool.standbys {
+            let lapsed = standby.lease_expires_at <= pool.at;
+            let index = match definitions
+                .iter()
+                .position(|d| d.task_definition == standby.task_definition)
+            {
+                Some(i) => i,
+                None => {
+                    definitions.push(PoolDefinition {
+                        task_definition: standby.task_definition.clone(),
+                        current: false,
+                        idle: 0,
+                        claimed: 0,
+                        provisioning: 0,
+                    });
+                    definitions.len() - 1
+                }
+            };
+            let counts = &mut definitions[index];
+            match standby.state {
+                StandbyState::Claimed => counts.claimed += 1,
+                StandbyState::Idle if !lapsed => counts.idle += 1,
+                StandbyState::Provisioning if !lapsed => counts.provisioning += 1,
+                _ => {}
+            }
+        }
+        Self {
+            target_size: pool.target_size,
+            task_definition: pool.task_definition.clone(),
+            definitions,
+            standbys: pool
+                .standbys
+                .iter()
+                .map(|s| StandbyItem {
+                    task_arn: s.task_arn.clone(),
+                    task_definition: s.task_definition.clone(),
+                    state: s.state.as_str().to_owned(),
+                    lease_lapsed: s.lease_expires_at <= pool.at,
+                    lease_expires_at: s.lease_expires_at.to_rfc3339(),
+                    since: s.since.to_rfc3339(),
+                    call_id: s.session.as_ref().map(|(c, _)| c.to_string()),
+                    session_id: s.session.as_ref().map(|(_, id)| id.to_string()),
+                })
+                .collect(),
+            generated_at: pool.at.to_rfc3339(),
+        }
+    }
 }

@@ -9,8 +9,8 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, SchemaFormat, Type}
 use crate::error::{ErrorBody, LocStep, ValidationErrorBody, ValidationIssue};
 use crate::handlers;
 use crate::models::{
-    SessionListItem, SessionListResponse, SessionMetricsResponse, SessionResponse,
-    StartSessionRequest, StartSessionResponse,
+    PoolDefinition, PoolResponse, SessionListItem, SessionListResponse, SessionMetricsResponse,
+    SessionResponse, StandbyItem, StartSessionRequest, StartSessionResponse,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +27,7 @@ use crate::models::{
         handlers::close_session_beacon,
         handlers::get_session_metrics,
         handlers::list_sessions,
+        handlers::get_pool,
         handlers::health,
         handlers::ready,
     ),
@@ -37,6 +38,9 @@ use crate::models::{
         SessionMetricsResponse,
         SessionListItem,
         SessionListResponse,
+        PoolResponse,
+        PoolDefinition,
+        StandbyItem,
         ErrorBody,
         ValidationErrorBody,
         ValidationIssue,
@@ -44,6 +48,7 @@ use crate::models::{
     )),
     tags(
         (name = "sessions", description = "Agent sessions"),
+        (name = "pool", description = "The warm pool of standby agents (ECS)"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]
@@ -94,7 +99,7 @@ fn declare_auth_and_limits(doc: &mut utoipa::openapi::OpenApi) {
         );
     }
     for (path, item) in doc.paths.paths.iter_mut() {
-        let guarded = path.starts_with("/calls") || path == "/sessions";
+        let guarded = path.starts_with("/calls") || path == "/sessions" || path == "/pool";
         let beacon = path.ends_with("/close");
         let operations = [&mut item.get, &mut item.post, &mut item.delete];
         for operation in operations.into_iter().flatten() {

@@ -42,6 +42,8 @@ pub mod env {
     pub const CALL_TYPE: &str = "CALL_TYPE";
     /// The DynamoDB table of the registry.
     pub const TABLE_NAME: &str = "TABLE_NAME";
+    /// `1` on a warm standby (which has no session ids until it is claimed).
+    pub const STANDBY: &str = "STANDBY";
 }
 
 /// Where the tasks run: the Fargate launch type, or a capacity-provider strategy.
@@ -161,6 +163,16 @@ impl fmt::Debug for EcsSettings {
     }
 }
 
+/// What one `RunTask` starts: `count` tasks with this container environment.
+pub(crate) struct RunSpec {
+    pub(crate) environment: Vec<(String, String)>,
+    pub(crate) count: i32,
+    /// ECS starts at most one set of tasks per token (retries of an ambiguous attempt).
+    pub(crate) client_token: Option<String>,
+    pub(crate) started_by: String,
+    pub(crate) tags: Vec<(&'static str, String)>,
+}
+
 /// One `RunTask` attempt may take this long (awsvpc launches take a few seconds).
 const RUN_TASK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 
@@ -240,17 +252,53 @@ impl EcsLauncher {
         vars
     }
 
+    /// The container environment of a standby: `STANDBY=1` and no session (it learns its
+    /// session from its claim), the table and the supervisor settings.
+    pub fn standby_environment(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            (env::STANDBY.to_owned(), "1".to_owned()),
+            (env::TABLE_NAME.to_owned(), self.settings.table.clone()),
+        ];
+        vars.extend(
+            self.settings
+                .limits
+                .supervisor_env()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v)),
+        );
+        vars
+    }
+
     fn request(
         &self,
         session: &Session,
     ) -> Result<aws_sdk_ecs::operation::run_task::builders::RunTaskFluentBuilder, LaunchError> {
-        let s = &*self.settings;
-        let rejected = |e: aws_sdk_ecs::error::BuildError| {
-            LaunchError::Rejected(anyhow::Error::new(e).context("building RunTask"))
-        };
         let id = session.id.to_string();
+        self.run_task(RunSpec {
+            environment: self.environment(session),
+            count: 1,
+            client_token: Some(id.clone()),
+            started_by: id.clone(),
+            tags: vec![
+                ("switchboard:session-id", id),
+                ("switchboard:call-id", session.call_id.to_string()),
+                ("switchboard:call-type", session.call_type.to_string()),
+            ],
+        })
+        .map_err(|e| LaunchError::Rejected(anyhow::Error::new(e).context("building RunTask")))
+    }
+
+    /// A `RunTask` of the agent's task definition on the configured network and capacity.
+    pub(crate) fn run_task(
+        &self,
+        spec: RunSpec,
+    ) -> Result<
+        aws_sdk_ecs::operation::run_task::builders::RunTaskFluentBuilder,
+        aws_sdk_ecs::error::BuildError,
+    > {
+        let s = &*self.settings;
         let mut container = ContainerOverride::builder().name(&s.container);
-        for (name, value) in self.environment(session) {
+        for (name, value) in spec.environment {
             container =
                 container.environment(KeyValuePair::builder().name(name).value(value).build());
         }
@@ -262,17 +310,15 @@ impl EcsLauncher {
             } else {
                 AssignPublicIp::Disabled
             })
-            .build()
-            .map_err(rejected)?;
-        let tag = |key: &str, value: &str| Tag::builder().key(key).value(tag_value(value)).build();
+            .build()?;
         let mut request = self
             .client
             .run_task()
             .cluster(&s.cluster)
             .task_definition(&s.task_definition)
-            .count(1)
-            .client_token(&id)
-            .started_by(&id)
+            .count(spec.count)
+            .set_client_token(spec.client_token)
+            .started_by(spec.started_by)
             .group(TASK_GROUP)
             .network_configuration(
                 NetworkConfiguration::builder()
@@ -283,10 +329,10 @@ impl EcsLauncher {
                 TaskOverride::builder()
                     .container_overrides(container.build())
                     .build(),
-            )
-            .tags(tag("switchboard:session-id", &id))
-            .tags(tag("switchboard:call-id", session.call_id.as_str()))
-            .tags(tag("switchboard:call-type", session.call_type.as_str()));
+            );
+        for (key, value) in spec.tags {
+            request = request.tags(Tag::builder().key(key).value(tag_value(&value)).build());
+        }
         request = match &s.capacity {
             Capacity::Fargate => request.launch_type(LaunchType::Fargate),
             Capacity::Providers(providers) => {
@@ -296,8 +342,7 @@ impl EcsLauncher {
                             .capacity_provider(&provider.name)
                             .weight(provider.weight)
                             .base(provider.base)
-                            .build()
-                            .map_err(rejected)?,
+                            .build()?,
                     );
                 }
                 request
@@ -471,9 +516,7 @@ impl TaskLauncher for EcsLauncher {
             match outcome {
                 Attempt::Started(arn) => {
                     info!(task_arn = %arn, "agent task accepted");
-                    return Ok(Launched {
-                        task_arn: Some(arn),
-                    });
+                    return Ok(Launched::cold(arn));
                 }
                 Attempt::Definite(err) => return Err(err),
                 Attempt::Ambiguous(source) => {

@@ -58,11 +58,20 @@ impl EcsTasks {
         if listed.task_arns().is_empty() {
             return Ok(Vec::new());
         }
+        self.live(listed.task_arns()).await
+    }
+
+    /// Those of `arns` that ECS has not stopped (`DescribeTasks`; a task it no longer knows
+    /// is gone too).
+    pub async fn live(&self, arns: &[String]) -> Result<Vec<LiveTask>, Error> {
+        if arns.is_empty() {
+            return Ok(Vec::new());
+        }
         let described = self
             .client
             .describe_tasks()
             .cluster(&self.cluster)
-            .set_tasks(Some(listed.task_arns().to_vec()))
+            .set_tasks(Some(arns.to_vec()))
             .send()
             .await
             .map_err(|e| failed(e, "DescribeTasks"))?;

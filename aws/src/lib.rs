@@ -5,6 +5,8 @@
 //!   table (atomic limits, leases, close flags, history), and [`dynamodb::create_table`], which
 //!   creates the table exactly as `template.yaml` declares it.
 //! - [`ecs`]: [`EcsLauncher`], the `TaskLauncher` that runs each agent as its own ECS task.
+//! - [`pool`]: the warm pool of standby tasks ([`pool::WarmPool`]) and the api's launcher
+//!   that claims one before it starts a task ([`pool::PooledLauncher`]).
 //! - [`calls`]: the interceptor that records each deployed role's AWS calls for the IAM test.
 //!
 //! # Must not depend on
@@ -17,6 +19,7 @@ pub mod calls;
 pub mod dynamodb;
 pub mod ecs;
 pub mod ecs_tasks;
+pub mod pool;
 
 pub use dynamodb::DynamoRegistry;
 pub use ecs::{EcsLauncher, EcsSettings};

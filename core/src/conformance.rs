@@ -23,7 +23,7 @@ use crate::registry::{
 };
 use crate::{
     CallId, CallType, EndReason, Error, IdempotencyKey, LimitKind, ManualClock, Metadata, Session,
-    SessionId, SessionRegistry, SessionStatus, Timestamp,
+    SessionId, SessionRegistry, SessionStatus, StartType, Timestamp,
 };
 
 /// The suite's starting time: 2026-01-01T00:00:00Z.
@@ -441,10 +441,31 @@ pub async fn mark_running_only_from_starting(h: Harness) {
 pub async fn attach_task_records_the_arn_until_the_session_ends(h: Harness) {
     let s = h.start(&call("call-a")).await;
     let arn = "arn:aws:ecs:us-east-1:123456789012:task/switchboard/0123456789abcdef";
-    h.registry.attach_task(&s.call_id, s.id, arn).await.unwrap();
-    h.registry.attach_task(&s.call_id, s.id, arn).await.unwrap();
+    h.registry
+        .attach_task(&s.call_id, s.id, arn, Some(StartType::Cold))
+        .await
+        .unwrap();
+    h.registry
+        .attach_task(&s.call_id, s.id, arn, None)
+        .await
+        .unwrap();
     let row = h.registry.get(&s.call_id, s.id).await.unwrap().unwrap();
     assert_eq!(row.task_arn.as_deref(), Some(arn));
+    assert_eq!(
+        row.start_type,
+        Some(StartType::Cold),
+        "an attach without a start type keeps the one recorded"
+    );
+    h.registry
+        .attach_task(&s.call_id, s.id, arn, Some(StartType::Warm))
+        .await
+        .unwrap();
+    let row = h.registry.get(&s.call_id, s.id).await.unwrap().unwrap();
+    assert_eq!(
+        row.start_type,
+        Some(StartType::Warm),
+        "a start type given is written"
+    );
     assert_eq!(
         row.status,
         SessionStatus::Starting,
@@ -455,7 +476,9 @@ pub async fn attach_task_records_the_arn_until_the_session_ends(h: Harness) {
         .await
         .unwrap();
     assert!(matches!(
-        h.registry.attach_task(&s.call_id, s.id, "arn:other").await,
+        h.registry
+            .attach_task(&s.call_id, s.id, "arn:other", Some(StartType::Cold))
+            .await,
         Err(Error::Conflict(_))
     ));
     let row = h.registry.get(&s.call_id, s.id).await.unwrap().unwrap();
@@ -465,7 +488,9 @@ pub async fn attach_task_records_the_arn_until_the_session_ends(h: Harness) {
         "the ended row keeps its task"
     );
     assert!(matches!(
-        h.registry.attach_task(&call("call-b"), s.id, arn).await,
+        h.registry
+            .attach_task(&call("call-b"), s.id, arn, None)
+            .await,
         Err(Error::NotFound)
     ));
 }
@@ -1004,9 +1029,15 @@ impl<R: SessionRegistry> SessionRegistry for OutageRegistry<R> {
         self.check()?;
         self.inner.mark_running(call_id, id).await
     }
-    async fn attach_task(&self, call_id: &CallId, id: SessionId, arn: &str) -> crate::Result<()> {
+    async fn attach_task(
+        &self,
+        call_id: &CallId,
+        id: SessionId,
+        arn: &str,
+        start_type: Option<StartType>,
+    ) -> crate::Result<()> {
         self.check()?;
-        self.inner.attach_task(call_id, id, arn).await
+        self.inner.attach_task(call_id, id, arn, start_type).await
     }
     async fn heartbeat(
         &self,

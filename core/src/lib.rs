@@ -38,10 +38,10 @@ pub mod conformance;
 
 pub use error::{Error, LimitKind, Result};
 pub use ids::{CallId, CallType, IdempotencyKey, SessionId};
-pub use launcher::{LaunchError, Launched, TaskLauncher};
+pub use launcher::{LaunchError, Launched, PoolStatus, Standby, StandbyState, TaskLauncher};
 pub use limits::{LimitOptions, Limits};
 pub use memory::{MemoryRegistry, MemoryRegistryConfig};
 pub use metrics::{AgentMetrics, MetricsRecorder};
 pub use registry::SessionRegistry;
-pub use session::{EndReason, Metadata, Session, SessionStatus};
+pub use session::{EndReason, Metadata, Session, SessionStatus, StartType};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp, TokioClock};

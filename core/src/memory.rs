@@ -23,7 +23,7 @@ use crate::registry::{
 };
 use crate::{
     CallId, Clock, EndReason, Error, IdempotencyKey, LimitKind, Metadata, Result, Session,
-    SessionId, SessionRegistry, SessionStatus, Timestamp,
+    SessionId, SessionRegistry, SessionStatus, StartType, Timestamp,
 };
 
 /// Bounds of the in-memory registry.
@@ -254,11 +254,15 @@ impl SessionRegistry for MemoryRegistry {
         call_id: &CallId,
         session_id: SessionId,
         task_arn: &str,
+        start_type: Option<StartType>,
     ) -> Result<()> {
         let now = self.clock.now();
         let mut state = self.lock();
         let session = live_mut(state.record_mut(call_id, session_id, now)?)?;
         session.task_arn = Some(task_arn.to_owned());
+        if start_type.is_some() {
+            session.start_type = start_type;
+        }
         Ok(())
     }
 

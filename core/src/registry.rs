@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::metrics::AgentMetrics;
 use crate::{
     CallId, CallType, EndReason, IdempotencyKey, Metadata, Result, Session, SessionId,
-    SessionStatus, Timestamp,
+    SessionStatus, StartType, Timestamp,
 };
 
 /// How long an Idempotency-Key is remembered.
@@ -125,6 +125,7 @@ impl Session {
             end_reason: None,
             end_detail: None,
             task_arn: None,
+            start_type: None,
             counted: crate::session::Counted::BOTH,
             idempotency_key: request.idempotency.as_ref().map(|i| i.key.clone()),
             expires_at: None,
@@ -347,12 +348,14 @@ pub trait SessionRegistry: Send + Sync + std::fmt::Debug {
     async fn mark_running(&self, call_id: &CallId, session_id: SessionId) -> Result<Session>;
 
     /// Records the task that hosts the session's agent (e.g. its ECS task ARN), for the
-    /// reaper. `Conflict` once ended; idempotent.
+    /// reaper, and how it started when `start_type` is given (`None` leaves it as it is: the
+    /// task reporting its own ARN does not know). `Conflict` once ended; idempotent.
     async fn attach_task(
         &self,
         call_id: &CallId,
         session_id: SessionId,
         task_arn: &str,
+        start_type: Option<StartType>,
     ) -> Result<()>;
 
     /// Renews the lease to `now + lease` and returns the close flag. Never resurrects: an ended

@@ -134,12 +134,15 @@ pub async fn start_session(
     match launched {
         Ok(launched) => {
             let mut session = session;
-            if let Some(arn) = launched.task_arn {
+            session.start_type = launched.start_type;
+            if launched.recorded {
+                session.task_arn = launched.task_arn;
+            } else if let Some(arn) = launched.task_arn {
                 // The task runs either way; the ARN only lets the reaper stop it sooner. The
                 // agent task also reports it, and the reaper finds tasks by `startedBy`.
                 match by(
                     deadline,
-                    registry.attach_task(&session.call_id, session.id, &arn),
+                    registry.attach_task(&session.call_id, session.id, &arn, launched.start_type),
                 )
                 .await
                 {

@@ -126,6 +126,44 @@ impl FromStr for EndReason {
     }
 }
 
+/// How a session's agent came to run: on a warm standby claimed for it, or on a task (or
+/// process) started for it alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartType {
+    /// A standby, already past its warm-up, was claimed for the session.
+    Warm,
+    /// A task was started for the session (ECS: `RunTask`, with Fargate's cold start).
+    Cold,
+}
+
+impl StartType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+        }
+    }
+}
+
+impl fmt::Display for StartType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StartType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "warm" => Ok(Self::Warm),
+            "cold" => Ok(Self::Cold),
+            other => Err(Error::Invalid(format!("unknown start type '{other}'"))),
+        }
+    }
+}
+
 /// Which limit counters a session's start incremented, so its end decrements exactly those.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counted {
@@ -214,6 +252,9 @@ pub struct Session {
     pub end_detail: Option<String>,
     /// The ECS task running the agent, when there is one.
     pub task_arn: Option<String>,
+    /// Whether the agent runs on a claimed warm standby or a task started for it (`None`
+    /// where the launcher has no such choice: `serve`'s in-process agents).
+    pub start_type: Option<StartType>,
     /// Which counters the start incremented.
     pub counted: Counted,
     /// The Idempotency-Key the start used, if any.
@@ -232,6 +273,12 @@ impl Session {
     /// `starting` never joins: its agent, if it comes up, leaves at once.
     pub fn joined(&self) -> bool {
         self.running_at.is_some()
+    }
+
+    /// Admission → `running`: how long the agent took to join, once it has.
+    pub fn start_latency(&self) -> Option<std::time::Duration> {
+        self.running_at
+            .map(|running| running.saturating_since(self.created_at))
     }
 
     /// Whether a close has been requested and not yet carried out.
@@ -256,6 +303,15 @@ mod tests {
             assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
         }
         assert!("nope".parse::<EndReason>().is_err());
+    }
+
+    #[test]
+    fn start_types_round_trip_their_wire_names() {
+        for start in [StartType::Warm, StartType::Cold] {
+            assert_eq!(start.as_str().parse::<StartType>().unwrap(), start);
+            assert_eq!(serde_json::to_value(start).unwrap(), start.as_str());
+        }
+        assert!("tepid".parse::<StartType>().is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use switchboard_api::{AppState, CorsOptions, ServeOptions, registry_readiness};
 use switchboard_aws::DynamoRegistry;
 use switchboard_aws::calls::Role;
 use switchboard_aws::ecs::{Capacity, DEFAULT_RETRY_BUDGET, EcsLauncher, EcsSettings};
+use switchboard_aws::pool::{PoolSettings, PooledLauncher, WarmPool};
 use switchboard_core::limits::env as limit_env;
 use switchboard_core::{LimitOptions, Limits, SessionRegistry, SystemClock};
 
@@ -43,9 +44,14 @@ pub mod env {
     /// any origin with credentials, as in `serve`.
     pub const CORS_ALLOW_ORIGINS: &str = "CORS_ALLOW_ORIGINS";
     /// Seconds a `starting` session may wait for its task before the reaper ends it
-    /// (default 600).
+    /// (default 600); also how long a started standby may take to register.
     pub const START_DEADLINE_SECONDS: &str = "START_DEADLINE_SECONDS";
+    /// Idle warm standbys to keep (default 0: none, no spend; at most 100).
+    pub const WARM_POOL_SIZE: &str = "WARM_POOL_SIZE";
 }
+
+/// The largest `WARM_POOL_SIZE`.
+pub const MAX_WARM_POOL_SIZE: u32 = 100;
 
 /// With a public-key algorithm (an identity provider's key), tokens must be bound to this
 /// deployment: issuer and audience set, unless `AUTH_JWT_ALLOW_UNBOUND_TOKENS=true` (a key
@@ -96,6 +102,8 @@ pub struct ApiConfig {
     pub table: String,
     /// How agents are run.
     pub ecs: EcsSettings,
+    /// The warm pool (`WARM_POOL_SIZE` 0: none).
+    pub pool: PoolSettings,
     /// Admission limits and the supervisor settings passed to each task.
     pub limits: Limits,
     /// CORS.
@@ -213,6 +221,94 @@ fn limits<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Limits, Confi
     })
 }
 
+/// How agents' tasks are run (the api's and, for the pool, the reaper's).
+fn ecs_settings<F: Fn(&str) -> Option<String>>(
+    vars: &Vars<F>,
+    table: &str,
+    limits: Limits,
+) -> Result<EcsSettings, ConfigError> {
+    let assign_public_ip = match vars.optional(env::ASSIGN_PUBLIC_IP) {
+        None => false,
+        Some(v) => match v.trim().to_ascii_uppercase().as_str() {
+            "ENABLED" | "TRUE" => true,
+            "DISABLED" | "FALSE" => false,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: env::ASSIGN_PUBLIC_IP,
+                    value: v,
+                    reason: "expected ENABLED or DISABLED".into(),
+                });
+            }
+        },
+    };
+    let providers = match vars.optional(env::CAPACITY_PROVIDERS) {
+        None => Vec::new(),
+        Some(v) => {
+            switchboard_aws::ecs::parse_strategy(&v).map_err(|reason| ConfigError::Invalid {
+                name: env::CAPACITY_PROVIDERS,
+                value: v.clone(),
+                reason,
+            })?
+        }
+    };
+    Ok(EcsSettings {
+        cluster: vars.required(env::ECS_CLUSTER)?,
+        task_definition: vars.required(env::TASK_DEFINITION)?,
+        container: vars
+            .optional(env::AGENT_CONTAINER)
+            .unwrap_or_else(|| "agent".into()),
+        subnets: vars.required_list(env::SUBNETS)?,
+        security_groups: vars.required_list(env::SECURITY_GROUPS)?,
+        assign_public_ip,
+        capacity: if providers.is_empty() {
+            Capacity::Fargate
+        } else {
+            Capacity::Providers(providers)
+        },
+        table: table.to_owned(),
+        limits,
+        retry_budget: DEFAULT_RETRY_BUDGET,
+    })
+}
+
+/// The start deadline (`START_DEADLINE_SECONDS`).
+fn start_deadline<F: Fn(&str) -> Option<String>>(
+    vars: &Vars<F>,
+) -> Result<std::time::Duration, ConfigError> {
+    let seconds: Option<f64> = vars.parsed(env::START_DEADLINE_SECONDS)?;
+    match seconds {
+        None => Ok(reaper::DEFAULT_START_DEADLINE),
+        Some(s) => std::time::Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ConfigError::Invalid {
+                name: env::START_DEADLINE_SECONDS,
+                value: s.to_string(),
+                reason: "must be > 0".into(),
+            }),
+    }
+}
+
+/// The warm pool (`WARM_POOL_SIZE`, the standby lease and provisioning deadline).
+fn pool_settings<F: Fn(&str) -> Option<String>>(
+    vars: &Vars<F>,
+    limits: &Limits,
+) -> Result<PoolSettings, ConfigError> {
+    let size: u32 = vars.parsed(env::WARM_POOL_SIZE)?.unwrap_or(0);
+    if size > MAX_WARM_POOL_SIZE {
+        return Err(ConfigError::Invalid {
+            name: env::WARM_POOL_SIZE,
+            value: size.to_string(),
+            reason: format!("must be at most {MAX_WARM_POOL_SIZE}"),
+        });
+    }
+    Ok(PoolSettings {
+        size,
+        standby_lease: limits.session_lease(),
+        provisioning_deadline: start_deadline(vars)?,
+    })
+}
+
 impl ApiConfig {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -224,48 +320,8 @@ impl ApiConfig {
         let vars = Vars(lookup);
         let table = vars.required(env::TABLE_NAME)?;
         let limits = limits(&vars)?;
-        let assign_public_ip = match vars.optional(env::ASSIGN_PUBLIC_IP) {
-            None => false,
-            Some(v) => match v.trim().to_ascii_uppercase().as_str() {
-                "ENABLED" | "TRUE" => true,
-                "DISABLED" | "FALSE" => false,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: env::ASSIGN_PUBLIC_IP,
-                        value: v,
-                        reason: "expected ENABLED or DISABLED".into(),
-                    });
-                }
-            },
-        };
-        let providers = match vars.optional(env::CAPACITY_PROVIDERS) {
-            None => Vec::new(),
-            Some(v) => {
-                switchboard_aws::ecs::parse_strategy(&v).map_err(|reason| ConfigError::Invalid {
-                    name: env::CAPACITY_PROVIDERS,
-                    value: v.clone(),
-                    reason,
-                })?
-            }
-        };
-        let ecs = EcsSettings {
-            cluster: vars.required(env::ECS_CLUSTER)?,
-            task_definition: vars.required(env::TASK_DEFINITION)?,
-            container: vars
-                .optional(env::AGENT_CONTAINER)
-                .unwrap_or_else(|| "agent".into()),
-            subnets: vars.required_list(env::SUBNETS)?,
-            security_groups: vars.required_list(env::SECURITY_GROUPS)?,
-            assign_public_ip,
-            capacity: if providers.is_empty() {
-                Capacity::Fargate
-            } else {
-                Capacity::Providers(providers)
-            },
-            table: table.clone(),
-            limits,
-            retry_budget: DEFAULT_RETRY_BUDGET,
-        };
+        let ecs = ecs_settings(&vars, &table, limits)?;
+        let pool = pool_settings(&vars, &limits)?;
         // Secure by default on AWS: no origin is allowed unless the deployer names it.
         let cors = CorsOptions {
             allow_origins: vars
@@ -360,11 +416,29 @@ impl ApiConfig {
         Ok(Self {
             table,
             ecs,
+            pool,
             limits,
             cors,
             auth,
             auth_pending,
         })
+    }
+
+    /// With a warm pool, `TASK_DEFINITION` as an ARN (a family or `family:revision` is
+    /// resolved once, here at init), so that claims compare it with the standbys' own and
+    /// the cold path runs the same revision. A no-op without a pool or for an ARN.
+    pub async fn resolve_task_definition(
+        &mut self,
+        sdk: &aws_config::SdkConfig,
+    ) -> anyhow::Result<()> {
+        if self.pool.size == 0 {
+            return Ok(());
+        }
+        let client = switchboard_aws::ecs::client(sdk, Role::Api);
+        self.ecs.task_definition =
+            switchboard_aws::pool::resolve_task_definition(&client, &self.ecs.task_definition)
+                .await?;
+        Ok(())
     }
 
     /// Reads the JWT key from Secrets Manager when `AUTH_JWT_KEY_SECRET_ID` names it, or the
@@ -411,6 +485,12 @@ pub struct ReaperConfig {
     pub limits: Limits,
     /// How long a `starting` session may wait for its task.
     pub start_deadline: std::time::Duration,
+    /// How agents are run, when `TASK_DEFINITION` is set (with the api's network settings):
+    /// the sweep then keeps the warm pool and a claimed standby that stopped before its
+    /// session joined is re-dispatched. Without it, neither.
+    pub ecs: Option<EcsSettings>,
+    /// The warm pool.
+    pub pool: PoolSettings,
 }
 
 impl ReaperConfig {
@@ -422,27 +502,41 @@ impl ReaperConfig {
     /// Reads the variables through `lookup`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(lookup);
-        let seconds: Option<f64> = vars.parsed(env::START_DEADLINE_SECONDS)?;
-        let start_deadline = match seconds {
-            None => reaper::DEFAULT_START_DEADLINE,
-            Some(s) => std::time::Duration::try_from_secs_f64(s)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| ConfigError::Invalid {
-                    name: env::START_DEADLINE_SECONDS,
-                    value: s.to_string(),
-                    reason: "must be > 0".into(),
-                })?,
+        let table = vars.required(env::TABLE_NAME)?;
+        let limits = limits(&vars)?;
+        let ecs = match vars.optional(env::TASK_DEFINITION) {
+            Some(_) => Some(ecs_settings(&vars, &table, limits)?),
+            None => None,
         };
+        let pool = pool_settings(&vars, &limits)?;
+        if pool.size > 0 && ecs.is_none() {
+            return Err(ConfigError::Missing(env::TASK_DEFINITION));
+        }
         Ok(Self {
-            table: vars.required(env::TABLE_NAME)?,
+            table,
             cluster: vars.required(env::ECS_CLUSTER)?,
             container: vars
                 .optional(env::AGENT_CONTAINER)
                 .unwrap_or_else(|| "agent".into()),
-            limits: limits(&vars)?,
-            start_deadline,
+            limits,
+            start_deadline: start_deadline(&vars)?,
+            ecs,
+            pool,
         })
+    }
+
+    /// `TASK_DEFINITION` as an ARN (see [`ApiConfig::resolve_task_definition`]).
+    pub async fn resolve_task_definition(
+        &mut self,
+        sdk: &aws_config::SdkConfig,
+    ) -> anyhow::Result<()> {
+        if let Some(ecs) = &mut self.ecs {
+            let client = switchboard_aws::ecs::client(sdk, Role::Reaper);
+            ecs.task_definition =
+                switchboard_aws::pool::resolve_task_definition(&client, &ecs.task_definition)
+                    .await?;
+        }
+        Ok(())
     }
 }
 
@@ -455,15 +549,26 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
             pending.source()
         );
     }
-    let registry: Arc<dyn SessionRegistry> = Arc::new(DynamoRegistry::new(
+    if config.pool.size > 0 && !config.ecs.task_definition.starts_with("arn:") {
+        anyhow::bail!(
+            "TASK_DEFINITION {} is not an ARN (call ApiConfig::resolve_task_definition first): claims compare ARNs",
+            config.ecs.task_definition
+        );
+    }
+    let dynamo = DynamoRegistry::new(
         switchboard_aws::dynamodb::client_for(sdk, Role::Api),
         config.table.clone(),
         Arc::new(SystemClock),
-    ));
-    let launcher = Arc::new(EcsLauncher::new(
-        switchboard_aws::ecs::client(sdk, Role::Api),
-        config.ecs.clone(),
-    ));
+    );
+    let registry: Arc<dyn SessionRegistry> = Arc::new(dynamo.clone());
+    let launcher = Arc::new(PooledLauncher::new(warm_pool(
+        dynamo,
+        EcsLauncher::new(
+            switchboard_aws::ecs::client(sdk, Role::Api),
+            config.ecs.clone(),
+        ),
+        config.pool,
+    )));
     // Lambda freezes the environment once the response is sent: no part of a start may run
     // after it (a RunTask resumed minutes later, for a client that saw a 503).
     let state = AppState::new(registry.clone(), launcher, config.limits)
@@ -479,6 +584,43 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
         ..ServeOptions::default()
     };
     Ok(switchboard_api::router(state, options)?)
+}
+
+/// The warm pool on `registry`'s table, starting standbys like `launcher` starts agents.
+pub fn warm_pool(registry: DynamoRegistry, launcher: EcsLauncher, pool: PoolSettings) -> WarmPool {
+    WarmPool::new(
+        switchboard_aws::dynamodb::StandbyRegistry::new(registry),
+        launcher,
+        pool,
+        Arc::new(SystemClock),
+    )
+}
+
+/// Fills the warm pool at the api's init (a no-op without one): one Query and, for what is
+/// missing, `RunTask`. A failure is logged, never fatal: the next start and the reaper's
+/// sweep top up too.
+pub async fn fill_pool_at_init(config: &ApiConfig, sdk: &aws_config::SdkConfig) {
+    if config.pool.size == 0 {
+        return;
+    }
+    let pool = warm_pool(
+        DynamoRegistry::new(
+            switchboard_aws::dynamodb::client_for(sdk, Role::Api),
+            config.table.clone(),
+            Arc::new(SystemClock),
+        ),
+        EcsLauncher::new(
+            switchboard_aws::ecs::client(sdk, Role::Api),
+            config.ecs.clone(),
+        ),
+        config.pool,
+    );
+    match pool.fill().await {
+        Ok(started) => tracing::info!(started, size = config.pool.size, "warm pool filled at init"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not fill the warm pool at init (the next start or sweep will)")
+        }
+    }
 }
 
 /// The reaper's registry and ECS lookups on `config`'s table and cluster (its binary's

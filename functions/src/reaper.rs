@@ -18,10 +18,13 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use switchboard_aws::dynamodb::StandbyRegistry;
 use switchboard_aws::ecs_tasks::EcsTasks;
+use switchboard_aws::pool::{PoolSweep, WarmPool};
 use switchboard_core::registry::{EndGuard, EndOutcome, EndRequest};
 use switchboard_core::{
-    CallId, Clock, EndReason, Error, Limits, Session, SessionId, SessionRegistry, SessionStatus,
+    CallId, Clock, EndReason, Error, LaunchError, Limits, Session, SessionId, SessionRegistry,
+    SessionStatus, StandbyState, StartType, TaskLauncher,
 };
 use tracing::{info, warn};
 
@@ -59,8 +62,35 @@ fn str_at<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
     value.get(key).and_then(Value::as_str)
 }
 
+/// What a STOPPED event says about a standby's task (its override has `STANDBY=1` and no
+/// session ids; its registration says whether it was claimed, and for which session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyStopped {
+    /// The task.
+    pub task_arn: String,
+    /// ECS's `stoppedReason`, `stopCode` and the exit code, in words.
+    pub detail: String,
+}
+
+/// A STOPPED event of one of our tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// A task started for a session.
+    Session(TaskStopped),
+    /// A warm standby.
+    Standby(StandbyStopped),
+}
+
 /// Reads an EventBridge event; `container` is the agent container's name.
 pub fn parse_stopped(event: &Value, container: &str) -> Result<TaskStopped, Skipped> {
+    match parse_event(event, container)? {
+        Stopped::Session(stopped) => Ok(stopped),
+        Stopped::Standby(_) => Err(Skipped::NoSession("a standby's task".into())),
+    }
+}
+
+/// Reads an EventBridge event, a session's task or a standby's.
+pub fn parse_event(event: &Value, container: &str) -> Result<Stopped, Skipped> {
     if str_at(event, "source") != Some("aws.ecs")
         || str_at(event, "detail-type") != Some("ECS Task State Change")
     {
@@ -90,6 +120,33 @@ pub fn parse_stopped(event: &Value, container: &str) -> Result<TaskStopped, Skip
             .find(|kv| str_at(kv, "name") == Some(name))
             .and_then(|kv| str_at(kv, "value"))
     };
+    let standby = var(switchboard_aws::ecs::env::STANDBY) == Some("1")
+        && var(switchboard_aws::ecs::env::SESSION_ID).is_none();
+    let detail_words = |detail: &Value| {
+        let exit_code = detail["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| str_at(c, "name") == Some(container)))
+            .and_then(|c| c["exitCode"].as_i64());
+        let mut words = vec![format!(
+            "task stopped: {}",
+            str_at(detail, "stoppedReason").unwrap_or("no reason given")
+        )];
+        if let Some(code) = str_at(detail, "stopCode") {
+            words.push(format!("stop code {code}"));
+        }
+        match exit_code {
+            Some(code) => words.push(format!("exit code {code}")),
+            None => words.push("no exit code".into()),
+        }
+        words.join("; ")
+    };
+    let task_arn = str_at(detail, "taskArn").unwrap_or_default().to_owned();
+    if standby {
+        return Ok(Stopped::Standby(StandbyStopped {
+            task_arn,
+            detail: detail_words(detail),
+        }));
+    }
     let call_id = var(switchboard_aws::ecs::env::CALL_ID)
         .ok_or_else(|| Skipped::NoSession("no CALL_ID".into()))
         .and_then(|c| CallId::parse(c).map_err(|e| Skipped::NoSession(e.to_string())))?;
@@ -98,27 +155,12 @@ pub fn parse_stopped(event: &Value, container: &str) -> Result<TaskStopped, Skip
         .and_then(|s| {
             SessionId::parse(s).map_err(|_| Skipped::NoSession(format!("SESSION_ID {s:?}")))
         })?;
-    let exit_code = detail["containers"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| str_at(c, "name") == Some(container)))
-        .and_then(|c| c["exitCode"].as_i64());
-    let mut words = vec![format!(
-        "task stopped: {}",
-        str_at(detail, "stoppedReason").unwrap_or("no reason given")
-    )];
-    if let Some(code) = str_at(detail, "stopCode") {
-        words.push(format!("stop code {code}"));
-    }
-    match exit_code {
-        Some(code) => words.push(format!("exit code {code}")),
-        None => words.push("no exit code".into()),
-    }
-    Ok(TaskStopped {
-        task_arn: str_at(detail, "taskArn").unwrap_or_default().to_owned(),
+    Ok(Stopped::Session(TaskStopped {
+        task_arn,
         call_id,
         session_id,
-        detail: words.join("; "),
-    })
+        detail: detail_words(detail),
+    }))
 }
 
 /// What ending a stopped task's session came to.
@@ -130,6 +172,8 @@ pub enum Outcome {
     AlreadyEnded,
     /// No such row (past retention, or another table's task).
     Unknown,
+    /// Its agent was started again elsewhere (its claimed standby stopped before it joined).
+    Redispatched(StartType),
 }
 
 /// Ends the session of a stopped task: `start_failed` if it was still `starting`, else
@@ -172,6 +216,173 @@ pub async fn end_stopped(
     Ok(Outcome::AlreadyEnded)
 }
 
+/// What a standby's STOPPED event came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyOutcome {
+    /// An idle or provisioning standby: its registration is deleted.
+    Deregistered,
+    /// No registration (deleted already: the standby itself, a repeated event, the sweep).
+    Unknown,
+    /// A claimed standby whose session had not joined: the session was handed to another
+    /// standby (`warm`) or to a task of its own (`cold`).
+    Redispatched(StartType),
+    /// A claimed standby: its session's end, as for a session's task.
+    Session(Outcome),
+}
+
+/// Hands a `starting` session whose claimed standby is gone to another standby, or to a task
+/// of its own (the cold path), within its start deadline; past it, or when the launch is
+/// refused, the session ends `start_failed` (its slots come back).
+pub async fn redispatch(
+    pool: &WarmPool,
+    registry: &dyn SessionRegistry,
+    session: &Session,
+    detail: &str,
+    limits: &Limits,
+    start_deadline: Duration,
+    clock: &dyn Clock,
+) -> Result<Outcome, Error> {
+    let age = clock.now().saturating_since(session.created_at);
+    let fail = |why: String| {
+        EndRequest::new(EndReason::StartFailed)
+            .detail(why)
+            .guard(EndGuard::Starting)
+            .retention(limits.session_retention())
+    };
+    if age >= start_deadline {
+        return end_outcome(
+            registry,
+            session,
+            fail(format!(
+                "{detail}; past the start deadline of {start_deadline:?}"
+            )),
+        )
+        .await;
+    }
+    match pool.claim(session).await {
+        Ok((Some(arn), listed)) => {
+            info!(session_id = %session.id, task_arn = %arn, "re-dispatched to another standby");
+            if let Err(e) = pool.top_up(&listed).await {
+                warn!(error = %e, "could not top the warm pool up");
+            }
+            return Ok(Outcome::Redispatched(StartType::Warm));
+        }
+        Ok((None, _)) => {}
+        Err(Error::Conflict(_)) => return Ok(Outcome::AlreadyEnded),
+        Err(e) => {
+            warn!(session_id = %session.id, error = %e, "could not claim another standby; starting cold")
+        }
+    }
+    match pool.launcher().launch(session).await {
+        Ok(launched) => {
+            if let Some(arn) = &launched.task_arn {
+                registry
+                    .attach_task(&session.call_id, session.id, arn, Some(StartType::Cold))
+                    .await?;
+                info!(session_id = %session.id, task_arn = %arn, "re-dispatched to a task of its own");
+            }
+            Ok(Outcome::Redispatched(StartType::Cold))
+        }
+        // Unknown whether it started: the sweep finds the task by `startedBy` (the session
+        // id) or ends the row.
+        Err(LaunchError::Ambiguous { source, .. }) => Err(Error::unavailable(source)),
+        Err(e) => {
+            end_outcome(
+                registry,
+                session,
+                fail(format!("{detail}; re-dispatch failed: {e:#}")),
+            )
+            .await
+        }
+    }
+}
+
+async fn end_outcome(
+    registry: &dyn SessionRegistry,
+    session: &Session,
+    request: EndRequest,
+) -> Result<Outcome, Error> {
+    let reason = request.reason;
+    match registry.end(&session.call_id, session.id, request).await {
+        Ok(EndOutcome::Ended(_)) => Ok(Outcome::Ended(reason)),
+        Ok(EndOutcome::AlreadyEnded(_)) | Err(Error::Conflict(_)) => Ok(Outcome::AlreadyEnded),
+        Err(Error::NotFound) => Ok(Outcome::Unknown),
+        Err(e) => Err(e),
+    }
+}
+
+/// Handles a standby's STOPPED event: an idle (or provisioning) standby is deregistered; a
+/// claimed one's session is re-dispatched when it had not joined (and `pool` can start
+/// agents), or ended as for a session's task (`task_stopped`, or `start_failed` when it never
+/// joined). Idempotent: a repeated event finds no registration.
+pub async fn end_standby(
+    standbys: &StandbyRegistry,
+    registry: &dyn SessionRegistry,
+    pool: Option<&WarmPool>,
+    stopped: &StandbyStopped,
+    limits: &Limits,
+    start_deadline: Duration,
+    clock: &dyn Clock,
+) -> Result<StandbyOutcome, Error> {
+    for _ in 0..3 {
+        let Some(standby) = standbys.get(&stopped.task_arn, true).await? else {
+            return Ok(StandbyOutcome::Unknown);
+        };
+        let Some((call_id, session_id)) = standby.session.clone() else {
+            if standbys
+                .delete(
+                    &stopped.task_arn,
+                    Some(&[StandbyState::Idle, StandbyState::Provisioning]),
+                )
+                .await?
+            {
+                return Ok(StandbyOutcome::Deregistered);
+            }
+            // Claimed meanwhile: read it again.
+            continue;
+        };
+        let row = registry.get(&call_id, session_id).await?;
+        let outcome = match (&row, pool) {
+            // Another task hosts it already (a repeated event after a re-dispatch).
+            (Some(row), _) if row.task_arn.as_deref() != Some(stopped.task_arn.as_str()) => {
+                StandbyOutcome::Session(Outcome::AlreadyEnded)
+            }
+            (Some(row), Some(pool)) if row.status == SessionStatus::Starting && !row.joined() => {
+                match redispatch(
+                    pool,
+                    registry,
+                    row,
+                    &stopped.detail,
+                    limits,
+                    start_deadline,
+                    clock,
+                )
+                .await?
+                {
+                    Outcome::Redispatched(start) => StandbyOutcome::Redispatched(start),
+                    other => StandbyOutcome::Session(other),
+                }
+            }
+            _ => StandbyOutcome::Session(
+                end_stopped(
+                    registry,
+                    &TaskStopped {
+                        task_arn: stopped.task_arn.clone(),
+                        call_id,
+                        session_id,
+                        detail: stopped.detail.clone(),
+                    },
+                    limits,
+                )
+                .await?,
+            ),
+        };
+        standbys.delete(&stopped.task_arn, None).await?;
+        return Ok(outcome);
+    }
+    Ok(StandbyOutcome::Unknown)
+}
+
 /// How long a `starting` session may wait for its task before the sweep gives up on it.
 pub const DEFAULT_START_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -190,6 +401,10 @@ pub struct SweepReport {
     pub failed: u32,
     /// Whether it stopped early (time budget) with work left for the next run.
     pub incomplete: bool,
+    /// Sessions whose claimed standby was gone, handed to another agent.
+    pub redispatched: u32,
+    /// The warm pool's part (standbys stopped, started), when there is a pool.
+    pub pool: Option<PoolSweep>,
 }
 
 /// The sweep's dependencies.
@@ -205,6 +420,9 @@ pub struct Sweeper<'a> {
     pub start_deadline: Duration,
     /// The time.
     pub clock: &'a dyn Clock,
+    /// The warm pool to keep, and to re-dispatch to (`None`: no pool maintenance, and a
+    /// warm start whose standby is gone ends `start_failed`).
+    pub pool: Option<&'a WarmPool>,
 }
 
 impl Sweeper<'_> {
@@ -212,6 +430,24 @@ impl Sweeper<'_> {
     /// run resumes: the work is found again from the live index).
     pub async fn sweep(&self, budget: Duration) -> Result<SweepReport, Error> {
         let until = tokio::time::Instant::now() + budget;
+        let mut report = self.sweep_sessions(until).await?;
+        // The pool after the sessions (a re-dispatch may have claimed a standby), within the
+        // budget; its failure is the next run's.
+        if let Some(pool) = self.pool {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, pool.sweep(self.tasks)).await {
+                Ok(Ok(swept)) => report.pool = Some(swept),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "could not sweep the warm pool; left for the next run");
+                    report.failed += 1;
+                }
+                Err(_) => report.incomplete = true,
+            }
+        }
+        Ok(report)
+    }
+
+    async fn sweep_sessions(&self, until: tokio::time::Instant) -> Result<SweepReport, Error> {
         let mut report = SweepReport::default();
         loop {
             let expired = self.registry.expired_leases(100).await?;
@@ -245,11 +481,41 @@ impl Sweeper<'_> {
         // A session closed while starting is still waiting for its task (whose agent will
         // see the close and leave): it is resolved like a starting one, against ECS.
         let (reason, detail) = if !session.joined() {
-            let tasks = self.tasks.live_tasks_started_by(&id).await?;
+            // A warm start's task is its claimed standby (started by the pool, not for the
+            // session): found by its ARN.
+            let warm = session.start_type == Some(StartType::Warm);
+            let tasks = match (&session.task_arn, warm) {
+                (Some(arn), true) => self.tasks.live(std::slice::from_ref(arn)).await?,
+                _ => self.tasks.live_tasks_started_by(&id).await?,
+            };
             let age = self.clock.now().saturating_since(session.created_at);
             if !tasks.is_empty() && age < self.start_deadline {
                 report.still_starting += 1;
                 return Ok(false);
+            }
+            if warm
+                && tasks.is_empty()
+                && session.status == SessionStatus::Starting
+                && let Some(pool) = self.pool
+            {
+                // Its standby is gone and its STOPPED event was lost (or is late).
+                let detail = "the claimed standby's task is gone before the agent joined";
+                let outcome = redispatch(
+                    pool,
+                    self.registry,
+                    session,
+                    detail,
+                    self.limits,
+                    self.start_deadline,
+                    self.clock,
+                )
+                .await?;
+                match outcome {
+                    Outcome::Redispatched(_) => report.redispatched += 1,
+                    Outcome::Ended(_) => report.start_failed += 1,
+                    _ => {}
+                }
+                return Ok(true);
             }
             for task in &tasks {
                 self.tasks

@@ -217,6 +217,17 @@ pub struct TaskArgs {
     /// The DynamoDB table of the sessions.
     #[arg(long, env = "TABLE_NAME")]
     pub table: Option<String>,
+    /// Run as a warm standby (`STANDBY=1`, set by the warm pool's `RunTask`): warm up,
+    /// register in the pool, and host the session a start claims it for (no session ids).
+    #[arg(
+        long,
+        env = "STANDBY",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true"
+    )]
+    pub standby: bool,
     /// Log level.
     #[arg(long, value_enum, ignore_case = true, default_value = "INFO")]
     pub log_level: LogLevel,

@@ -19,6 +19,8 @@ pub mod local_call;
 pub mod serve;
 mod splash;
 #[cfg(feature = "aws")]
+mod standby;
+#[cfg(feature = "aws")]
 mod task;
 pub mod telemetry;
 

@@ -35,11 +35,12 @@ use crate::cli::TaskArgs;
 
 /// The environment a task needs, validated.
 #[derive(Debug)]
-struct TaskEnv {
-    session_id: SessionId,
-    call_id: CallId,
-    call_type: CallType,
-    table: String,
+pub(crate) struct TaskEnv {
+    pub(crate) session_id: SessionId,
+    pub(crate) call_id: CallId,
+    /// What the override says (a standby learns its session from its claim: `None`).
+    pub(crate) call_type: Option<CallType>,
+    pub(crate) table: String,
 }
 
 /// What went wrong with the environment, and what of the row can still be found.
@@ -79,7 +80,7 @@ fn validate(args: &TaskArgs) -> Result<TaskEnv, EnvError> {
     Ok(TaskEnv {
         session_id,
         call_id,
-        call_type,
+        call_type: Some(call_type),
         table,
     })
 }
@@ -91,6 +92,9 @@ pub(crate) async fn run<A: Agent>(
 ) -> u8 {
     // Before anything else (see `shutdown_signal`).
     let shutdown = crate::serve::shutdown_signal();
+    if args.standby {
+        return crate::standby::run(launcher, args, shutdown).await;
+    }
     let failure = match (validate(&args), launcher) {
         (Ok(env), Ok(launcher)) => return host(launcher, env, shutdown).await,
         (Err(e), _) => e,
@@ -138,15 +142,16 @@ pub(crate) async fn run<A: Agent>(
 const END_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn registry(table: &str) -> Arc<dyn SessionRegistry> {
+    Arc::new(dynamo_registry(table).await)
+}
+
+/// The task's registry on `table`, its calls recorded for the IAM test as the task role's.
+pub(crate) async fn dynamo_registry(table: &str) -> switchboard_aws::DynamoRegistry {
     let client = switchboard_aws::dynamodb::client_for(
         &switchboard_aws::sdk_config_from_env().await,
         switchboard_aws::calls::Role::AgentTask,
     );
-    Arc::new(switchboard_aws::DynamoRegistry::new(
-        client,
-        table,
-        Arc::new(switchboard_core::SystemClock),
-    ))
+    switchboard_aws::DynamoRegistry::new(client, table, Arc::new(switchboard_core::SystemClock))
 }
 
 /// Reads the session's row, riding out a store outage for as long as a lease lasts (less an
@@ -176,7 +181,7 @@ async fn read_row(
     }
 }
 
-async fn host<A: Agent>(
+pub(crate) async fn host<A: Agent>(
     launcher: AgentLauncher<A>,
     env: TaskEnv,
     shutdown: impl std::future::Future<Output = ()>,
@@ -197,8 +202,14 @@ async fn host_inner<A: Agent>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<u8> {
     tokio::pin!(shutdown);
-    let registry = registry(&env.table).await;
-    let launcher = launcher.with_registry(registry.clone())?;
+    // A standby's launcher has its registry (and its warm-up) already.
+    let (launcher, registry) = if launcher.warmed_up() {
+        let registry = launcher.registry();
+        (launcher, registry)
+    } else {
+        let registry = registry(&env.table).await;
+        (launcher.with_registry(registry.clone())?, registry)
+    };
     let read = tokio::select! {
         read = read_row(&*registry, &env, launcher.limits()) => read,
         () = &mut shutdown => {
@@ -228,8 +239,10 @@ async fn host_inner<A: Agent>(
         info!(session_id = %session.id, status = %session.status, "the session is not starting; not joining");
         return Ok(0);
     }
-    if session.call_type != env.call_type {
-        warn!(row = %session.call_type, env = %env.call_type, "CALL_TYPE differs from the row; the row wins");
+    if let Some(env_type) = &env.call_type
+        && session.call_type != *env_type
+    {
+        warn!(row = %session.call_type, env = %env_type, "CALL_TYPE differs from the row; the row wins");
     }
     let arn = tokio::select! {
         arn = task_arn() => arn,
@@ -241,7 +254,7 @@ async fn host_inner<A: Agent>(
     if let Some(arn) = arn
         && session.task_arn.as_deref() != Some(arn.as_str())
         && let Err(e) = registry
-            .attach_task(&session.call_id, session.id, &arn)
+            .attach_task(&session.call_id, session.id, &arn, None)
             .await
     {
         warn!(error = %e, "could not record the task ARN");
@@ -285,6 +298,18 @@ async fn host_inner<A: Agent>(
 
 /// The task's ARN from the ECS task metadata endpoint (v4), when running on ECS.
 async fn task_arn() -> Option<String> {
+    let metadata = task_metadata().await?;
+    match metadata["TaskARN"].as_str() {
+        Some(arn) => Some(arn.to_owned()),
+        None => {
+            warn!("ECS_CONTAINER_METADATA_URI_V4 is set but gave no task ARN");
+            None
+        }
+    }
+}
+
+/// The task metadata (`${ECS_CONTAINER_METADATA_URI_V4}/task`), when running on ECS.
+pub(crate) async fn task_metadata() -> Option<serde_json::Value> {
     let base = std::env::var("ECS_CONTAINER_METADATA_URI_V4").ok()?;
     let fetch = async {
         use http_body_util::BodyExt;
@@ -294,13 +319,12 @@ async fn task_arn() -> Option<String> {
         let uri: http::Uri = format!("{base}/task").parse().ok()?;
         let response = client.get(uri).await.ok()?;
         let body = response.into_body().collect().await.ok()?.to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        json["TaskARN"].as_str().map(str::to_owned)
+        serde_json::from_slice::<serde_json::Value>(&body).ok()
     };
     match tokio::time::timeout(std::time::Duration::from_secs(2), fetch).await {
-        Ok(Some(arn)) => Some(arn),
+        Ok(Some(json)) => Some(json),
         _ => {
-            warn!("ECS_CONTAINER_METADATA_URI_V4 is set but gave no task ARN");
+            warn!("ECS_CONTAINER_METADATA_URI_V4 is set but gave no task metadata");
             None
         }
     }

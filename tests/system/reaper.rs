@@ -64,7 +64,7 @@ async fn a_killed_agent_task_ends_lease_expired_never_before_its_lease_and_once(
     };
     let arn = launcher.launch(&session).await.unwrap().task_arn.unwrap();
     registry
-        .attach_task(&session.call_id, session.id, &arn)
+        .attach_task(&session.call_id, session.id, &arn, None)
         .await
         .unwrap();
     let local = crate::local_ecs(&cluster, Arc::new(switchboard_local_ecs::LogSink), |_| {}).await;
@@ -94,6 +94,7 @@ async fn a_killed_agent_task_ends_lease_expired_never_before_its_lease_and_once(
         limits: &limits,
         start_deadline: Duration::from_secs(600),
         clock: &SystemClock,
+        pool: None,
     };
     let row = loop {
         sweeper.sweep(Duration::from_secs(10)).await.unwrap();

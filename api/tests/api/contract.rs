@@ -327,7 +327,7 @@ impl switchboard_core::TaskLauncher for MinuteLaunch {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
         self.finished
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        Ok(switchboard_core::Launched { task_arn: None })
+        Ok(switchboard_core::Launched::default())
     }
 }
 

@@ -41,6 +41,7 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
             &["200", "404", "422"][..],
         ),
         ("/sessions", "get", &["200", "422"][..]),
+        ("/pool", "get", &["200", "401", "403", "404", "503"][..]),
         ("/health", "get", &["200"][..]),
         ("/ready", "get", &["200", "503"][..]),
     ];
@@ -55,7 +56,7 @@ async fn the_openapi_document_lists_every_route_with_its_errors() {
         }
     }
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 7);
+    assert_eq!(paths.len(), 8);
     assert!(doc["components"]["schemas"]["StartSessionResponse"].is_object());
 }
 

@@ -11,5 +11,6 @@ mod cors;
 mod docs;
 #[cfg(feature = "jwks")]
 mod jwks;
+mod pool;
 mod properties;
 mod support;

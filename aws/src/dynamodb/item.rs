@@ -142,6 +142,7 @@ pub(crate) fn session_from_item(item: &Item) -> Result<Session, Error> {
         end_reason: get_s(item, "end_reason").map(str::parse).transpose()?,
         end_detail: get_s(item, "end_detail").map(str::to_owned),
         task_arn: get_s(item, "task_arn").map(str::to_owned),
+        start_type: get_s(item, "start_type").map(str::parse).transpose()?,
         counted: Counted {
             global: get_bool(item, "counted_global"),
             per_call: get_bool(item, "counted_call"),

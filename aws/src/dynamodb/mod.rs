@@ -15,6 +15,7 @@
 mod error;
 mod item;
 pub mod list;
+pub mod pool;
 mod table;
 
 use std::collections::HashMap;
@@ -36,10 +37,11 @@ use switchboard_core::registry::{
 };
 use switchboard_core::{
     CallId, Clock, EndReason, Error, LimitKind, Metadata, Result, Session, SessionId,
-    SessionRegistry, SessionStatus, Timestamp,
+    SessionRegistry, SessionStatus, StartType, Timestamp,
 };
 use tracing::instrument;
 
+pub use pool::{Renewal, StandbyRegistry};
 pub use table::{Backfill, LIVE_INDEX, backfill_ttl, create_table};
 
 use error::{Failure, classify, plain};
@@ -659,16 +661,18 @@ impl SessionRegistry for DynamoRegistry {
         call_id: &CallId,
         session_id: SessionId,
         task_arn: &str,
+        start_type: Option<StartType>,
     ) -> Result<()> {
-        self.update_live(
-            call_id,
-            session_id,
-            "SET task_arn = :arn",
-            &[(":arn", s(task_arn))],
-            "UpdateItem attach_task",
-        )
-        .await
-        .map(|_| ())
+        let (update, vals) = match start_type {
+            Some(start) => (
+                "SET task_arn = :arn, start_type = :start",
+                vec![(":arn", s(task_arn)), (":start", s(start.as_str()))],
+            ),
+            None => ("SET task_arn = :arn", vec![(":arn", s(task_arn))]),
+        };
+        self.update_live(call_id, session_id, update, &vals, "UpdateItem attach_task")
+            .await
+            .map(|_| ())
     }
 
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]

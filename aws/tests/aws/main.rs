@@ -6,4 +6,5 @@
 mod dynamodb;
 mod ecs;
 mod mocked;
+mod pool;
 use switchboard_testkit as support;

@@ -21,7 +21,7 @@ struct Flagging {
 impl TaskLauncher for Flagging {
     async fn launch(&self, _session: &Session) -> Result<Launched, LaunchError> {
         self.called.store(true, Ordering::SeqCst);
-        Ok(Launched { task_arn: None })
+        Ok(Launched::default())
     }
 }
 

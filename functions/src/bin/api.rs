@@ -2,7 +2,7 @@
 //! Configuration and AWS clients are set up once, at init; a bad configuration fails the init
 //! with the variable's name (and Lambda reports the init error).
 
-use switchboard_functions::{ApiConfig, api_router, init_logging};
+use switchboard_functions::{ApiConfig, api_router, fill_pool_at_init, init_logging};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -15,10 +15,19 @@ async fn main() -> Result<(), lambda_http::Error> {
     config.load_auth(&sdk).await.inspect_err(|e| {
         tracing::error!(error = %format!("{e:#}"), "could not load the JWT key");
     })?;
+    // With a warm pool, the task definition as an ARN (claims compare ARNs).
+    config
+        .resolve_task_definition(&sdk)
+        .await
+        .inspect_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "could not resolve TASK_DEFINITION");
+        })?;
     let router = api_router(&config, &sdk)?;
+    fill_pool_at_init(&config, &sdk).await;
     tracing::info!(
         table = %config.table,
         cluster = %config.ecs.cluster,
+        warm_pool_size = config.pool.size,
         auth = if config.auth.is_some() { "jwt" } else { "none" },
         "api function ready"
     );

@@ -11,15 +11,21 @@ use std::time::Duration;
 use lambda_http::lambda_runtime::{self, LambdaEvent, service_fn};
 use serde_json::{Value, json};
 use switchboard_aws::DynamoRegistry;
+use switchboard_aws::dynamodb::StandbyRegistry;
 use switchboard_aws::ecs_tasks::EcsTasks;
+use switchboard_aws::pool::WarmPool;
 use switchboard_core::SystemClock;
-use switchboard_functions::reaper::{Skipped, Sweeper, end_stopped, parse_stopped};
-use switchboard_functions::{ReaperConfig, init_logging, reaper_parts};
+use switchboard_functions::reaper::{
+    Skipped, Stopped, Sweeper, end_standby, end_stopped, parse_event,
+};
+use switchboard_functions::{ReaperConfig, init_logging, reaper_parts, warm_pool};
 
 struct Reaper {
     config: ReaperConfig,
     registry: DynamoRegistry,
+    standbys: StandbyRegistry,
     tasks: EcsTasks,
+    pool: Option<WarmPool>,
 }
 
 impl Reaper {
@@ -45,8 +51,10 @@ impl Reaper {
                 limits: &self.config.limits,
                 start_deadline: self.config.start_deadline,
                 clock: &SystemClock,
+                pool: self.pool.as_ref(),
             };
             let report = sweeper.sweep(budget).await?;
+            let pool = report.pool.unwrap_or_default();
             // Fields, not a debug string: the template's metric filter counts `failed`.
             tracing::info!(
                 lease_expired = report.lease_expired,
@@ -55,14 +63,32 @@ impl Reaper {
                 tasks_stopped = report.tasks_stopped,
                 failed = report.failed,
                 incomplete = report.incomplete,
+                redispatched = report.redispatched,
+                standbys_started = pool.started,
+                standbys_stopped = pool.stopped,
+                standbys_idle = pool.idle,
                 "sweep done"
             );
             return Ok(json!({ "sweep": format!("{report:?}") }));
         }
-        match parse_stopped(&payload, &self.config.container) {
-            Ok(stopped) => {
+        match parse_event(&payload, &self.config.container) {
+            Ok(Stopped::Session(stopped)) => {
                 let outcome = end_stopped(&self.registry, &stopped, &self.config.limits).await?;
                 tracing::info!(session_id = %stopped.session_id, task_arn = %stopped.task_arn, ?outcome, "task stopped");
+                Ok(json!({ "outcome": format!("{outcome:?}") }))
+            }
+            Ok(Stopped::Standby(stopped)) => {
+                let outcome = end_standby(
+                    &self.standbys,
+                    &self.registry,
+                    self.pool.as_ref(),
+                    &stopped,
+                    &self.config.limits,
+                    self.config.start_deadline,
+                    &SystemClock,
+                )
+                .await?;
+                tracing::info!(task_arn = %stopped.task_arn, ?outcome, "standby task stopped");
                 Ok(json!({ "outcome": format!("{outcome:?}") }))
             }
             Err(skipped @ (Skipped::NotStopped(_) | Skipped::OtherGroup(_))) => {
@@ -80,15 +106,33 @@ impl Reaper {
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     init_logging();
-    let config = ReaperConfig::from_env().inspect_err(|e| {
+    let mut config = ReaperConfig::from_env().inspect_err(|e| {
         tracing::error!(error = %e, "invalid configuration");
     })?;
     let sdk = switchboard_aws::sdk_config_from_env().await;
+    config
+        .resolve_task_definition(&sdk)
+        .await
+        .inspect_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "could not resolve TASK_DEFINITION");
+        })?;
     let (registry, tasks) = reaper_parts(&config, &sdk, Arc::new(SystemClock));
+    let pool = config.ecs.clone().map(|ecs| {
+        warm_pool(
+            registry.clone(),
+            switchboard_aws::EcsLauncher::new(
+                switchboard_aws::ecs::client(&sdk, switchboard_aws::calls::Role::Reaper),
+                ecs,
+            ),
+            config.pool,
+        )
+    });
     let reaper = Arc::new(Reaper {
+        standbys: StandbyRegistry::new(registry.clone()),
         config,
         registry,
         tasks,
+        pool,
     });
     lambda_runtime::run(service_fn(move |event| {
         let reaper = reaper.clone();

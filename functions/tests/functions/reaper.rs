@@ -265,7 +265,7 @@ mod sweep {
                 .task_arn
                 .unwrap();
             self.registry
-                .attach_task(&session.call_id, session.id, &arn)
+                .attach_task(&session.call_id, session.id, &arn, None)
                 .await
                 .unwrap();
             arn
@@ -277,6 +277,7 @@ mod sweep {
                 limits: &self.limits,
                 start_deadline: Duration::from_secs(600),
                 clock: &*self.clock,
+                pool: None,
             }
             .sweep(Duration::from_secs(30))
             .await
@@ -501,6 +502,7 @@ mod faults {
             limits: &limits,
             start_deadline: Duration::from_secs(600),
             clock: &*clock,
+            pool: None,
         }
         .sweep(Duration::from_secs(10))
         .await

@@ -56,7 +56,7 @@ async fn launch(world: &World, call: &str, limits: Limits) -> switchboard_core::
     use switchboard_core::SessionRegistry;
     world
         .registry
-        .attach_task(&session.call_id, session.id, &arn)
+        .attach_task(&session.call_id, session.id, &arn, None)
         .await
         .unwrap();
     session

@@ -88,6 +88,7 @@ impl EventSink for Reaper {
                 }
                 Ok(Outcome::AlreadyEnded) => "already ended".into(),
                 Ok(Outcome::Unknown) => "unknown session".into(),
+                Ok(Outcome::Redispatched(start)) => format!("re-dispatched {start}"),
                 Err(e) => return Err(e.to_string()),
             },
         };
@@ -104,6 +105,7 @@ impl Reaper {
             limits: &self.limits,
             start_deadline: Duration::from_secs(60),
             clock: &SystemClock,
+            pool: None,
         }
         .sweep(Duration::from_secs(5))
         .await;
