@@ -361,6 +361,21 @@ def main(path):
             env["ECS_CLUSTER"] == {"Fn::GetAtt": ["AgentCluster", "Arn"]},
             f"F18 the {fn} function's ECS_CLUSTER is the cluster ARN",
         )
+    # #20: the warm pool costs nothing unless asked; the reaper starts standbys (and
+    # re-dispatches sessions) exactly as the api starts agents.
+    check(t.raw["Parameters"]["WarmPoolSize"]["Default"] == 0, "#20 WarmPoolSize defaults to 0")
+    same = [
+        "TASK_DEFINITION",
+        "SUBNETS",
+        "SECURITY_GROUPS",
+        "ASSIGN_PUBLIC_IP",
+        "CAPACITY_PROVIDERS",
+        "WARM_POOL_SIZE",
+        "START_DEADLINE_SECONDS",
+    ] + sorted(k for k in api_env if k.startswith("SWITCHBOARD_"))
+    differs = [k for k in same if api_env.get(k) != reaper_env.get(k)]
+    check(not differs, f"#20 the reaper starts tasks with the api's settings {differs}")
+    check(api_env["WARM_POOL_SIZE"] == {"Ref": "WarmPoolSize"}, "#20 WarmPoolSize reaches the api")
     check(t.rule_holds("FargateCpuMemory"), "F18 the default CPU/memory pair is valid")
     for cpu, mem, ok in (
         ("256", "512", True),

@@ -596,6 +596,21 @@ pub fn warm_pool(registry: DynamoRegistry, launcher: EcsLauncher, pool: PoolSett
     )
 }
 
+/// The reaper's warm pool (its binary's wiring, shared with the tests so that the IAM test
+/// sees its calls): `None` without `TASK_DEFINITION`.
+pub fn reaper_pool(
+    config: &ReaperConfig,
+    sdk: &aws_config::SdkConfig,
+    registry: DynamoRegistry,
+) -> Option<WarmPool> {
+    let ecs = config.ecs.clone()?;
+    Some(warm_pool(
+        registry,
+        EcsLauncher::new(switchboard_aws::ecs::client(sdk, Role::Reaper), ecs),
+        config.pool,
+    ))
+}
+
 /// Fills the warm pool at the api's init (a no-op without one): one Query and, for what is
 /// missing, `RunTask`. A failure is logged, never fatal: the next start and the reaper's
 /// sweep top up too.

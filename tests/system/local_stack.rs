@@ -370,3 +370,172 @@ async fn without_events_the_sweep_ends_a_killed_agents_session_once_its_lease_ex
     );
     stack.stop().await;
 }
+
+impl LocalStack {
+    async fn pool(&self) -> Value {
+        let reply = self.call("GET", "/pool").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.json()
+    }
+
+    /// Waits until the current task definition has `idle` idle standbys; how long it took.
+    async fn pool_idle(&self, idle: u64, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let pool = self.pool().await;
+            if pool["definitions"][0]["idle"].as_u64() == Some(idle) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "not {idle} idle standbys within {within:?}: {pool:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The standby processes of this stack, by their task ARN (from the task metadata
+    /// endpoint each was given, as the standby itself finds it).
+    async fn standby_processes(&self) -> Vec<(String, u32)> {
+        let mut found = Vec::new();
+        for process in switchboard_testkit::procs::with_env("STANDBY", "1") {
+            if process.env.get("TABLE_NAME") != Some(&self.table) {
+                continue;
+            }
+            let Some(uri) = process.env.get("ECS_CONTAINER_METADATA_URI_V4") else {
+                continue;
+            };
+            let rest = uri.trim_start_matches("http://");
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let task = request(host, "GET", &format!("{path}/task"), &[], "").await;
+            if let Some(arn) = task.json()["TaskARN"].as_str() {
+                found.push((arn.to_owned(), process.pid));
+            }
+        }
+        found
+    }
+}
+
+async fn signal(name: &str, pid: u32) {
+    Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_starts_held_sessions_warm_then_cold_refills_and_redispatches_a_killed_claim() {
+    let _heavy = crate::HEAVY.lock().await;
+    let provisioning = 3;
+    let stack = LocalStack::start(&[
+        ("WARM_POOL_SIZE", "3"),
+        ("PROVISIONING_SECONDS", "3"),
+        ("SWEEP_SECONDS", "2"),
+        ("SWITCHBOARD_MAINTENANCE_INTERVAL", "1"),
+    ])
+    .await;
+    let filled = stack.pool_idle(3, Duration::from_secs(60)).await;
+    eprintln!("local stack: pool of 3 idle {filled:?} after ready (provisioning {provisioning} s)");
+
+    // Three held starts: each claims a standby.
+    let mut latencies = Vec::new();
+    for i in 0..3 {
+        let call = format!("warm-{i}");
+        let posted = Instant::now();
+        let id = stack.start_session(&call).await;
+        let running = stack
+            .until(&call, &id, Duration::from_secs(30), |s| {
+                s["status"] == "running"
+            })
+            .await;
+        assert_eq!(running["start_type"], "warm", "{running}");
+        let latency = running["start_latency_ms"]
+            .as_u64()
+            .expect("a latency once running");
+        latencies.push((latency, posted.elapsed()));
+    }
+    eprintln!("local stack: warm starts (start_latency_ms, POST → seen running): {latencies:?}");
+
+    // The fourth finds none idle: cold, through Fargate's modeled provisioning.
+    let id = stack.start_session("cold").await;
+    let cold = stack
+        .until("cold", &id, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    assert_eq!(cold["start_type"], "cold", "{cold}");
+    let cold_ms = cold["start_latency_ms"].as_u64().unwrap();
+    assert!(
+        cold_ms >= provisioning * 1000,
+        "a cold start waits for its task's provisioning: {cold}"
+    );
+    let refill = stack.pool_idle(3, Duration::from_secs(60)).await;
+    eprintln!("local stack: cold start {cold_ms} ms; the pool was full again {refill:?} later");
+    let pool = stack.pool().await;
+    assert_eq!(pool["definitions"][0]["claimed"], 4 - 1, "{pool:#}");
+
+    // A standby killed after its claim, before it joined: the session goes to another.
+    let standbys = stack.standby_processes().await;
+    let idle: Vec<(String, u32)> = standbys
+        .into_iter()
+        .filter(|(arn, _)| {
+            pool["standbys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["task_arn"] == arn.as_str() && s["state"] == "idle")
+        })
+        .collect();
+    assert_eq!(idle.len(), 3, "{idle:?} of {pool:#}");
+    for (_, pid) in &idle {
+        signal("STOP", *pid).await;
+    }
+    let id = stack.start_session("redispatched").await;
+    let pool = stack.pool().await;
+    let claimed = pool["standbys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_id"] == id.as_str())
+        .and_then(|s| s["task_arn"].as_str())
+        .unwrap_or_else(|| panic!("no standby claimed for {id}: {pool:#}"))
+        .to_owned();
+    for (arn, pid) in &idle {
+        if *arn == claimed {
+            signal("KILL", *pid).await;
+        } else {
+            signal("CONT", *pid).await;
+        }
+    }
+    let running = stack
+        .until("redispatched", &id, Duration::from_secs(30), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    assert_eq!(
+        running["start_type"], "warm",
+        "re-dispatched to another standby: {running}"
+    );
+    let pool = stack.pool().await;
+    let host = pool["standbys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{pool:#}"));
+    assert_ne!(host["task_arn"], claimed.as_str(), "{pool:#}");
+    assert!(
+        !pool["standbys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["task_arn"] == claimed.as_str()),
+        "the killed standby is deregistered: {pool:#}"
+    );
+    eprintln!(
+        "local stack: a claimed standby killed before joining; its session ran {} ms after admission",
+        running["start_latency_ms"]
+    );
+    stack.stop().await;
+}

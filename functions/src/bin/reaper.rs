@@ -18,7 +18,7 @@ use switchboard_core::SystemClock;
 use switchboard_functions::reaper::{
     Skipped, Stopped, Sweeper, end_standby, end_stopped, parse_event,
 };
-use switchboard_functions::{ReaperConfig, init_logging, reaper_parts, warm_pool};
+use switchboard_functions::{ReaperConfig, init_logging, reaper_parts, reaper_pool};
 
 struct Reaper {
     config: ReaperConfig,
@@ -117,16 +117,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             tracing::error!(error = %format!("{e:#}"), "could not resolve TASK_DEFINITION");
         })?;
     let (registry, tasks) = reaper_parts(&config, &sdk, Arc::new(SystemClock));
-    let pool = config.ecs.clone().map(|ecs| {
-        warm_pool(
-            registry.clone(),
-            switchboard_aws::EcsLauncher::new(
-                switchboard_aws::ecs::client(&sdk, switchboard_aws::calls::Role::Reaper),
-                ecs,
-            ),
-            config.pool,
-        )
-    });
+    let pool = reaper_pool(&config, &sdk, registry.clone());
     let reaper = Arc::new(Reaper {
         standbys: StandbyRegistry::new(registry.clone()),
         config,

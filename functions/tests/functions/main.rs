@@ -10,3 +10,4 @@ mod events;
 mod handler;
 mod iam;
 mod reaper;
+mod standby;
