@@ -238,8 +238,12 @@ if [[ "$LOCAL_ECS" != 0 ]]; then
     say "starting the local ECS: provisioning ${PROVISIONING_SECONDS}s, sweep every ${SWEEP_SECONDS}s, events $([[ "$LOCAL_ECS_EVENTS" == 0 ]] && echo off || echo on); task logs in $LOGS/tasks"
     ready_file="$LOGS/local-ecs.ready"
     rm -f "$ready_file"
+    # The tests' and the bench's call recording reaches the tasks too (Fargate would not
+    # pass the caller's environment; this is a test aid).
+    record=()
+    [[ -n "${SWITCHBOARD_RECORD_AWS_CALLS:-}" ]] && record=(--env "SWITCHBOARD_RECORD_AWS_CALLS=$SWITCHBOARD_RECORD_AWS_CALLS")
     setsid "$bin/switchboard-local-ecs" --endpoint "$endpoint" --cluster "$CLUSTER" \
-        --agent "$AGENT" --lambda-url "$base" --logs "$LOGS/tasks" --ready-file "$ready_file" &
+        --agent "$AGENT" --lambda-url "$base" --logs "$LOGS/tasks" --ready-file "$ready_file" "${record[@]}" &
     GROUPS_STARTED+=($!)
     local_ecs_pid=$!
     for _ in $(seq 1 300); do

@@ -32,6 +32,7 @@ use tokio::process::{Child, Command};
 mod call;
 #[cfg(feature = "aws")]
 mod task;
+mod warm;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -121,6 +122,20 @@ enum Cmd {
         /// Other people in the call, reading everything (the fan-out).
         #[arg(long, default_value_t = 0)]
         listeners: usize,
+    },
+    /// The warm pool through a running stack (`--url`, started with `WARM_POOL_SIZE`):
+    /// rounds of held warm starts, a burst of twice the pool, refill times, DynamoDB requests.
+    Warm {
+        /// Rounds of as many starts as the pool keeps (the pool refilled between rounds).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// The directory the stack records its AWS calls into (`SWITCHBOARD_RECORD_AWS_CALLS`
+        /// of the script): DynamoDB requests per standby-hour and per warm start.
+        #[arg(long)]
+        calls: Option<PathBuf>,
+        /// Seconds of idle pool to count the standbys' requests over.
+        #[arg(long, default_value_t = 60.0)]
+        idle_seconds: f64,
     },
     /// All three, in order.
     All {
@@ -826,6 +841,12 @@ fn alive(pid: u32) -> bool {
 
 fn print_report(report: &Value) {
     let mut out = String::new();
+    if let Some(w) = report.get("warm") {
+        out += &format!(
+            "warm pool: {}\n",
+            serde_json::to_string_pretty(w).unwrap_or_default()
+        );
+    }
     if let Some(c) = report.get("call") {
         let ms = |v: &Value| {
             v.as_f64()
@@ -1006,6 +1027,19 @@ async fn main() -> anyhow::Result<()> {
         report["task"] = task::measure(&agent, &table, *tasks, intervals).await?;
         return finish(&report, cli.json.as_deref());
     }
+    if let Cmd::Warm {
+        rounds,
+        calls,
+        idle_seconds,
+    } = &cli.command
+    {
+        let url = cli
+            .url
+            .as_deref()
+            .context("warm needs --url: a stack started with WARM_POOL_SIZE")?;
+        report["warm"] = warm::measure(url, *rounds, calls.as_deref(), *idle_seconds).await?;
+        return finish(&report, cli.json.as_deref());
+    }
     if let Cmd::Call { samples, listeners } = cli.command {
         let server = start().await?;
         report["call"] = call::round_trips(&server, samples, listeners).await?;
@@ -1025,7 +1059,7 @@ async fn main() -> anyhow::Result<()> {
         return finish(&report, cli.json.as_deref());
     }
     let (lc, held_n, close_n) = match cli.command {
-        Cmd::Soak { .. } | Cmd::Call { .. } => unreachable!("handled above"),
+        Cmd::Soak { .. } | Cmd::Call { .. } | Cmd::Warm { .. } => unreachable!("handled above"),
         #[cfg(feature = "aws")]
         Cmd::Task { .. } => unreachable!("handled above"),
         Cmd::Lifecycles { clients, duration } => (Some((clients, duration)), None, None),

@@ -233,8 +233,10 @@ pub enum StandbyOutcome {
 /// Hands a `starting` session whose claimed standby is gone to another standby, or to a task
 /// of its own (the cold path), within its start deadline; past it, or when the launch is
 /// refused, the session ends `start_failed` (its slots come back).
+#[allow(clippy::too_many_arguments)]
 pub async fn redispatch(
     pool: &WarmPool,
+    tasks: &EcsTasks,
     registry: &dyn SessionRegistry,
     session: &Session,
     detail: &str,
@@ -275,13 +277,45 @@ pub async fn redispatch(
     }
     match pool.launcher().launch(session).await {
         Ok(launched) => {
-            if let Some(arn) = &launched.task_arn {
-                registry
-                    .attach_task(&session.call_id, session.id, arn, Some(StartType::Cold))
-                    .await?;
+            let Some(arn) = launched.task_arn else {
+                return Ok(Outcome::Redispatched(StartType::Cold));
+            };
+            // Only if nobody moved it meanwhile (the event and the sweep may both try): else
+            // this task is one too many, and stops.
+            let moved = match &session.task_arn {
+                Some(from) => {
+                    pool.standbys()
+                        .move_session(session, from, &arn, StartType::Cold)
+                        .await?
+                }
+                None => {
+                    registry
+                        .attach_task(&session.call_id, session.id, &arn, Some(StartType::Cold))
+                        .await?;
+                    true
+                }
+            };
+            if moved {
                 info!(session_id = %session.id, task_arn = %arn, "re-dispatched to a task of its own");
+                Ok(Outcome::Redispatched(StartType::Cold))
+            } else if registry
+                .get(&session.call_id, session.id)
+                .await?
+                .is_some_and(|row| row.task_arn.as_deref() == Some(arn.as_str()))
+            {
+                // The other re-dispatcher's RunTask, returned again for the same client token
+                // (the session id): it is the session's task now.
+                Ok(Outcome::AlreadyEnded)
+            } else {
+                warn!(session_id = %session.id, task_arn = %arn, "the session was moved meanwhile; stopping the task started for it");
+                tasks
+                    .stop(
+                        &arn,
+                        "switchboard reaper: the session was re-dispatched elsewhere",
+                    )
+                    .await?;
+                Ok(Outcome::AlreadyEnded)
             }
-            Ok(Outcome::Redispatched(StartType::Cold))
         }
         // Unknown whether it started: the sweep finds the task by `startedBy` (the session
         // id) or ends the row.
@@ -315,10 +349,12 @@ async fn end_outcome(
 /// claimed one's session is re-dispatched when it had not joined (and `pool` can start
 /// agents), or ended as for a session's task (`task_stopped`, or `start_failed` when it never
 /// joined). Idempotent: a repeated event finds no registration.
+#[allow(clippy::too_many_arguments)]
 pub async fn end_standby(
     standbys: &StandbyRegistry,
     registry: &dyn SessionRegistry,
     pool: Option<&WarmPool>,
+    tasks: &EcsTasks,
     stopped: &StandbyStopped,
     limits: &Limits,
     start_deadline: Duration,
@@ -350,6 +386,7 @@ pub async fn end_standby(
             (Some(row), Some(pool)) if row.status == SessionStatus::Starting && !row.joined() => {
                 match redispatch(
                     pool,
+                    tasks,
                     registry,
                     row,
                     &stopped.detail,
@@ -502,6 +539,7 @@ impl Sweeper<'_> {
                 let detail = "the claimed standby's task is gone before the agent joined";
                 let outcome = redispatch(
                     pool,
+                    self.tasks,
                     self.registry,
                     session,
                     detail,

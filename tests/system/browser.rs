@@ -165,6 +165,11 @@ async fn the_demo_page_joins_chats_with_the_agent_and_closes_its_session_then_th
         "{row}"
     );
     assert!(page.text("#summary").await.starts_with("1 live"));
+    // serve keeps no warm pool: GET /pool is a 404 and the pool's line stays hidden.
+    assert_eq!(
+        page.eval("document.getElementById('pool').hidden").await,
+        serde_json::Value::Bool(true)
+    );
     screenshot(&mut page, "dashboard.png").await;
     drop(page);
     server.stop().await;

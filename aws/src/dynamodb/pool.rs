@@ -285,9 +285,12 @@ impl StandbyRegistry {
     }
 
     /// Claims `standby` for `session` in one transaction: the standby `idle`, of
-    /// `task_definition` and leased now; the session still `starting` (it gets the task ARN
-    /// and `start_type = warm`). `Ok(false)`: another claimer won, or the standby's lease
-    /// lapsed or it is of another definition. `Conflict`: the session is no longer starting.
+    /// `task_definition` and leased now; the session still `starting` and still on the task
+    /// the caller saw (`session.task_arn`: none for a new start, the gone standby's for a
+    /// re-dispatch), so that two re-dispatchers (an event and a sweep) never both move it.
+    /// The row gets the task ARN and `start_type = warm`. `Ok(false)`: another claimer won,
+    /// or the standby's lease lapsed or it is of another definition. `Conflict`: the session
+    /// is no longer starting, or is on another task already.
     pub async fn claim(
         &self,
         task_arn: &str,
@@ -315,17 +318,25 @@ impl StandbyRegistry {
                 (":ttl", n(ttl_seconds(now + CLAIMED_TTL))),
             ])))
             .build();
+        let mut row_values = vec![
+            (":arn", s(task_arn)),
+            (":warm", s(StartType::Warm.as_str())),
+            (":starting", s("starting")),
+        ];
+        let on_task = match &session.task_arn {
+            None => "attribute_not_exists(task_arn)",
+            Some(previous) => {
+                row_values.push((":previous", s(previous.as_str())));
+                "task_arn = :previous"
+            }
+        };
         let row = Update::builder()
             .table_name(self.table())
             .set_key(Some(key(call_pk(&session.call_id), session_sk(session.id))))
             .update_expression("SET task_arn = :arn, start_type = :warm")
-            .condition_expression("#st = :starting")
+            .condition_expression(format!("#st = :starting AND {on_task}"))
             .set_expression_attribute_names(Some(names(&[("#st", "status")])))
-            .set_expression_attribute_values(Some(values(&[
-                (":arn", s(task_arn)),
-                (":warm", s(StartType::Warm.as_str())),
-                (":starting", s("starting")),
-            ])))
+            .set_expression_attribute_values(Some(values(&row_values)))
             .build();
         let items = vec![
             TransactWriteItem::builder().update(built(standby)?).build(),
@@ -355,7 +366,9 @@ impl StandbyRegistry {
                 .map(|r| r.code().unwrap_or("None"))
                 .collect();
             if codes.get(1) == Some(&"ConditionalCheckFailed") {
-                return Err(Error::Conflict("the session is no longer starting".into()));
+                return Err(Error::Conflict(
+                    "the session is no longer starting, or is on another task".into(),
+                ));
             }
             // The standby's condition, or a conflict with a concurrent claim of it.
             if codes
@@ -368,6 +381,44 @@ impl StandbyRegistry {
         match classify(err, "TransactWriteItems claim standby") {
             Failure::ConditionFailed => Ok(false),
             Failure::Transient(e) | Failure::Fatal(e) => Err(e),
+        }
+    }
+
+    /// Moves a `starting` session from the task `from` to `to` (a re-dispatch to a task of its
+    /// own), only if it is still on `from`: `Ok(false)` if someone moved it first (or it is no
+    /// longer starting).
+    pub async fn move_session(
+        &self,
+        session: &Session,
+        from: &str,
+        to: &str,
+        start_type: StartType,
+    ) -> Result<bool> {
+        let result = self
+            .sessions
+            .client
+            .update_item()
+            .table_name(self.table())
+            .set_key(Some(key(call_pk(&session.call_id), session_sk(session.id))))
+            .update_expression("SET task_arn = :to, start_type = :start")
+            .condition_expression("#st = :starting AND task_arn = :from")
+            .set_expression_attribute_names(Some(names(&[("#st", "status")])))
+            .set_expression_attribute_values(Some(values(&[
+                (":to", s(to)),
+                (":from", s(from)),
+                (":start", s(start_type.as_str())),
+                (":starting", s("starting")),
+            ])))
+            .customize()
+            .config_override(within_deadline())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err) => match classify(err, "UpdateItem move session") {
+                Failure::ConditionFailed => Ok(false),
+                Failure::Transient(e) | Failure::Fatal(e) => Err(e),
+            },
         }
     }
 

@@ -82,6 +82,7 @@ impl Reaper {
                     &self.standbys,
                     &self.registry,
                     self.pool.as_ref(),
+                    &self.tasks,
                     &stopped,
                     &self.config.limits,
                     self.config.start_deadline,

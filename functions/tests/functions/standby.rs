@@ -135,6 +135,7 @@ impl World {
             &self.reaper_standbys,
             &self.reaper,
             Some(&self.pool),
+            &self.tasks,
             &stopped,
             &self.limits,
             deadline,
@@ -362,4 +363,70 @@ async fn the_sweep_redispatches_a_warm_start_whose_standby_is_gone() {
     assert_eq!(row.status, SessionStatus::Starting);
     assert_eq!(row.start_type, Some(StartType::Cold));
     assert_ne!(row.task_arn.as_deref(), Some(arn.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_redispatches_of_one_session_move_it_once() {
+    // The STOPPED event and a sweep may both find the session on its gone standby: each
+    // moves it only from that task, so the second changes nothing (and stops what it
+    // started).
+    let w = world(0).await;
+    let arns = w.idle_standbys(3).await;
+    let session = w.admit("raced").await;
+    w.claim(&arns[0], &session).await;
+    let stale = w.row(&session).await;
+    assert_eq!(stale.task_arn.as_deref(), Some(arns[0].as_str()));
+    let redispatch = |snapshot: Session| {
+        let w = &w;
+        async move {
+            switchboard_functions::reaper::redispatch(
+                &w.pool,
+                &w.tasks,
+                &w.reaper,
+                &snapshot,
+                "test: gone",
+                &w.limits,
+                DEADLINE,
+                &SystemClock,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        redispatch(stale.clone()).await,
+        Outcome::Redispatched(StartType::Warm)
+    );
+    let moved = w.row(&session).await.task_arn.unwrap();
+    assert_eq!(redispatch(stale.clone()).await, Outcome::AlreadyEnded);
+    assert_eq!(
+        w.row(&session).await.task_arn.as_deref(),
+        Some(moved.as_str())
+    );
+    let idle = w
+        .standbys
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.state == StandbyState::Idle)
+        .count();
+    assert_eq!(idle, 1, "the loser claimed nothing");
+
+    // Cold: the same, the loser's task is stopped.
+    for arn in &arns {
+        w.standbys.delete(arn, None).await.unwrap();
+    }
+    let on_moved = w.row(&session).await;
+    assert_eq!(
+        redispatch(on_moved.clone()).await,
+        Outcome::Redispatched(StartType::Cold)
+    );
+    let cold = w.row(&session).await.task_arn.unwrap();
+    assert_eq!(redispatch(on_moved).await, Outcome::AlreadyEnded);
+    assert_eq!(
+        w.row(&session).await.task_arn.as_deref(),
+        Some(cold.as_str())
+    );
+    assert_eq!(w.desired_status(&cold).await, "RUNNING");
 }

@@ -79,6 +79,7 @@ async fn a_registry_outage_of_two_intervals_keeps_the_agents_whose_lease_holds_a
     let outage = short_limits.maintenance_interval() * 2;
     let world = World::start(Settings {
         limits: short_limits,
+        pool: 0,
         seed: 1,
     })
     .await;
@@ -104,7 +105,7 @@ async fn a_registry_outage_of_two_intervals_keeps_the_agents_whose_lease_holds_a
                     return false;
                 }
             }
-            world.alive_agents().len() == 6
+            world.alive_agents().await.len() == 6
         },
     )
     .await;
@@ -186,6 +187,7 @@ async fn a_registry_outage_of_two_intervals_keeps_the_agents_whose_lease_holds_a
     .await;
     let mut alive: Vec<String> = world
         .alive_agents()
+        .await
         .into_iter()
         .map(|a| a.session_id)
         .collect();
@@ -256,9 +258,15 @@ enum Op {
     ReplayEvent,
     Outage,
     Pause,
+    StartThenKillItsStandby,
+    KillIdleStandby,
+    Deploy,
 }
 
-const WEIGHTS: [(Op, u32); 8] = [
+/// Warm standbys in the chaos world.
+const POOL: u32 = 2;
+
+const WEIGHTS: [(Op, u32); 11] = [
     (Op::Start, 30),
     (Op::Close, 9),
     (Op::Kill9, 6),
@@ -267,6 +275,10 @@ const WEIGHTS: [(Op, u32); 8] = [
     (Op::ReplayEvent, 10),
     (Op::Outage, 3),
     (Op::Pause, 14),
+    (Op::StartThenKillItsStandby, 5),
+    (Op::KillIdleStandby, 3),
+    // Once per run (the first pick deploys; later picks are no-ops).
+    (Op::Deploy, 2),
 ];
 
 fn pick(rng: &mut fastrand::Rng) -> Op {
@@ -293,6 +305,7 @@ struct Shared {
     known: Mutex<Vec<(String, String)>>,
     tally: Mutex<Tally>,
     outage: AtomicBool,
+    deployed: AtomicBool,
 }
 
 async fn client(shared: Arc<Shared>, mut rng: fastrand::Rng, ops: u32) {
@@ -378,6 +391,32 @@ async fn perform(shared: &Shared, op: Op, rng: &mut fastrand::Rng) -> bool {
             tokio::time::sleep(Duration::from_millis(rng.u64(50..300))).await;
             true
         }
+        Op::StartThenKillItsStandby => {
+            let path = format!("/calls/{call}/sessions");
+            let reply = request(&world.api, "POST", &path, &[], "").await;
+            record(shared, "POST", reply.status, &[201, 429, 503], &reply.body);
+            if reply.status != 201 {
+                return false;
+            }
+            let id = reply.json()["session_id"].as_str().unwrap().to_owned();
+            shared
+                .known
+                .lock()
+                .unwrap()
+                .push((call.to_owned(), id.clone()));
+            // Claimed: killed most often before its agent joined (the wake-up is a 200 ms
+            // poll). Started cold: nothing to kill.
+            world.kill_claimed_standby(&id).await
+        }
+        Op::KillIdleStandby => world.kill_idle_standby(rng).await,
+        Op::Deploy => {
+            if shared.deployed.swap(true, Ordering::SeqCst) {
+                return false;
+            }
+            let arn = world.deploy().await;
+            eprintln!("chaos: deployed {arn}");
+            true
+        }
     }
 }
 
@@ -431,6 +470,7 @@ async fn chaos(seed: u64, ops: u32) {
     let started = Instant::now();
     let world = World::start(Settings {
         limits: limits(4, 2, 1.0, 3.0),
+        pool: POOL,
         seed,
     })
     .await;
@@ -439,6 +479,7 @@ async fn chaos(seed: u64, ops: u32) {
         known: Mutex::default(),
         tally: Mutex::default(),
         outage: AtomicBool::new(false),
+        deployed: AtomicBool::new(false),
     });
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -455,7 +496,7 @@ async fn chaos(seed: u64, ops: u32) {
     world
         .await_consistent(&CALLS, Duration::from_secs(60))
         .await;
-    let live_at_quiescence = world.alive_agents().len();
+    let live_at_quiescence = world.alive_agents().await.len();
 
     // Then every live session is closed through the API, and everything comes back to zero.
     for r in world.rows().await.iter().filter(|r| !r.is_ended()) {

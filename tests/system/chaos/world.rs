@@ -12,14 +12,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use switchboard_aws::dynamodb::StandbyRegistry;
 use switchboard_aws::ecs_tasks::EcsTasks;
+use switchboard_aws::pool::{PoolSettings, PooledLauncher, WarmPool};
 use switchboard_aws::{DynamoRegistry, EcsLauncher};
 use switchboard_core::registry::{ListQuery, StartOutcome, StartRequest};
 use switchboard_core::{
     CallId, CallType, EndReason, Limits, Session, SessionId, SessionRegistry, SessionStatus,
     SystemClock, TaskLauncher, Timestamp,
 };
-use switchboard_functions::reaper::{Outcome, Sweeper, end_stopped, parse_stopped};
+use switchboard_core::{PoolStatus, StandbyState};
+use switchboard_functions::reaper::{
+    Outcome, StandbyOutcome, Stopped, Sweeper, end_standby, end_stopped, parse_event,
+};
 use switchboard_local_ecs::{EventSink, Faults, LocalEcs};
 use tokio::task::JoinHandle;
 
@@ -31,6 +36,8 @@ use tokio::task::JoinHandle;
 /// lease nearly spent, as on Fargate.) SIGKILL follows SIGTERM after the test task
 /// definition's `stopTimeout` (2 s, switchboard_testkit::ecs_cluster).
 const PROVISIONING: Duration = Duration::from_secs(3);
+/// How long a start may take before the sweep gives up on it.
+const START_DEADLINE: Duration = Duration::from_secs(60);
 /// The reaper's schedule (every minute in AWS).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The observer's pace.
@@ -44,6 +51,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub limits: Limits,
+    /// Warm standbys to keep (0: none, every start cold).
+    pub pool: u32,
     /// Seeds the event bus's choices (which event goes next, how often it repeats).
     pub seed: u64,
 }
@@ -63,6 +72,9 @@ pub struct Exited {
 #[derive(Debug)]
 struct Reaper {
     registry: Arc<DynamoRegistry>,
+    standbys: StandbyRegistry,
+    /// The pool the sweep keeps and re-dispatches to (swapped by a deploy).
+    pool: Mutex<WarmPool>,
     tasks: EcsTasks,
     limits: Limits,
     outcomes: Mutex<BTreeMap<String, u32>>,
@@ -77,20 +89,55 @@ impl EventSink for Reaper {
             self.sweep().await;
             return Ok(());
         }
-        let outcome = match parse_stopped(event, "agent") {
+        let outcome = match parse_event(event, "agent") {
             Err(skipped) => format!("skipped ({})", skipped_kind(&skipped)),
-            Ok(stopped) => match end_stopped(&*self.registry, &stopped, &self.limits).await {
-                Ok(Outcome::Ended(reason)) => {
-                    *lock(&self.ended_by_event)
-                        .entry(stopped.session_id.to_string())
-                        .or_default() += 1;
-                    format!("ended {reason}")
+            Ok(Stopped::Standby(stopped)) => {
+                let pool = lock(&self.pool).clone();
+                // Whose session it hosted, for the count of ends by events.
+                let hosted = self
+                    .standbys
+                    .get(&stopped.task_arn, true)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.session)
+                    .map(|(_, id)| id.to_string());
+                match end_standby(
+                    &self.standbys,
+                    &*self.registry,
+                    Some(&pool),
+                    &self.tasks,
+                    &stopped,
+                    &self.limits,
+                    START_DEADLINE,
+                    &SystemClock,
+                )
+                .await
+                {
+                    Ok(StandbyOutcome::Session(Outcome::Ended(reason))) => {
+                        if let Some(session) = hosted {
+                            *lock(&self.ended_by_event).entry(session).or_default() += 1;
+                        }
+                        format!("standby's session ended {reason}")
+                    }
+                    Ok(other) => format!("standby: {other:?}"),
+                    Err(e) => return Err(e.to_string()),
                 }
-                Ok(Outcome::AlreadyEnded) => "already ended".into(),
-                Ok(Outcome::Unknown) => "unknown session".into(),
-                Ok(Outcome::Redispatched(start)) => format!("re-dispatched {start}"),
-                Err(e) => return Err(e.to_string()),
-            },
+            }
+            Ok(Stopped::Session(stopped)) => {
+                match end_stopped(&*self.registry, &stopped, &self.limits).await {
+                    Ok(Outcome::Ended(reason)) => {
+                        *lock(&self.ended_by_event)
+                            .entry(stopped.session_id.to_string())
+                            .or_default() += 1;
+                        format!("ended {reason}")
+                    }
+                    Ok(Outcome::AlreadyEnded) => "already ended".into(),
+                    Ok(Outcome::Unknown) => "unknown session".into(),
+                    Ok(Outcome::Redispatched(start)) => format!("re-dispatched {start}"),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
         };
         *lock(&self.outcomes).entry(outcome).or_default() += 1;
         Ok(())
@@ -99,13 +146,14 @@ impl EventSink for Reaper {
 
 impl Reaper {
     async fn sweep(&self) {
+        let pool = lock(&self.pool).clone();
         let report = Sweeper {
             registry: &*self.registry,
             tasks: &self.tasks,
             limits: &self.limits,
-            start_deadline: Duration::from_secs(60),
+            start_deadline: START_DEADLINE,
             clock: &SystemClock,
-            pool: None,
+            pool: (pool.settings().size > 0).then_some(&pool),
         }
         .sweep(Duration::from_secs(5))
         .await;
@@ -117,6 +165,11 @@ impl Reaper {
                 *sweeps.entry("start_failed").or_default() += r.start_failed;
                 *sweeps.entry("tasks_stopped").or_default() += r.tasks_stopped;
                 *sweeps.entry("failed").or_default() += r.failed;
+                *sweeps.entry("redispatched").or_default() += r.redispatched;
+                if let Some(p) = r.pool {
+                    *sweeps.entry("standbys started").or_default() += p.started;
+                    *sweeps.entry("standbys stopped").or_default() += p.stopped;
+                }
             }
             Err(_) => *sweeps.entry("runs that failed").or_default() += 1,
         }
@@ -149,7 +202,9 @@ pub struct World {
     pub cluster: String,
     pub registry: Arc<DynamoRegistry>,
     pub ecs: aws_sdk_ecs::Client,
-    definition: String,
+    definition: Mutex<String>,
+    /// The api's launcher, swapped by [`World::deploy`] as a deploy replaces the function.
+    launcher: Arc<Current>,
     /// Fargate: the local ECS, with its fault knobs.
     pub local: LocalEcs,
     reaper: Arc<Reaper>,
@@ -185,6 +240,7 @@ impl World {
             ("SECURITY_GROUPS", "sg-0123456789abcdef0".into()),
         ]);
         vars.extend(limits.supervisor_env());
+        vars.insert("WARM_POOL_SIZE", settings.pool.to_string());
         use switchboard_core::limits::env;
         if let Some(n) = limits.max_concurrent_sessions() {
             vars.insert(env::MAX_CONCURRENT_SESSIONS, n.to_string());
@@ -194,14 +250,35 @@ impl World {
         }
         let config = switchboard_functions::ApiConfig::from_lookup(|k| vars.get(k).cloned())
             .expect("the API's configuration");
-        let router =
-            switchboard_functions::api_router(&config, &switchboard_testkit::sdk_config().await)
-                .expect("the router");
+        let pool = |definition: &str| {
+            switchboard_functions::warm_pool(
+                (*registry).clone(),
+                EcsLauncher::new(
+                    ecs.clone(),
+                    switchboard_testkit::ecs_settings(&cluster, definition, &table, limits),
+                ),
+                PoolSettings {
+                    size: settings.pool,
+                    ..config.pool
+                },
+            )
+        };
+        // The API as `api_router` builds it, its launcher swappable (a deploy).
+        let launcher = Arc::new(Current(Mutex::new(Arc::new(PooledLauncher::new(pool(
+            &definition,
+        ))))));
+        let state = switchboard_api::AppState::new(registry.clone(), launcher.clone(), limits)
+            .with_bounded_starts();
+        let router = switchboard_api::router(state, switchboard_api::ServeOptions::default())
+            .expect("the router");
+        let _ = config;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let api = listener.local_addr().unwrap().to_string();
 
         let reaper = Arc::new(Reaper {
             registry: registry.clone(),
+            standbys: StandbyRegistry::new((*registry).clone()),
+            pool: Mutex::new(pool(&definition)),
             tasks: EcsTasks::new(ecs.clone(), cluster.clone()),
             limits,
             outcomes: Mutex::default(),
@@ -229,7 +306,8 @@ impl World {
             cluster,
             registry,
             ecs,
-            definition,
+            definition: Mutex::new(definition),
+            launcher,
             local,
             reaper,
             api,
@@ -272,6 +350,39 @@ impl World {
             .kill(&task.task_arn)
             .then(|| task.session_id.clone())
             .flatten()
+    }
+
+    /// SIGKILLs an idle standby picked by `rng`; false if none runs.
+    pub async fn kill_idle_standby(&self, rng: &mut fastrand::Rng) -> bool {
+        let idle: HashSet<String> = self
+            .standbys()
+            .await
+            .into_iter()
+            .filter(|s| s.state == StandbyState::Idle)
+            .map(|s| s.task_arn)
+            .collect();
+        let running: Vec<_> = self
+            .local
+            .running()
+            .into_iter()
+            .filter(|r| idle.contains(&r.task_arn))
+            .collect();
+        if running.is_empty() {
+            return false;
+        }
+        self.local
+            .kill(&running[rng.usize(0..running.len())].task_arn)
+    }
+
+    /// SIGKILLs the standby claimed for `session_id`, if one is (right after its start: most
+    /// often before its agent joined).
+    pub async fn kill_claimed_standby(&self, session_id: &str) -> bool {
+        let standby = self.standbys().await.into_iter().find(|s| {
+            s.session
+                .as_ref()
+                .is_some_and(|(_, id)| id.to_string() == session_id)
+        });
+        standby.is_some_and(|s| self.local.kill(&s.task_arn))
     }
 
     /// Where the agents' logs are (one file per task, its first line names the session).
@@ -341,17 +452,104 @@ impl World {
 
     // ---- the observer ----
 
-    /// The agent processes of this world that are alive now (not zombies), from /proc.
-    pub fn alive_agents(&self) -> Vec<Alive> {
+    /// The warm pool's registrations (empty without a pool).
+    pub async fn standbys(&self) -> Vec<switchboard_core::Standby> {
+        if self.settings.pool == 0 {
+            return Vec::new();
+        }
+        let pool = lock(&self.reaper.pool).clone();
+        pool.standbys().list().await.unwrap_or_default()
+    }
+
+    /// The agent processes of this world that are alive now (not zombies), from /proc: a
+    /// task started for a session (its environment names it), or a standby claimed for one
+    /// (its registration names it). An idle standby is in no call and not listed.
+    pub async fn alive_agents(&self) -> Vec<Alive> {
+        // The registrations first: a standby claimed after this read is missed (never
+        // counted twice).
+        let claimed: HashMap<String, (String, String)> = self
+            .standbys()
+            .await
+            .into_iter()
+            .filter_map(|s| {
+                let (call, id) = s.session?;
+                Some((s.task_arn, (call.to_string(), id.to_string())))
+            })
+            .collect();
+        let task_of: HashMap<u32, String> = self
+            .local
+            .running()
+            .into_iter()
+            .map(|r| (r.pid, r.task_arn))
+            .collect();
         switchboard_testkit::procs::live(Some(&self.binary))
             .into_iter()
             .filter(|p| p.env.get("TABLE_NAME") == Some(&self.table))
-            .map(|p| Alive {
-                pid: p.pid,
-                session_id: p.env.get("SESSION_ID").cloned().unwrap_or_default(),
-                call_id: p.env.get("CALL_ID").cloned().unwrap_or_default(),
+            .filter_map(|p| {
+                if p.env.get("STANDBY").map(String::as_str) == Some("1") {
+                    let (call_id, session_id) = claimed.get(task_of.get(&p.pid)?)?.clone();
+                    return Some(Alive {
+                        pid: p.pid,
+                        session_id,
+                        call_id,
+                    });
+                }
+                Some(Alive {
+                    pid: p.pid,
+                    session_id: p.env.get("SESSION_ID").cloned().unwrap_or_default(),
+                    call_id: p.env.get("CALL_ID").cloned().unwrap_or_default(),
+                })
             })
             .collect()
+    }
+
+    /// A deploy: a new revision of the agent's task definition, which the api's claims and
+    /// cold starts and the reaper's pool use from now on (its sweep stops the old idle
+    /// standbys). Returns the new ARN.
+    pub async fn deploy(&self) -> String {
+        let old = lock(&self.definition).clone();
+        let described = self
+            .ecs
+            .describe_task_definition()
+            .task_definition(&old)
+            .send()
+            .await
+            .expect("describe the task definition");
+        let d = described.task_definition().expect("a definition");
+        let registered = self
+            .ecs
+            .register_task_definition()
+            .family(d.family().unwrap_or_default())
+            .set_requires_compatibilities(Some(d.requires_compatibilities().to_vec()))
+            .set_network_mode(d.network_mode().cloned())
+            .set_cpu(d.cpu().map(str::to_owned))
+            .set_memory(d.memory().map(str::to_owned))
+            .set_container_definitions(Some(d.container_definitions().to_vec()))
+            .send()
+            .await
+            .expect("register a new revision");
+        let new = registered
+            .task_definition()
+            .and_then(|d| d.task_definition_arn())
+            .expect("its ARN")
+            .to_owned();
+        let limits = self.settings.limits;
+        let pool = {
+            let current = lock(&self.reaper.pool).clone();
+            WarmPool::new(
+                current.standbys().clone(),
+                EcsLauncher::new(
+                    self.ecs.clone(),
+                    switchboard_testkit::ecs_settings(&self.cluster, &new, &self.table, limits),
+                ),
+                current.settings(),
+                Arc::new(SystemClock),
+            )
+        };
+        *lock(&self.definition) = new.clone();
+        *lock(&self.launcher.0) = Arc::new(PooledLauncher::new(pool.clone()));
+        *lock(&self.reaper.pool) = pool;
+        new
     }
 
     /// The agents with their rows, for a violation's message.
@@ -381,7 +579,7 @@ impl World {
 
     async fn observe(&self) {
         let before = Timestamp::now_system();
-        let alive = self.alive_agents();
+        let alive = self.alive_agents().await;
         let running_tasks = self.running_arns().await.map_or(0, |a| a.len());
         let mut violations = Vec::new();
         let limits = self.settings.limits;
@@ -485,7 +683,12 @@ impl World {
     pub fn launcher_for(&self, limits: Limits) -> EcsLauncher {
         EcsLauncher::new(
             self.ecs.clone(),
-            switchboard_testkit::ecs_settings(&self.cluster, &self.definition, &self.table, limits),
+            switchboard_testkit::ecs_settings(
+                &self.cluster,
+                &lock(&self.definition),
+                &self.table,
+                limits,
+            ),
         )
     }
 
@@ -521,8 +724,16 @@ impl World {
         }
     }
 
-    /// The sessions of moto's RUNNING tasks (from `startedBy`).
-    pub async fn running_task_sessions(&self) -> Vec<String> {
+    /// The sessions of moto's RUNNING tasks (from `startedBy`; a standby's from its
+    /// registration), and the RUNNING standby tasks hosting none.
+    pub async fn running_task_sessions(&self) -> (Vec<String>, Vec<String>) {
+        let claimed: HashMap<String, String> = self
+            .standbys()
+            .await
+            .into_iter()
+            .filter_map(|s| Some((s.task_arn, s.session?.1.to_string())))
+            .collect();
+        let mut idle_standbys = Vec::new();
         let arns: Vec<String> = self
             .running_arns()
             .await
@@ -539,15 +750,21 @@ impl World {
                 .send()
                 .await
                 .expect("describe tasks");
-            out.extend(
-                described
-                    .tasks()
-                    .iter()
-                    .map(|t| t.started_by().unwrap_or_default().to_owned()),
-            );
+            for task in described.tasks() {
+                let arn = task.task_arn().unwrap_or_default();
+                if task.started_by() == Some(switchboard_aws::pool::STANDBY_STARTED_BY) {
+                    match claimed.get(arn) {
+                        Some(session) => out.push(session.clone()),
+                        None => idle_standbys.push(arn.to_owned()),
+                    }
+                } else {
+                    out.push(task.started_by().unwrap_or_default().to_owned());
+                }
+            }
         }
         out.sort();
-        out
+        idle_standbys.sort();
+        (out, idle_standbys)
     }
 
     /// What the state is, with everything that disagrees; `None` when consistent: every
@@ -575,6 +792,7 @@ impl World {
         }
         let mut agents: Vec<String> = self
             .alive_agents()
+            .await
             .into_iter()
             .map(|a| a.session_id)
             .collect();
@@ -582,11 +800,44 @@ impl World {
         if agents != live_ids {
             problems.push(format!("live rows {live_ids:?} but agents {agents:?}"));
         }
-        let tasks = self.running_task_sessions().await;
+        let (tasks, idle_tasks) = self.running_task_sessions().await;
         if tasks != live_ids {
             problems.push(format!(
                 "live rows {live_ids:?} but RUNNING tasks {tasks:?}"
             ));
+        }
+        if self.settings.pool > 0 {
+            // The pool is full, of the current definition only, and every idle standby's
+            // task runs (no stale registration, no orphan task).
+            let task_definition = lock(&self.definition).clone();
+            let status = PoolStatus {
+                target_size: self.settings.pool,
+                task_definition,
+                standbys: self.standbys().await,
+                at: Timestamp::now_system(),
+            };
+            let mut idle: Vec<String> = status
+                .standbys
+                .iter()
+                .filter(|s| s.state != StandbyState::Claimed)
+                .map(|s| s.task_arn.clone())
+                .collect();
+            idle.sort();
+            let current_idle = status
+                .standbys
+                .iter()
+                .filter(|s| {
+                    s.state == StandbyState::Idle
+                        && s.task_definition == status.task_definition
+                        && s.lease_expires_at > status.at
+                })
+                .count();
+            if current_idle != self.settings.pool as usize || idle != idle_tasks {
+                problems.push(format!(
+                    "pool: {current_idle} idle of {} (of {}); registered unclaimed {idle:?}, RUNNING unclaimed standby tasks {idle_tasks:?}",
+                    self.settings.pool, status.task_definition
+                ));
+            }
         }
         for call in calls {
             let call_id = CallId::parse(call).unwrap();
@@ -670,5 +921,25 @@ fn ended_by_reaper(row: &Session) -> bool {
         Some(EndReason::TaskStopped | EndReason::StartFailed) => true,
         Some(EndReason::LeaseExpired) => row.end_detail.is_some(),
         _ => false,
+    }
+}
+
+/// The api's launcher, replaceable (a deploy replaces the function with its new settings).
+#[derive(Debug)]
+struct Current(Mutex<Arc<PooledLauncher>>);
+
+#[async_trait::async_trait]
+impl TaskLauncher for Current {
+    async fn launch(
+        &self,
+        session: &Session,
+    ) -> Result<switchboard_core::Launched, switchboard_core::LaunchError> {
+        let launcher = lock(&self.0).clone();
+        launcher.launch(session).await
+    }
+
+    async fn pool(&self) -> Option<switchboard_core::Result<PoolStatus>> {
+        let launcher = lock(&self.0).clone();
+        launcher.pool().await
     }
 }
