@@ -236,12 +236,17 @@ impl EcsLauncher {
 
     /// The container environment for `session`.
     pub fn environment(&self, session: &Session) -> Vec<(String, String)> {
-        let mut vars = vec![
+        let vars = vec![
             (env::SESSION_ID.to_owned(), session.id.to_string()),
             (env::CALL_ID.to_owned(), session.call_id.to_string()),
             (env::CALL_TYPE.to_owned(), session.call_type.to_string()),
-            (env::TABLE_NAME.to_owned(), self.settings.table.clone()),
         ];
+        self.with_table_and_supervisor(vars)
+    }
+
+    /// `vars`, then `TABLE_NAME` and the supervisor settings (`SWITCHBOARD_*`).
+    fn with_table_and_supervisor(&self, mut vars: Vec<(String, String)>) -> Vec<(String, String)> {
+        vars.push((env::TABLE_NAME.to_owned(), self.settings.table.clone()));
         vars.extend(
             self.settings
                 .limits
@@ -255,18 +260,7 @@ impl EcsLauncher {
     /// The container environment of a standby: `STANDBY=1` and no session (it learns its
     /// session from its claim), the table and the supervisor settings.
     pub fn standby_environment(&self) -> Vec<(String, String)> {
-        let mut vars = vec![
-            (env::STANDBY.to_owned(), "1".to_owned()),
-            (env::TABLE_NAME.to_owned(), self.settings.table.clone()),
-        ];
-        vars.extend(
-            self.settings
-                .limits
-                .supervisor_env()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v)),
-        );
-        vars
+        self.with_table_and_supervisor(vec![(env::STANDBY.to_owned(), "1".to_owned())])
     }
 
     fn request(

@@ -90,6 +90,10 @@ impl Fixture {
         )
     }
 
+    async fn row(&self, s: &Session) -> Session {
+        self.registry.get(&s.call_id, s.id).await.unwrap().unwrap()
+    }
+
     async fn state(&self, arn: &str) -> Option<StandbyState> {
         self.standbys.get(arn, true).await.unwrap().map(|s| s.state)
     }
@@ -155,12 +159,7 @@ async fn a_standby_registers_renews_and_learns_its_claim() {
         f.standbys.renew(&standby, LEASE).await.unwrap(),
         Renewal::Claimed(session.call_id.clone(), session.id)
     );
-    let row = f
-        .registry
-        .get(&session.call_id, session.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let row = f.row(&session).await;
     assert_eq!(row.task_arn.as_deref(), Some(standby.as_str()));
     assert_eq!(row.start_type, Some(StartType::Warm));
 
@@ -187,12 +186,7 @@ async fn a_standby_is_claimed_once_and_only_when_idle_leased_current_and_for_a_s
     let claimed = f.standbys.get(&standby, true).await.unwrap().unwrap();
     assert_eq!(claimed.session, Some((winner.call_id.clone(), winner.id)));
     for (session, won) in sessions.iter().zip(&claims) {
-        let row = f
-            .registry
-            .get(&session.call_id, session.id)
-            .await
-            .unwrap()
-            .unwrap();
+        let row = f.row(session).await;
         assert_eq!(
             row.task_arn.is_some(),
             *won,
@@ -349,12 +343,7 @@ async fn starts_claim_a_standby_warm_then_go_cold_and_the_pool_tops_itself_up() 
     };
     let first = start("warm-1").await;
     assert_eq!(first.start_type, Some(StartType::Warm));
-    let row = f
-        .registry
-        .get(&first.call_id, first.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let row = f.row(&first).await;
     assert_eq!(row.start_type, Some(StartType::Warm));
     assert!(
         listed
@@ -377,12 +366,7 @@ async fn starts_claim_a_standby_warm_then_go_cold_and_the_pool_tops_itself_up() 
     // Only a provisioning one is left: cold, and the pool tops up again.
     let third = start("cold-1").await;
     assert_eq!(third.start_type, Some(StartType::Cold));
-    let row = f
-        .registry
-        .get(&third.call_id, third.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let row = f.row(&third).await;
     assert_eq!(row.start_type, Some(StartType::Cold));
     let cold = f
         .ecs
