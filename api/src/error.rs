@@ -194,9 +194,7 @@ impl IntoResponse for ApiError {
                 json!(FAILED_TO_START)
             }
             Self::RouteNotFound => json!("Not Found"),
-            Self::NoPool => json!(
-                "No warm pool is kept here: agents run in this process (serve), or the deployment's WarmPoolSize is 0"
-            ),
+            Self::NoPool => json!("No warm pool is kept here: agents run in this process (serve)"),
             Self::MethodNotAllowed => json!("Method Not Allowed"),
             Self::Internal(source) => {
                 tracing::error!(error.cause_chain = ?source, "internal error");

@@ -168,8 +168,8 @@ impl WarmPool {
                 info!(session_id = %session.id, task_arn = %arn, "claimed a warm standby");
                 return Ok((Some(arn), listed));
             }
-            // Lost: another start took it (or its lease lapsed); not supply for the top-up.
-            listed[index].state = StandbyState::Claimed;
+            // Lost: another start took it (its claimer tops up for it) or its lease lapsed
+            // (not supply anyway): left as listed.
         }
         Ok((None, listed))
     }
@@ -297,6 +297,40 @@ impl WarmPool {
             report.stopped += 1;
             info!(task_arn = %standby.task_arn, task_definition = %standby.task_definition, reason = why, "stopped a standby");
         }
+        // More than the target (concurrent top-ups, a smaller WarmPoolSize, 0 included): the
+        // newest idle ones go.
+        let mut excess = self.supply(&kept).saturating_sub(self.settings.size);
+        let mut idle: Vec<Standby> = kept
+            .iter()
+            .filter(|s| {
+                s.state == StandbyState::Idle && s.task_definition == self.task_definition()
+            })
+            .cloned()
+            .collect();
+        idle.sort_by_key(|s| std::cmp::Reverse(s.since));
+        let mut trimmed = Vec::new();
+        for standby in idle {
+            if excess == 0 {
+                break;
+            }
+            if self
+                .standbys
+                .delete(&standby.task_arn, Some(&[StandbyState::Idle]))
+                .await?
+            {
+                tasks
+                    .stop(
+                        &standby.task_arn,
+                        "switchboard: more standbys than WarmPoolSize",
+                    )
+                    .await?;
+                report.deregistered += 1;
+                report.stopped += 1;
+                trimmed.push(standby.task_arn);
+                excess -= 1;
+            }
+        }
+        kept.retain(|s| !trimmed.contains(&s.task_arn));
         report.idle = kept
             .iter()
             .filter(|s| {
@@ -356,25 +390,18 @@ impl PooledLauncher {
         &self.pool
     }
 
-    /// Tops up within [`TOP_UP_BUDGET`] and what the start's deadline leaves (less a margin
-    /// for the response): never at the cost of the start it follows.
+    /// Tops up when the start's deadline leaves [`TOP_UP_BUDGET`] (never at the cost of the
+    /// start it follows). Not cut short once begun: a `RunTask` whose `provisioning` records
+    /// were never written would be invisible to the next starts, which would start more.
     async fn top_up_within(&self, listed: &[Standby]) {
-        let mut budget = TOP_UP_BUDGET;
-        if let Some(left) = switchboard_core::deadline::remaining() {
-            budget = budget.min(left.saturating_sub(Duration::from_millis(500)));
-        }
-        if budget.is_zero() {
+        if switchboard_core::deadline::remaining().is_some_and(|left| left < TOP_UP_BUDGET) {
+            warn!(
+                "too little of the start's deadline is left to top the warm pool up (the next start or sweep will)"
+            );
             return;
         }
-        match tokio::time::timeout(budget, self.pool.top_up(listed)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                warn!(error = %e, "could not top the warm pool up (the next start or sweep will)")
-            }
-            Err(_) => warn!(
-                ?budget,
-                "topping the warm pool up took too long (the next start or sweep will)"
-            ),
+        if let Err(e) = self.pool.top_up(listed).await {
+            warn!(error = %e, "could not top the warm pool up (the next start or sweep will)");
         }
     }
 }
@@ -395,11 +422,28 @@ impl TaskLauncher for PooledLauncher {
                 });
             }
             Ok((None, listed)) => listed,
+            // Closed meanwhile: the cold path, whose task then ends it `requested`.
+            Err(Error::Conflict(_)) => return self.pool.launcher.launch(session).await,
             Err(e) => {
-                // The store is failing (or the session was closed meanwhile): the cold path,
-                // exactly as without a pool.
-                warn!(session_id = %session.id, error = %e, "could not claim a warm standby; starting cold");
-                return self.pool.launcher.launch(session).await;
+                // The claim may have committed (a timeout, a 5xx): the row says. Never a cold
+                // task beside a claimed standby.
+                return match self.pool.standbys.session_task(session).await {
+                    Ok(Some(arn)) => Ok(Launched {
+                        task_arn: Some(arn),
+                        start_type: Some(StartType::Warm),
+                        recorded: true,
+                    }),
+                    Ok(None) => {
+                        warn!(session_id = %session.id, error = %e, "could not claim a warm standby; starting cold");
+                        self.pool.launcher.launch(session).await
+                    }
+                    Err(read) => Err(LaunchError::Ambiguous {
+                        retry_after: Duration::from_secs(1),
+                        source: anyhow::anyhow!(
+                            "a claim's outcome is unknown ({e}) and the row could not be read ({read})"
+                        ),
+                    }),
+                };
             }
         };
         let (launched, ()) = tokio::join!(

@@ -466,6 +466,16 @@ pub async fn attach_task_records_the_arn_until_the_session_ends(h: Harness) {
         Some(StartType::Warm),
         "a start type given is written"
     );
+    // Another task: refused, the row keeps its host (a second agent must not join).
+    assert!(matches!(
+        h.registry
+            .attach_task(&s.call_id, s.id, "arn:another", Some(StartType::Cold))
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    let row = h.registry.get(&s.call_id, s.id).await.unwrap().unwrap();
+    assert_eq!(row.task_arn.as_deref(), Some(arn));
+    assert_eq!(row.start_type, Some(StartType::Warm));
     assert_eq!(
         row.status,
         SessionStatus::Starting,

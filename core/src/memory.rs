@@ -259,6 +259,13 @@ impl SessionRegistry for MemoryRegistry {
         let now = self.clock.now();
         let mut state = self.lock();
         let session = live_mut(state.record_mut(call_id, session_id, now)?)?;
+        if session
+            .task_arn
+            .as_deref()
+            .is_some_and(|arn| arn != task_arn)
+        {
+            return Err(Error::Conflict("the session is on another task".into()));
+        }
         session.task_arn = Some(task_arn.to_owned());
         if start_type.is_some() {
             session.start_type = start_type;

@@ -349,7 +349,9 @@ pub trait SessionRegistry: Send + Sync + std::fmt::Debug {
 
     /// Records the task that hosts the session's agent (e.g. its ECS task ARN), for the
     /// reaper, and how it started when `start_type` is given (`None` leaves it as it is: the
-    /// task reporting its own ARN does not know). `Conflict` once ended; idempotent.
+    /// task reporting its own ARN does not know). Only while the row names no task or this
+    /// one: a row on another task is `Conflict` and unchanged (that task hosts it; a task
+    /// started for it too must not join). `Conflict` once ended; idempotent.
     async fn attach_task(
         &self,
         call_id: &CallId,

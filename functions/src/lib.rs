@@ -530,6 +530,9 @@ impl ReaperConfig {
         &mut self,
         sdk: &aws_config::SdkConfig,
     ) -> anyhow::Result<()> {
+        if self.pool.size == 0 {
+            return Ok(());
+        }
         if let Some(ecs) = &mut self.ecs {
             let client = switchboard_aws::ecs::client(sdk, Role::Reaper);
             ecs.task_definition =
@@ -630,11 +633,17 @@ pub async fn fill_pool_at_init(config: &ApiConfig, sdk: &aws_config::SdkConfig) 
         ),
         config.pool,
     );
-    match pool.fill().await {
-        Ok(started) => tracing::info!(started, size = config.pool.size, "warm pool filled at init"),
-        Err(e) => {
+    // Within Lambda's 10 s init, whatever the table and ECS do.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), pool.fill()).await {
+        Ok(Ok(started)) => {
+            tracing::info!(started, size = config.pool.size, "warm pool filled at init")
+        }
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "could not fill the warm pool at init (the next start or sweep will)")
         }
+        Err(_) => tracing::warn!(
+            "filling the warm pool at init took over 5 s (the next start or sweep will)"
+        ),
     }
 }
 

@@ -174,6 +174,8 @@ pub enum Outcome {
     Unknown,
     /// Its agent was started again elsewhere (its claimed standby stopped before it joined).
     Redispatched(StartType),
+    /// The session is on another task now: the stopped one was not (or no longer) its host.
+    OtherTask,
 }
 
 /// Ends the session of a stopped task: `start_failed` if it was still `starting`, else
@@ -188,6 +190,17 @@ pub async fn end_stopped(
         let Some(row) = registry.get(&stopped.call_id, stopped.session_id).await? else {
             return Ok(Outcome::Unknown);
         };
+        // Another task hosts it now (a re-dispatch, or a claim that committed before a
+        // cold fallback): this task's stop says nothing about the session.
+        if !row.is_ended()
+            && !stopped.task_arn.is_empty()
+            && row
+                .task_arn
+                .as_deref()
+                .is_some_and(|arn| arn != stopped.task_arn)
+        {
+            return Ok(Outcome::OtherTask);
+        }
         let (reason, guard) = match row.status {
             SessionStatus::Ended => return Ok(Outcome::AlreadyEnded),
             SessionStatus::Starting => (EndReason::StartFailed, EndGuard::Starting),

@@ -8,7 +8,9 @@
 //! 2. The row is read, riding out a store outage within a lease. A session closed while it
 //!    was starting is ended `requested` here (the agent never joins); anything else but
 //!    `starting` (a close already ended it, the reaper resolved it) exits 0 without joining.
-//!    The task ARN comes from `ECS_CONTAINER_METADATA_URI_V4` when present.
+//!    The task ARN comes from `ECS_CONTAINER_METADATA_URI_V4` when present; a row that
+//!    names another task (a claimed standby hosts it, or it was re-dispatched) exits 0
+//!    without joining.
 //! 3. The launcher hosts the session: the metadata is read once, the agent is created and
 //!    joins; the first write is the conditional `starting → running` (if it fails, the agent
 //!    leaves without staying in the call); one heartbeat per interval renews the lease and
@@ -253,11 +255,20 @@ async fn host_inner<A: Agent>(
     };
     if let Some(arn) = arn
         && session.task_arn.as_deref() != Some(arn.as_str())
-        && let Err(e) = registry
+    {
+        match registry
             .attach_task(&session.call_id, session.id, &arn, None)
             .await
-    {
-        warn!(error = %e, "could not record the task ARN");
+        {
+            Ok(()) => {}
+            // Another task hosts it (a claimed standby, or a re-dispatch): never a second
+            // agent in the call.
+            Err(switchboard_core::Error::Conflict(_)) => {
+                info!(session_id = %session.id, task_arn = %arn, "the session is hosted by another task; not joining");
+                return Ok(0);
+            }
+            Err(e) => warn!(error = %e, "could not record the task ARN"),
+        }
     }
     // From here on SIGTERM drains through the launcher, also while the agent is created.
     let handle = tokio::select! {

@@ -445,7 +445,7 @@ async fn a_warm_pool_starts_held_sessions_warm_then_cold_refills_and_redispatche
         let posted = Instant::now();
         let id = stack.start_session(&call).await;
         let running = stack
-            .until(&call, &id, Duration::from_secs(30), |s| {
+            .until(&call, &id, Duration::from_secs(60), |s| {
                 s["status"] == "running"
             })
             .await;
@@ -509,7 +509,7 @@ async fn a_warm_pool_starts_held_sessions_warm_then_cold_refills_and_redispatche
         }
     }
     let running = stack
-        .until("redispatched", &id, Duration::from_secs(30), |s| {
+        .until("redispatched", &id, Duration::from_secs(60), |s| {
             s["status"] == "running"
         })
         .await;

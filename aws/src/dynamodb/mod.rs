@@ -663,16 +663,35 @@ impl SessionRegistry for DynamoRegistry {
         task_arn: &str,
         start_type: Option<StartType>,
     ) -> Result<()> {
-        let (update, vals) = match start_type {
+        let (update, mut vals) = match start_type {
             Some(start) => (
                 "SET task_arn = :arn, start_type = :start",
                 vec![(":arn", s(task_arn)), (":start", s(start.as_str()))],
             ),
             None => ("SET task_arn = :arn", vec![(":arn", s(task_arn))]),
         };
-        self.update_live(call_id, session_id, update, &vals, "UpdateItem attach_task")
-            .await
-            .map(|_| ())
+        vals.push((":ended", s("ended")));
+        // Only while the row names no task or this one (see the trait).
+        let condition =
+            format!("{LIVE_ROW} AND (attribute_not_exists(task_arn) OR task_arn = :arn)");
+        match self
+            .update_session(
+                call_id,
+                session_id,
+                update,
+                &condition,
+                &vals,
+                "UpdateItem attach_task",
+            )
+            .await?
+        {
+            Some(_) => Ok(()),
+            None => match self.read_session(call_id, session_id).await? {
+                None => Err(Error::NotFound),
+                Some(row) if row.is_ended() => Err(Error::Conflict("session is ended".into())),
+                Some(_) => Err(Error::Conflict("the session is on another task".into())),
+            },
+        }
     }
 
     #[instrument(skip_all, fields(call_id = %call_id, session_id = %session_id), err(level = "debug"))]

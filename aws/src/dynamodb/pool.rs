@@ -275,7 +275,11 @@ impl StandbyRegistry {
                 .await
                 .map_err(|e| plain(e, "Query standbys"))?;
             for item in out.items() {
-                standbys.push(standby_from_item(item)?);
+                // One bad item must not take the pool (and every start's claim) down.
+                match standby_from_item(item) {
+                    Ok(standby) => standbys.push(standby),
+                    Err(e) => tracing::warn!(error = %e, "skipping a malformed standby item"),
+                }
             }
             start = out.last_evaluated_key;
             if start.is_none() {
@@ -382,6 +386,17 @@ impl StandbyRegistry {
             Failure::ConditionFailed => Ok(false),
             Failure::Transient(e) | Failure::Fatal(e) => Err(e),
         }
+    }
+
+    /// The task the session's row names (strongly consistent), e.g. after a claim whose
+    /// outcome is unknown.
+    pub async fn session_task(&self, session: &Session) -> Result<Option<String>> {
+        use switchboard_core::SessionRegistry;
+        Ok(self
+            .sessions
+            .get(&session.call_id, session.id)
+            .await?
+            .and_then(|row| row.task_arn))
     }
 
     /// Moves a `starting` session from the task `from` to `to` (a re-dispatch to a task of its

@@ -430,3 +430,58 @@ async fn two_redispatches_of_one_session_move_it_once() {
     );
     assert_eq!(w.desired_status(&cold).await, "RUNNING");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_trims_idle_standbys_above_the_size_and_all_of_them_at_zero() {
+    let w = world(1).await;
+    let arns = w.idle_standbys(3).await;
+    let report = w.sweep().await.pool.unwrap();
+    assert_eq!(
+        (report.stopped, report.idle, report.started),
+        (2, 1, 0),
+        "{report:?}"
+    );
+    let left = w.standbys.list().await.unwrap();
+    assert_eq!(left.len(), 1, "{left:#?}");
+    for arn in &arns {
+        let kept = left[0].task_arn == *arn;
+        assert_eq!(
+            w.desired_status(arn).await,
+            if kept { "RUNNING" } else { "STOPPED" },
+            "{arn}"
+        );
+    }
+    // WarmPoolSize 0: no standby stays (no spend).
+    let w = world(0).await;
+    w.idle_standbys(2).await;
+    let report = w.sweep().await.pool.unwrap();
+    assert_eq!((report.stopped, report.started), (2, 0), "{report:?}");
+    assert!(w.standbys.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_tasks_stop_leaves_a_session_another_task_hosts() {
+    // A task started for a session that another task hosts now (the loser of a re-dispatch,
+    // a cold fallback beside a claim that committed): its STOPPED event ends nothing.
+    let w = world(0).await;
+    let arn = w.idle_standbys(1).await.remove(0);
+    let session = w.admit("hosted").await;
+    w.claim(&arn, &session).await;
+    let mut event: Value = serde_json::from_str(
+        &include_str!("../../../infra/events/ecs-task-state-change-stopped.json")
+            .replace("SESSION_ID_HERE", &session.id.to_string())
+            .replace("CALL_ID_HERE", session.call_id.as_str()),
+    )
+    .unwrap();
+    event["detail"]["taskArn"] = Value::from("arn:aws:ecs:us-east-1:123456789012:task/c/stray");
+    let Ok(Stopped::Session(stopped)) = parse_event(&event, "agent") else {
+        panic!("a session's task")
+    };
+    assert_eq!(
+        switchboard_functions::reaper::end_stopped(&w.reaper, &stopped, &w.limits)
+            .await
+            .unwrap(),
+        Outcome::OtherTask
+    );
+    assert_eq!(w.row(&session).await.status, SessionStatus::Starting);
+}

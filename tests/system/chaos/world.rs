@@ -135,6 +135,7 @@ impl EventSink for Reaper {
                     Ok(Outcome::AlreadyEnded) => "already ended".into(),
                     Ok(Outcome::Unknown) => "unknown session".into(),
                     Ok(Outcome::Redispatched(start)) => format!("re-dispatched {start}"),
+                    Ok(Outcome::OtherTask) => "the session is on another task".into(),
                     Err(e) => return Err(e.to_string()),
                 }
             }
