@@ -431,14 +431,7 @@ impl ApiConfig {
         &mut self,
         sdk: &aws_config::SdkConfig,
     ) -> anyhow::Result<()> {
-        if self.pool.size == 0 {
-            return Ok(());
-        }
-        let client = switchboard_aws::ecs::client(sdk, Role::Api);
-        self.ecs.task_definition =
-            switchboard_aws::pool::resolve_task_definition(&client, &self.ecs.task_definition)
-                .await?;
-        Ok(())
+        resolve_with_pool(&mut self.ecs, self.pool, sdk, Role::Api).await
     }
 
     /// Reads the JWT key from Secrets Manager when `AUTH_JWT_KEY_SECRET_ID` names it, or the
@@ -530,17 +523,26 @@ impl ReaperConfig {
         &mut self,
         sdk: &aws_config::SdkConfig,
     ) -> anyhow::Result<()> {
-        if self.pool.size == 0 {
-            return Ok(());
+        match &mut self.ecs {
+            Some(ecs) => resolve_with_pool(ecs, self.pool, sdk, Role::Reaper).await,
+            None => Ok(()),
         }
-        if let Some(ecs) = &mut self.ecs {
-            let client = switchboard_aws::ecs::client(sdk, Role::Reaper);
-            ecs.task_definition =
-                switchboard_aws::pool::resolve_task_definition(&client, &ecs.task_definition)
-                    .await?;
-        }
-        Ok(())
     }
+}
+
+/// With a warm pool, `ecs.task_definition` as an ARN, with `role`'s client.
+async fn resolve_with_pool(
+    ecs: &mut EcsSettings,
+    pool: PoolSettings,
+    sdk: &aws_config::SdkConfig,
+    role: Role,
+) -> anyhow::Result<()> {
+    if pool.size > 0 {
+        let client = switchboard_aws::ecs::client(sdk, role);
+        ecs.task_definition =
+            switchboard_aws::pool::resolve_task_definition(&client, &ecs.task_definition).await?;
+    }
+    Ok(())
 }
 
 /// The API router over DynamoDB and ECS, with `/ready` probing the table.
