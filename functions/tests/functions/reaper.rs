@@ -51,7 +51,7 @@ async fn registries() -> (DynamoRegistry, DynamoRegistry) {
     )
 }
 
-fn request(call_id: CallId) -> StartRequest {
+pub(crate) fn request(call_id: CallId) -> StartRequest {
     StartRequest {
         session_id: SessionId::generate(),
         call_id,
@@ -64,7 +64,7 @@ fn request(call_id: CallId) -> StartRequest {
     }
 }
 
-async fn admit(registry: &DynamoRegistry, call: &str) -> Session {
+pub(crate) async fn admit(registry: &DynamoRegistry, call: &str) -> Session {
     match registry
         .start(request(CallId::parse(call).unwrap()))
         .await

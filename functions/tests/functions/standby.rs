@@ -15,11 +15,11 @@ use switchboard_aws::ecs_tasks::EcsTasks;
 use switchboard_aws::pool::WarmPool;
 use switchboard_core::registry::{StartOutcome, StartRequest};
 use switchboard_core::{
-    CallId, CallType, EndReason, Limits, Session, SessionId, SessionRegistry, SessionStatus,
-    StandbyState, StartType, SystemClock,
+    CallId, EndReason, Limits, Session, SessionRegistry, SessionStatus, StandbyState, StartType,
+    SystemClock,
 };
 use switchboard_functions::reaper::{
-    Outcome, StandbyOutcome, StandbyStopped, Stopped, Sweeper, end_standby, parse_event,
+    Outcome, StandbyOutcome, Stopped, Sweeper, end_standby, parse_event,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -77,20 +77,7 @@ async fn world(size: u32) -> World {
 
 impl World {
     async fn admit(&self, call: &str) -> Session {
-        let request = StartRequest {
-            session_id: SessionId::generate(),
-            call_id: CallId::parse(call).unwrap(),
-            call_type: CallType::default(),
-            metadata: None,
-            idempotency: None,
-            max_concurrent_sessions: Some(10),
-            max_sessions_per_call: Some(10),
-            lease: LEASE,
-        };
-        match self.registry.start(request).await.unwrap() {
-            StartOutcome::Created(s) => s,
-            StartOutcome::Replayed(_) => unreachable!(),
-        }
+        super::reaper::admit(&self.registry, call).await
     }
 
     /// `n` standby tasks started in moto (the pool's RunTask) and registered idle, as their
@@ -124,13 +111,7 @@ impl World {
         let Ok(Stopped::Standby(stopped)) = parse_event(&event, "agent") else {
             panic!("not a standby's event")
         };
-        assert_eq!(
-            stopped,
-            StandbyStopped {
-                task_arn: arn.to_owned(),
-                detail: stopped.detail.clone()
-            }
-        );
+        assert_eq!(stopped.task_arn, arn);
         end_standby(
             &self.reaper_standbys,
             &self.reaper,
@@ -340,16 +321,7 @@ async fn the_sweep_redispatches_a_warm_start_whose_standby_is_gone() {
     let arn = w.idle_standbys(1).await.remove(0);
     let session = StartRequest {
         lease: Duration::ZERO,
-        ..StartRequest {
-            session_id: SessionId::generate(),
-            call_id: CallId::parse("lost-event").unwrap(),
-            call_type: CallType::default(),
-            metadata: None,
-            idempotency: None,
-            max_concurrent_sessions: None,
-            max_sessions_per_call: None,
-            lease: LEASE,
-        }
+        ..super::reaper::request(CallId::parse("lost-event").unwrap())
     };
     let StartOutcome::Created(session) = w.registry.start(session).await.unwrap() else {
         unreachable!()
