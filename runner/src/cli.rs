@@ -617,6 +617,17 @@ async fn run_one<A: Agent>(
     };
     info!(session_id = %session.id(), %call_id, "agent started");
     if let Some(demo) = &demo {
+        // The page's URL once the agent is in the call (no longer `starting`), so that whoever
+        // opens it finds the agent there; `start_session` returns once the agent exists.
+        let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let row = launcher.registry().get(&call_id, session.id()).await;
+            let joined = matches!(&row, Ok(Some(r)) if r.status != switchboard_core::SessionStatus::Starting);
+            if joined || session.finished() || tokio::time::Instant::now() >= give_up {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let url = demo.url(&call_id, &session.id().to_string());
         info!(%url, "demo page: join the call in a browser");
         open_in_browser(&url);
