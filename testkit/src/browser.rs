@@ -23,6 +23,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long one command, or one `wait_for`, may take before the test fails.
 pub const BROWSER_WAIT: Duration = Duration::from_secs(20);
 
+/// How long one start of the browser may take to print its DevTools address.
+const LAUNCH_WAIT: Duration = Duration::from_secs(30);
+
+/// How many starts `Chromium::launch` tries before it fails the test.
+const LAUNCH_ATTEMPTS: usize = 3;
+
+/// A started browser: the process, its profile, its DevTools address, the rest of its stderr.
+type Started = (
+    Child,
+    PathBuf,
+    String,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+);
+
 /// The Chromium binary: `SWITCHBOARD_TEST_CHROMIUM`, else `chromium` on the PATH.
 pub fn chromium_path() -> PathBuf {
     std::env::var_os("SWITCHBOARD_TEST_CHROMIUM")
@@ -41,8 +55,68 @@ pub struct Chromium {
 }
 
 impl Chromium {
-    /// Starts Chromium on `url` with a `width`×`height` viewport.
+    /// Starts Chromium on `url` with a `width`×`height` viewport. A start that fails (the
+    /// process exits before printing its DevTools address, or prints nothing in time, which a
+    /// loaded 2-core machine has shown) is retried with a fresh profile, up to three times;
+    /// the panic then says which it was and what Chromium printed.
     pub async fn launch(url: &str, width: u32, height: u32) -> Self {
+        let mut failures = Vec::new();
+        let (child, profile, endpoint, lines) = loop {
+            match Self::start(width, height).await {
+                Ok(started) => break started,
+                Err(failure) => {
+                    failures.push(failure);
+                    if failures.len() == LAUNCH_ATTEMPTS {
+                        panic!(
+                            "Chromium did not start in {LAUNCH_ATTEMPTS} attempts:\n{}",
+                            failures.join("\n")
+                        );
+                    }
+                }
+            }
+        };
+        // Keep draining stderr so Chromium never blocks on a full pipe.
+        let mut lines = lines;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (socket, _) = tokio_tungstenite::connect_async(endpoint.as_str())
+            .await
+            .expect("connect to Chromium's DevTools");
+        let mut browser = Self {
+            child,
+            profile,
+            socket,
+            session: String::new(),
+            next_id: 0,
+        };
+        let target = browser
+            .command(None, "Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let target_id = target["targetId"].as_str().expect("targetId").to_owned();
+        let attached = browser
+            .command(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target_id, "flatten": true}),
+            )
+            .await;
+        browser.session = attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_owned();
+        browser
+            .page(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+            )
+            .await;
+        browser.navigate(url).await;
+        browser
+    }
+
+    /// One attempt at starting the browser: the process, its profile, its DevTools address
+    /// and the rest of its stderr; or why not (it exited, or printed no address in time),
+    /// with what it printed.
+    async fn start(width: u32, height: u32) -> Result<Started, String> {
         let profile = std::env::temp_dir().join(format!(
             "switchboard-chromium-{}-{}",
             std::process::id(),
@@ -82,53 +156,30 @@ impl Chromium {
         // Chromium prints its DevTools address on stderr.
         let stderr = child.stderr.take().expect("stderr is piped");
         let mut lines = BufReader::new(stderr).lines();
-        let endpoint = tokio::time::timeout(BROWSER_WAIT, async {
+        let mut printed = Vec::new();
+        let found = tokio::time::timeout(LAUNCH_WAIT, async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(at) = line.find("ws://") {
                     return Some(line[at..].trim().to_owned());
                 }
+                printed.push(line);
             }
             None
         })
-        .await
-        .ok()
-        .flatten()
-        .expect("Chromium never printed its DevTools address");
-        // Keep draining stderr so Chromium never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let (socket, _) = tokio_tungstenite::connect_async(endpoint.as_str())
-            .await
-            .expect("connect to Chromium's DevTools");
-        let mut browser = Self {
-            child,
-            profile,
-            socket,
-            session: String::new(),
-            next_id: 0,
+        .await;
+        let why = match found {
+            Ok(Some(endpoint)) => return Ok((child, profile, endpoint, lines)),
+            Ok(None) => match child.wait().await {
+                Ok(status) => format!("it exited ({status}) before printing its DevTools address"),
+                Err(e) => format!("its stderr closed before it printed its DevTools address ({e})"),
+            },
+            Err(_) => {
+                let _ = child.kill().await;
+                format!("it printed no DevTools address in {LAUNCH_WAIT:?}")
+            }
         };
-        let target = browser
-            .command(None, "Target.createTarget", json!({"url": "about:blank"}))
-            .await;
-        let target_id = target["targetId"].as_str().expect("targetId").to_owned();
-        let attached = browser
-            .command(
-                None,
-                "Target.attachToTarget",
-                json!({"targetId": target_id, "flatten": true}),
-            )
-            .await;
-        browser.session = attached["sessionId"]
-            .as_str()
-            .expect("sessionId")
-            .to_owned();
-        browser
-            .page(
-                "Emulation.setDeviceMetricsOverride",
-                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
-            )
-            .await;
-        browser.navigate(url).await;
-        browser
+        let _ = std::fs::remove_dir_all(&profile);
+        Err(format!("- {why}; its stderr: {:?}", printed))
     }
 
     /// Sends one command (to the page when `session` is set) and returns its result.
