@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use switchboard_agent_task::{Agent, AgentLauncher, CreateContext, JoinContext, Presence};
+use switchboard_agent::{Agent, AgentLauncher, CreateContext, JoinContext, Presence};
 use switchboard_core::MetricsRecorder;
 use switchboard_runner::Runner;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
-use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_agent::{Agent, AgentLauncher};
 use switchboard_api::ServeOptions;
 use switchboard_core::limits::env;
 use switchboard_core::{CallId, CallType, LimitOptions, Limits};

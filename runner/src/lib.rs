@@ -5,8 +5,6 @@
 //!   that fall back to `SWITCHBOARD_*` environment variables, then to the values set in code.
 //! - [`serve`]: the local server: the API router over the in-process launcher, readiness,
 //!   and the graceful shutdown (Ctrl-C/SIGTERM → `/ready` 503 → sessions end `shutdown`).
-//! - [`local_call`]: the local call on that server: the WebSocket route people join calls
-//!   through, and the demo page.
 //! - [`telemetry`]: structured logs (text, or JSON with `--log-format json`).
 //! - `splash`: the banner, on interactive terminals only.
 //!
@@ -15,7 +13,6 @@
 //! the AWS issues, behind their own crates and features.
 
 pub mod cli;
-pub mod local_call;
 pub mod serve;
 mod splash;
 #[cfg(feature = "aws")]
@@ -26,7 +23,7 @@ pub mod telemetry;
 
 use std::process::ExitCode;
 
-use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_agent::{Agent, AgentLauncher};
 use switchboard_api::ServeOptions;
 
 /// An agent program: a launcher and how to serve it.

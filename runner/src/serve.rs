@@ -2,12 +2,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
-use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_agent::{Agent, AgentLauncher};
 use switchboard_api::{AppState, ServeOptions};
 
-use crate::local_call::LocalCall;
+use switchboard_local_call::{CallHub, HubEdge, LocalCall};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -88,9 +89,9 @@ pub(crate) fn no_delay(
 }
 
 /// The API router over `launcher`, with the local call's routes (the demo page at `/` and
-/// `GET /calls/{call_id}/ws` on the launcher's [`local_call`](AgentLauncher::local_call)
-/// hub) beside the program's own extra routes. People's sockets end when `calls_stopped`
-/// turns true.
+/// `GET /calls/{call_id}/ws`) beside the program's own extra routes. The call's rooms are a
+/// new [`CallHub`], offered to the launcher's agents as their edge ([`HubEdge`]), so people
+/// and agents meet in them. People's sockets end when `calls_stopped` turns true.
 pub fn local_router<A: Agent>(
     launcher: &AgentLauncher<A>,
     options: ServeOptions,
@@ -102,12 +103,9 @@ pub fn local_router<A: Agent>(
         *launcher.limits(),
     )
     .with_readiness(switchboard_api::registry_readiness(launcher.registry()));
-    let calls = LocalCall::new(
-        launcher.local_call(),
-        options.hooks.can_join_call.clone(),
-        calls_stopped,
-    )
-    .routes();
+    let hub = CallHub::new(launcher.clock());
+    launcher.offer_edge(Arc::new(HubEdge::new(hub.clone())));
+    let calls = LocalCall::new(hub, options.hooks.can_join_call.clone(), calls_stopped).routes();
     let extra_routes = Some(match options.extra_routes {
         Some(extra) => calls.merge(extra),
         None => calls,

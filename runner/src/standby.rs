@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_agent::{Agent, AgentLauncher};
 use switchboard_aws::dynamodb::{Renewal, StandbyRegistry};
 use switchboard_core::{CallId, SessionId, StandbyState};
 use tracing::{error, info, warn};

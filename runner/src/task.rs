@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use switchboard_agent_task::{Agent, AgentLauncher};
+use switchboard_agent::{Agent, AgentLauncher};
 use switchboard_core::registry::{EndGuard, EndRequest};
 use switchboard_core::{CallId, CallType, EndReason, SessionId, SessionRegistry, SessionStatus};
 use tracing::{error, info, warn};

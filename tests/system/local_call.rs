@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use switchboard_agent_task::AgentLauncher;
+use switchboard_agent::AgentLauncher;
 use switchboard_api::ServeOptions;
 use switchboard_runner::serve::serve_on;
 use switchboard_testkit::http::{Reply, request};
@@ -374,7 +374,7 @@ async fn bad_frames_get_error_frames_and_the_call_goes_on() {
     // A message beyond what the socket reads at all closes it (1009), not the server.
     socket
         .send(Message::text("x".repeat(
-            switchboard_runner::local_call::MAX_SOCKET_MESSAGE_BYTES + 1,
+            switchboard_local_call::route::MAX_SOCKET_MESSAGE_BYTES + 1,
         )))
         .await
         .unwrap();

@@ -288,7 +288,7 @@ async fn a_failing_agent_factory_is_500_failed_to_start_agent() {
 
 #[tokio::test]
 async fn ready_is_503_before_start_and_while_draining_and_starts_are_503_with_retry_after() {
-    let launcher = switchboard_agent_task::AgentLauncher::builder(
+    let launcher = switchboard_agent::AgentLauncher::builder(
         |_| async { anyhow::bail!("unused") },
         |_: Arc<crate::support::ApiAgent>, _| async { Ok(()) },
     )
@@ -394,11 +394,11 @@ async fn a_bounded_start_answers_503_by_its_deadline_and_nothing_of_it_runs_afte
 
 #[tokio::test(start_paused = true)]
 async fn a_start_slower_than_the_deadline_is_503_and_goes_on_in_the_background() {
-    use switchboard_agent_task::AgentLauncher;
+    use switchboard_agent::AgentLauncher;
     let gate = Arc::new(tokio::sync::Notify::new());
     let g = gate.clone();
     let launcher = AgentLauncher::builder(
-        move |ctx: switchboard_agent_task::CreateContext| {
+        move |ctx: switchboard_agent::CreateContext| {
             let g = g.clone();
             async move {
                 if !ctx.is_warmup() {

@@ -9,7 +9,7 @@ use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use switchboard_agent_task::{
+use switchboard_agent::{
     Agent, AgentLauncher, AgentLauncherBuilder, CreateContext, JoinContext, Presence,
 };
 use switchboard_api::{AppState, ServeOptions};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchboard_agent_task::Presence;
-use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
+use switchboard_agent::Presence;
+use switchboard_agent::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
 use tokio::task::JoinHandle;
 use tracing::debug;
 

@@ -5,7 +5,7 @@
 //! go through the `MetricsRecorder` and are measured from what it really does.
 //!
 //! Its call: under `serve` (and `run` with its demo page) the local call
-//! ([`HubEdge`]), where people join from the demo page over a WebSocket; the idle timeout runs
+//! (the edge the runner offers), where people join from the demo page over a WebSocket; the idle timeout runs
 //! once the last person leaves. Elsewhere (an ECS task, `run --no-demo`), or when a scripted
 //! participant is asked for, an in-memory call ([`edge::LocalEdge`]) with a participant who
 //! asks about the weather and leaves after `DEMO_PARTICIPANT_SECONDS` (or the session
@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
-use switchboard_agent_task::call_hub::HubEdge;
-use switchboard_agent_task::edge::{Call, CallEvent, Connection, Edge, User};
-use switchboard_agent_task::llm::{ChatMessage, FunctionRegistry, Llm, Role, ToolSpec, respond};
-use switchboard_agent_task::{Agent, CreateContext, JoinContext, Presence, WarmupCache};
+use switchboard_agent::edge::{Call, CallEvent, Connection, Edge, User};
+use switchboard_agent::llm::{ChatMessage, FunctionRegistry, Llm, Role, ToolSpec, respond};
+use switchboard_agent::{Agent, CreateContext, JoinContext, Presence, WarmupCache};
 use switchboard_core::{CallId, CallType, MetricsRecorder};
 use tokio::sync::Mutex;
 use tracing::info;
@@ -208,8 +207,8 @@ fn participant_seconds(ctx: &CreateContext) -> Option<f64> {
 /// demo page) and no scripted participant was asked for; otherwise the in-memory call with a
 /// scripted participant (30 s unless asked otherwise), as in an ECS task or `run --no-demo`.
 fn edge(ctx: &CreateContext) -> Arc<dyn Edge> {
-    match (&ctx.local_call, participant_seconds(ctx)) {
-        (Some(hub), None) => Arc::new(HubEdge::new(hub.clone())),
+    match (&ctx.edge, participant_seconds(ctx)) {
+        (Some(edge), None) => edge.clone(),
         (_, seconds) => Arc::new(LocalEdge::new(ParticipantScript {
             stay_for: Duration::from_secs_f64(seconds.unwrap_or(30.0)),
             ..Default::default()
@@ -230,11 +229,9 @@ pub fn model() -> anyhow::Result<Arc<dyn Llm>> {
 /// The model the variables read through `var` configure (see [`model`]).
 pub fn build_model(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Arc<dyn Llm>> {
     #[cfg(feature = "openai")]
-    if let Some(config) = switchboard_agent_task::openai::OpenAiConfig::from_vars(&var)? {
+    if let Some(config) = switchboard_openai::OpenAiConfig::from_vars(&var)? {
         info!(model = %config.model, base_url = %config.base_url, "the demo answers with an OpenAI-compatible model");
-        return Ok(Arc::new(switchboard_agent_task::openai::OpenAiLlm::new(
-            config,
-        )?));
+        return Ok(Arc::new(switchboard_openai::OpenAiLlm::new(config)?));
     }
     #[cfg(not(feature = "openai"))]
     anyhow::ensure!(

@@ -1,12 +1,12 @@
 //! `LocalLlm`: a deterministic local model, the demo's default (`OPENAI_MODEL` switches to
-//! `switchboard_agent_task::openai::OpenAiLlm`). It streams its answer word by word and calls the
+//! `switchboard_openai::OpenAiLlm`). It streams its answer word by word and calls the
 //! `get_weather` tool when asked about the weather somewhere. Token counts are words: the
 //! stand-in has no tokenizer.
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::json;
-use switchboard_agent_task::llm::{ChatMessage, Llm, LlmEvent, Role, ToolCall, ToolSpec, Usage};
+use switchboard_agent::llm::{ChatMessage, Llm, LlmEvent, Role, ToolCall, ToolSpec, Usage};
 
 /// The local model.
 #[derive(Debug, Clone, Copy, Default)]

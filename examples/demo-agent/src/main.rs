@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use switchboard_agent_task::AgentLauncher;
+use switchboard_agent::AgentLauncher;
 use switchboard_runner::Runner;
 
 // mimalloc: fewer cycles in malloc/free on the request path and less fragmentation with

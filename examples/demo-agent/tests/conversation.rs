@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use demo_agent::{GREETING, create_agent, join_call};
-use switchboard_agent_task::AgentLauncher;
+use switchboard_agent::AgentLauncher;
 use switchboard_core::metrics::{Counter, Latency};
 use switchboard_core::registry::ListQuery;
 use switchboard_core::{CallId, CallType, Clock, EndReason, Metadata, TokioClock};
@@ -113,4 +113,4 @@ fn the_local_model_finds_the_location() {
     assert_eq!(demo_agent::llm::weather_location("hello"), None);
 }
 
-use switchboard_agent_task::Agent as _;
+use switchboard_agent::Agent as _;

@@ -12,8 +12,8 @@ use crate::support::{Gates, gated_launcher, http, until_status};
 
 /// `serve_on` on a free loopback port in a task; sending on the returned channel shuts it
 /// down.
-async fn spawn_server<A: switchboard_agent_task::Agent>(
-    launcher: switchboard_agent_task::AgentLauncher<A>,
+async fn spawn_server<A: switchboard_agent::Agent>(
+    launcher: switchboard_agent::AgentLauncher<A>,
 ) -> (
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
@@ -94,7 +94,7 @@ async fn shutdown_turns_ready_503_closes_sessions_with_shutdown_then_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_warmup_stops_the_server_with_an_error() {
-    let launcher = switchboard_agent_task::AgentLauncher::builder(
+    let launcher = switchboard_agent::AgentLauncher::builder(
         |_| async { anyhow::bail!("no model") },
         |_: Arc<crate::support::GatedAgent>, _| async { Ok(()) },
     )

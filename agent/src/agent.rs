@@ -172,7 +172,7 @@ pub struct SessionRef {
 }
 
 /// What `create_agent` receives.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreateContext {
     /// The session, or `None` when the launcher creates a throw-away agent to warm up the
     /// process (the anchor's `warmup()`).
@@ -181,10 +181,22 @@ pub struct CreateContext {
     pub metadata: Option<Metadata>,
     /// A local video file to play instead of incoming video (`run --video-track-override`).
     pub video_track_override: Option<std::path::PathBuf>,
-    /// The local call's rooms, when this process serves them (`serve`, `run` with its demo
-    /// page): an agent joins them with [`HubEdge`](crate::call_hub::HubEdge) to meet the
-    /// people on the demo page.
-    pub local_call: Option<Arc<crate::call_hub::CallHub>>,
+    /// The call transport this process offers, if any: under `serve` and `run` with its demo
+    /// page, the local call (people join it from the demo page); `None` in an ECS task and
+    /// the console `run --no-demo`, where an agent brings its own. See
+    /// [`AgentLauncher::offer_edge`](crate::AgentLauncher::offer_edge).
+    pub edge: Option<Arc<dyn crate::edge::Edge>>,
+}
+
+impl fmt::Debug for CreateContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateContext")
+            .field("session", &self.session)
+            .field("metadata", &self.metadata)
+            .field("video_track_override", &self.video_track_override)
+            .field("edge", &self.edge.as_ref().map(|_| "offered"))
+            .finish()
+    }
 }
 
 impl CreateContext {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
-use switchboard_agent_task::llm::{
+use switchboard_agent::llm::{
     ChatMessage, FunctionRegistry, Llm, LlmEvent, Role, ToolCall, ToolSpec, Usage, respond,
 };
-use switchboard_agent_task::openai::{OpenAiConfig, OpenAiLlm};
 use switchboard_core::MetricsRecorder;
 use switchboard_core::metrics::{Counter, Latency};
+use switchboard_openai::{OpenAiConfig, OpenAiLlm};
 use switchboard_testkit::openai::{
     Answer, fake_openai, sse, text_chunk, tool_fragment, usage_chunk,
 };

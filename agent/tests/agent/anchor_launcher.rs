@@ -204,7 +204,7 @@ async fn test_session_cleaned_up_after_cancel() {
 }
 
 fn build_err(configure: impl FnOnce(crate::support::Builder) -> crate::support::Builder) -> String {
-    let builder = switchboard_agent_task::AgentLauncher::builder(
+    let builder = switchboard_agent::AgentLauncher::builder(
         |_| async { anyhow::bail!("never called") },
         |_, _| async { Ok(()) },
     );

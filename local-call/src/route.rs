@@ -1,5 +1,5 @@
 //! The local call on the local server: `GET /calls/{call_id}/ws` (people join a call over a
-//! WebSocket, protocol v1 of [`switchboard_agent_task::local_call`]) and the demo page at `/`.
+//! WebSocket, protocol v1 of [`crate::protocol`]) and the demo page at `/`.
 //!
 //! The route's checks run in the API's order: the `can_join_call` hook (401/403, the JWT
 //! policy's `calls:join` scope; a browser passes its token as `?token=`), then 422 for an
@@ -14,17 +14,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::hub::{CallHub, PersonHandle};
+use crate::protocol::{
+    ClientFrame, EncodedFrame, ErrorCode, FrameError, MAX_FRAME_BYTES, ServerFrame, encode,
+    parse_client_frame,
+};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
-use switchboard_agent_task::call_hub::{CallHub, PersonHandle};
-use switchboard_agent_task::local_call::{
-    ClientFrame, EncodedFrame, ErrorCode, FrameError, MAX_FRAME_BYTES, ServerFrame, encode,
-    parse_client_frame,
-};
 use switchboard_api::{ApiError, Permission, Rejection};
 use switchboard_core::CallId;
 use tokio::sync::{mpsc, watch};

@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use switchboard_core::Clock;
 use tokio::sync::mpsc;
 
-use crate::Presence;
-use crate::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
-use crate::local_call::{EncodedFrame, Participant, ServerFrame};
+use crate::protocol::{EncodedFrame, Participant, ServerFrame};
+use switchboard_agent::Presence;
+use switchboard_agent::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
 
 /// Frames queued for one person before they are disconnected as too slow.
 pub const PERSON_QUEUE: usize = 256;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use switchboard_agent_task::{Agent, AgentLauncher, AgentSession};
+use switchboard_agent::{Agent, AgentLauncher, AgentSession};
 use switchboard_core::metrics::{Counter, Latency};
 use switchboard_core::registry::{EndRequest, ListQuery};
 use switchboard_core::{

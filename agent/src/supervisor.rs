@@ -304,7 +304,7 @@ pub(crate) async fn supervise<A: Agent>(
             }),
             metadata: metadata.clone(),
             video_track_override: shared.video_track_override.clone(),
-            local_call: shared.local_call.get().cloned(),
+            edge: shared.call_edge(),
         };
         async move {
             let agent = (shared.create_agent)(ctx)

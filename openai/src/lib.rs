@@ -20,7 +20,7 @@ use futures::stream::{BoxStream, StreamExt};
 use serde_json::{Value, json};
 use tracing::debug;
 
-use crate::llm::{ChatMessage, Llm, LlmEvent, Role, ToolCall, ToolSpec, Usage};
+use switchboard_agent::llm::{ChatMessage, Llm, LlmEvent, Role, ToolCall, ToolSpec, Usage};
 
 /// `OPENAI_BASE_URL`: the API's base URL (default `https://api.openai.com/v1`).
 pub const OPENAI_BASE_URL: &str = "OPENAI_BASE_URL";

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::agent::{Agent, CreateContext, JoinContext, WarmupCache};
-use crate::call_hub::CallHub;
+use crate::edge::Edge;
 use crate::supervisor::{Hosted, supervise};
 
 type CreateFn<A> =
@@ -194,9 +194,9 @@ pub(crate) struct Shared<A> {
     pub(crate) registry: Arc<dyn SessionRegistry>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cache: WarmupCache,
-    /// The local call's rooms, once `serve` or `run` asked for them (see
-    /// [`AgentLauncher::local_call`]).
-    pub(crate) local_call: std::sync::OnceLock<Arc<CallHub>>,
+    /// The call transport this process offers its agents, if any (see
+    /// [`AgentLauncher::offer_edge`]).
+    pub(crate) call_edge: Arc<std::sync::RwLock<Option<Arc<dyn Edge>>>>,
     pub(crate) agent_close_timeout: Duration,
     sessions: Mutex<HashMap<SessionId, AgentSession<A>>>,
     warmed_up: OnceCell<()>,
@@ -206,6 +206,14 @@ pub(crate) struct Shared<A> {
 }
 
 impl<A> Shared<A> {
+    /// The call transport offered to agents created now.
+    pub(crate) fn call_edge(&self) -> Option<Arc<dyn Edge>> {
+        self.call_edge
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, AgentSession<A>>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -387,7 +395,7 @@ impl<A: Agent> AgentLauncherBuilder<A> {
                 registry,
                 clock,
                 cache: WarmupCache::default(),
-                local_call: std::sync::OnceLock::new(),
+                call_edge: Arc::default(),
                 agent_close_timeout: self.agent_close_timeout,
                 sessions: Mutex::new(HashMap::new()),
                 warmed_up: OnceCell::new(),
@@ -494,7 +502,7 @@ impl<A: Agent> AgentLauncher<A> {
                 registry,
                 clock: old.clock.clone(),
                 cache: WarmupCache::default(),
-                local_call: old.local_call.clone(),
+                call_edge: old.call_edge.clone(),
                 agent_close_timeout: old.agent_close_timeout,
                 sessions: Mutex::new(HashMap::new()),
                 warmed_up: OnceCell::new(),
@@ -525,15 +533,17 @@ impl<A: Agent> AgentLauncher<A> {
         self.shared.clock.clone()
     }
 
-    /// The local call's rooms (one hub per launcher, made on first use): the local server's
-    /// WebSocket route puts people in them, and every agent created afterwards finds the hub
-    /// in [`CreateContext::local_call`] to join the same rooms. Never asked for (an ECS
-    /// task, the console `run --no-demo`), agents get `None` and use their own transport.
-    pub fn local_call(&self) -> Arc<CallHub> {
-        self.shared
-            .local_call
-            .get_or_init(|| CallHub::new(self.shared.clock.clone()))
-            .clone()
+    /// Offers `edge` as this process's call transport: every agent created afterwards finds
+    /// it in [`CreateContext::edge`]. The runner offers the local call's `HubEdge` under
+    /// `serve` and `run` with its demo page; nothing is offered in an ECS task or the
+    /// console `run --no-demo`, where agents get `None` and use their own transport. A later
+    /// offer replaces an earlier one.
+    pub fn offer_edge(&self, edge: Arc<dyn Edge>) {
+        *self
+            .shared
+            .call_edge
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(edge);
     }
 
     /// The [`TaskLauncher`] to hand to the HTTP API.
@@ -570,7 +580,7 @@ impl<A: Agent> AgentLauncher<A> {
                     session: None,
                     metadata: None,
                     video_track_override: None,
-                    local_call: None,
+                    edge: None,
                 })
                 .await
                 .map_err(|e| Error::Unexpected(e.context("create_agent failed during warmup")))?;

@@ -3,11 +3,9 @@
 //! # Layout
 //! - [`agent`]: the [`Agent`] trait, [`Presence`] (who is in the call; drives the idle clock),
 //!   [`WarmupCache`], and the contexts handed to `create_agent` and `join_call`.
-//! - [`edge`] and [`llm`]: the agent-side ports (a call transport, a model). Local stand-ins and
-//!   real integrations implement them; `openai` (feature `openai`) is an OpenAI-compatible
-//!   streaming model.
-//! - [`local_call`] and [`call_hub`]: the local call's WebSocket protocol (version 1), its
-//!   rooms ([`call_hub::CallHub`]) and the agent's side of them ([`call_hub::HubEdge`]).
+//! - [`edge`] and [`llm`]: the agent-side ports (a call transport, a model). Adapters live in
+//!   their own crates: `switchboard-local-call` (`HubEdge`, the local call) and
+//!   `switchboard-openai` (`OpenAiLlm`, an OpenAI-compatible streaming model).
 //! - [`launcher`]: [`AgentLauncher`] (the anchor's API: start, stop, warmup, sessions) and
 //!   [`InProcessLauncher`], the [`TaskLauncher`](switchboard_core::TaskLauncher) that runs
 //!   agents as tokio tasks in this process.
@@ -19,13 +17,9 @@
 //! crate, not the other way round. Time comes from the `Clock` port and tokio timers only.
 
 pub mod agent;
-pub mod call_hub;
 pub mod edge;
 pub mod launcher;
 pub mod llm;
-pub mod local_call;
-#[cfg(feature = "openai")]
-pub mod openai;
 pub mod supervisor;
 
 pub use agent::{Agent, CreateContext, JoinContext, Presence, PresenceState, WarmupCache};

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use serde_json::json;
-use switchboard_agent_task::local_call::{
+use switchboard_local_call::protocol::{
     ClientFrame, ErrorCode, MAX_FRAME_BYTES, MAX_NAME_CHARS, MAX_TEXT_CHARS, Participant,
     ServerFrame, encode, encode_client, parse_client_frame, parse_server_frame,
 };
@@ -189,11 +189,11 @@ proptest! {
 mod hub {
     use std::sync::Arc;
 
-    use switchboard_agent_task::Presence;
-    use switchboard_agent_task::call_hub::{CallHub, HubEdge, PERSON_QUEUE};
-    use switchboard_agent_task::edge::{CallEvent, Edge, User};
-    use switchboard_agent_task::local_call::{EncodedFrame, ServerFrame, parse_server_frame};
+    use switchboard_agent::Presence;
+    use switchboard_agent::edge::{CallEvent, Edge, User};
     use switchboard_core::{CallId, CallType, SystemClock};
+    use switchboard_local_call::hub::{CallHub, HubEdge, PERSON_QUEUE};
+    use switchboard_local_call::protocol::{EncodedFrame, ServerFrame, parse_server_frame};
     use tokio::sync::mpsc::Receiver;
 
     fn next(rx: &mut Receiver<EncodedFrame>) -> ServerFrame {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchboard_agent_task::{
+use switchboard_agent::{
     Agent, AgentLauncher, AgentLauncherBuilder, CreateContext, JoinContext, Presence, WarmupCache,
 };
 use switchboard_core::{CallId, Clock, Metadata, MetricsRecorder, Timestamp, TokioClock};
