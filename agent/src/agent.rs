@@ -1,5 +1,6 @@
-//! What an agent is to the runtime: something that warms up, reports who is in its call and
-//! what it measured, and closes.
+//! What an agent is to the runtime: something that warms up and closes. Who is in its call
+//! ([`Presence`]) and what it measured (a `MetricsRecorder`) are the runtime's: it hands both
+//! to `create_agent` and `join_call` and reads them itself.
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
@@ -7,32 +8,27 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use switchboard_core::{CallId, CallType, Metadata, MetricsRecorder, SessionId};
 use tokio::sync::{OnceCell, watch};
 
 /// One agent instance, made by the user's `create_agent` for one session.
 ///
-/// The runtime calls [`Agent::warmup`] once before `join_call`, reads [`Agent::presence`] for
-/// the idle clock and [`Agent::metrics`] for flushes, and calls [`Agent::close`] exactly once
-/// when the session ends, whatever the reason.
-#[async_trait]
+/// The runtime calls [`Agent::warmup`] once before `join_call`, and [`Agent::close`] exactly
+/// once when the session ends, whatever the reason. Both have defaults; an agent with nothing
+/// to prepare or release implements neither (`impl Agent for MyAgent {}`). Implement them
+/// with `async fn`.
 pub trait Agent: Send + Sync + 'static {
     /// Prepares the agent (load models, open connections), fed from a cache shared by every
     /// agent of this process so expensive resources load once. Default: nothing to do.
-    async fn warmup(&self, cache: &WarmupCache) -> anyhow::Result<()> {
+    fn warmup(&self, cache: &WarmupCache) -> impl Future<Output = anyhow::Result<()>> + Send {
         let _ = cache;
-        Ok(())
+        async { Ok(()) }
     }
 
     /// Releases everything (leave the call, close connections). Default: nothing to do.
-    async fn close(&self) {}
-
-    /// Who is in the call. The agent's edge updates it; the supervisor reads it.
-    fn presence(&self) -> &Presence;
-
-    /// The agent's metrics recorder.
-    fn metrics(&self) -> &MetricsRecorder;
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The state [`Presence`] publishes.
@@ -186,6 +182,14 @@ pub struct CreateContext {
     /// the console `run --no-demo`, where an agent brings its own. See
     /// [`AgentLauncher::offer_edge`](crate::AgentLauncher::offer_edge).
     pub edge: Option<Arc<dyn crate::edge::Edge>>,
+    /// Who is in the session's call: the runtime's, read for the idle clock and the join.
+    /// Hand it to the edge the agent joins with (`Edge::join`), which keeps it current.
+    pub presence: Presence,
+    /// The session's metrics: the runtime's, flushed every interval and kept at the end.
+    pub metrics: MetricsRecorder,
+    /// The process's warmup cache (the one `Agent::warmup` gets): resources every agent of
+    /// the process shares, made once.
+    pub cache: Arc<WarmupCache>,
 }
 
 impl fmt::Debug for CreateContext {
@@ -195,7 +199,8 @@ impl fmt::Debug for CreateContext {
             .field("metadata", &self.metadata)
             .field("video_track_override", &self.video_track_override)
             .field("edge", &self.edge.as_ref().map(|_| "offered"))
-            .finish()
+            .field("presence", &self.presence)
+            .finish_non_exhaustive()
     }
 }
 
@@ -217,6 +222,10 @@ pub struct JoinContext {
     pub call_type: CallType,
     /// The metadata the client attached to the session.
     pub metadata: Option<Metadata>,
+    /// Who is in the call (the same [`Presence`] `create_agent` was given).
+    pub presence: Presence,
+    /// The session's metrics (the same recorder `create_agent` was given).
+    pub metrics: MetricsRecorder,
 }
 
 #[cfg(test)]

@@ -80,17 +80,19 @@ pub trait Edge: Send + Sync {
     ) -> anyhow::Result<Box<dyn Connection>>;
 }
 
-/// The agent's side of a joined call.
+/// The agent's side of a joined call. Every method takes `&self`, so a connection can be
+/// shared (`Arc`) between the task that reads its events and those that speak, with no lock
+/// held across an await; only one task should read events.
 #[async_trait]
 pub trait Connection: Send + Sync {
     /// Sends a text message to the call.
     async fn send_message(&self, text: &str) -> anyhow::Result<()>;
 
     /// The next event, or `None` once the connection is closed.
-    async fn next_event(&mut self) -> Option<CallEvent>;
+    async fn next_event(&self) -> Option<CallEvent>;
 
     /// Leaves the call (idempotent). Presence then reports the agent as not joined.
-    async fn leave(&mut self);
+    async fn leave(&self);
 }
 
 /// A joined agent's incoming events, from its transport to its `next_event`: one consumer,

@@ -59,6 +59,29 @@ pub struct ToolSpec {
     pub parameters: Value,
 }
 
+impl ToolSpec {
+    /// A function named `name` that takes no arguments (add them with
+    /// [`string_param`](Self::string_param), or set [`parameters`](Self::parameters)).
+    pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            parameters: serde_json::json!({"type": "object", "properties": {}, "required": []}),
+        }
+    }
+
+    /// With a required string argument `name`.
+    pub fn string_param(mut self, name: &str) -> Self {
+        if let Some(properties) = self.parameters["properties"].as_object_mut() {
+            properties.insert(name.to_owned(), serde_json::json!({"type": "string"}));
+        }
+        if let Some(required) = self.parameters["required"].as_array_mut() {
+            required.push(Value::String(name.to_owned()));
+        }
+        self
+    }
+}
+
 /// The model asking to call a function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -70,14 +93,7 @@ pub struct ToolCall {
     pub arguments: Value,
 }
 
-/// Token usage of one response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub input_tokens: u64,
-    /// Completion tokens.
-    pub output_tokens: u64,
-}
+pub use switchboard_core::metrics::Usage;
 
 /// One item of a streamed response.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,13 +202,7 @@ pub async fn respond(
                 LlmEvent::Done(u) => usage = u,
             }
         }
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-        metrics.on_llm_response(
-            ms(started.elapsed()),
-            first_token.map(ms),
-            usage.input_tokens,
-            usage.output_tokens,
-        );
+        metrics.on_llm_response(started.elapsed(), first_token, usage);
         if calls.is_empty() {
             history.push(ChatMessage::new(Role::Assistant, text.clone()));
             return Ok(text);
@@ -210,7 +220,7 @@ pub async fn respond(
                 .call(&call)
                 .await
                 .unwrap_or_else(|e| format!("error: {e:#}"));
-            metrics.on_tool_call(ms(started.elapsed()));
+            metrics.on_tool_call(started.elapsed());
             history.push(ChatMessage {
                 role: Role::Tool,
                 content: result,

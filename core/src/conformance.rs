@@ -667,7 +667,11 @@ pub async fn ended_sessions_keep_final_metrics_until_retention_expires(h: Harnes
     let c = call("call-a");
     let s = h.start(&c).await;
     let recorder = MetricsRecorder::new();
-    recorder.on_llm_response(42.0, Some(10.0), 100, 50);
+    recorder.on_llm_response(
+        Duration::from_millis(42),
+        Some(Duration::from_millis(10)),
+        crate::metrics::Usage::new(100, 50),
+    );
     let retention = Duration::from_secs(3600);
     h.registry
         .end(
@@ -723,7 +727,11 @@ pub async fn lists_carry_live_metrics_only_when_asked(h: Harness) {
     let flushed = h.start(&c).await;
     let fresh = h.start(&c).await;
     let recorder = MetricsRecorder::new();
-    recorder.on_llm_response(42.0, Some(10.0), 100, 50);
+    recorder.on_llm_response(
+        Duration::from_millis(42),
+        Some(Duration::from_millis(10)),
+        crate::metrics::Usage::new(100, 50),
+    );
     h.registry
         .flush_metrics(&c, flushed.id, &recorder.snapshot())
         .await

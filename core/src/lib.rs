@@ -4,6 +4,8 @@
 //! - [`ids`]: validated identifiers ([`SessionId`], [`CallId`], [`CallType`], [`IdempotencyKey`]).
 //! - [`time`]: [`Timestamp`] and the [`Clock`] port, with system, tokio (pausable) and manual clocks.
 //! - [`session`]: [`Session`], [`SessionStatus`], [`EndReason`], [`Metadata`].
+//! - [`lease`]: the lease rules behind "never K+1" (stop deadline, end give-up, expiry) and
+//!   [`lease::sweep_expired`], the sweep `serve` and the reaper both run.
 //! - [`limits`]: [`Limits`], the launcher options, validated with the anchor's messages.
 //! - [`metrics`]: the 25 anchor metric names, percentile fields, the bounded [`metrics::LatencySketch`],
 //!   the snapshot [`AgentMetrics`] and the [`MetricsRecorder`] agents call on their hot paths.
@@ -25,6 +27,7 @@ pub mod deadline;
 pub mod error;
 pub mod ids;
 pub mod launcher;
+pub mod lease;
 pub mod limits;
 pub mod memory;
 pub mod metrics;

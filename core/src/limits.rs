@@ -6,6 +6,8 @@ use crate::Error;
 
 /// Default `agent_idle_timeout` (seconds).
 pub const DEFAULT_AGENT_IDLE_TIMEOUT: f64 = 60.0;
+/// Default `agent_join_timeout` (seconds).
+pub const DEFAULT_AGENT_JOIN_TIMEOUT: f64 = 60.0;
 /// Default `maintenance_interval` (seconds).
 pub const DEFAULT_MAINTENANCE_INTERVAL: f64 = 5.0;
 /// The lease floor (seconds) when the interval does not demand more.
@@ -25,6 +27,9 @@ pub struct LimitOptions {
     pub max_session_duration_seconds: Option<f64>,
     /// Seconds the agent may stay alone in the call; `0` disables.
     pub agent_idle_timeout: f64,
+    /// Seconds from `create_agent` (in the agent's own process) until the agent must have
+    /// joined its call, or the session ends `start_failed`; `0` disables.
+    pub agent_join_timeout: f64,
     /// Seconds between heartbeats, metrics flushes and sweeps.
     pub maintenance_interval: f64,
     /// Lease length in seconds; `None` = `max(30, 3 × maintenance_interval)`.
@@ -40,6 +45,7 @@ impl Default for LimitOptions {
             max_sessions_per_call: None,
             max_session_duration_seconds: None,
             agent_idle_timeout: DEFAULT_AGENT_IDLE_TIMEOUT,
+            agent_join_timeout: DEFAULT_AGENT_JOIN_TIMEOUT,
             maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
             session_lease_seconds: None,
             session_retention: DEFAULT_SESSION_RETENTION,
@@ -54,6 +60,7 @@ pub struct Limits {
     max_sessions_per_call: Option<u32>,
     max_session_duration: Option<Duration>,
     agent_idle_timeout: Option<Duration>,
+    agent_join_timeout: Option<Duration>,
     maintenance_interval: Duration,
     session_lease: Duration,
     session_retention: Duration,
@@ -103,6 +110,14 @@ impl Limits {
             options.agent_idle_timeout,
             "must be >= 0",
         )?;
+        if options.agent_join_timeout.is_nan() || options.agent_join_timeout < 0.0 {
+            return Err(Error::Invalid("agent_join_timeout must be >= 0".into()));
+        }
+        let join = seconds(
+            "agent_join_timeout",
+            options.agent_join_timeout,
+            "must be >= 0",
+        )?;
         if options.maintenance_interval.is_nan() || options.maintenance_interval <= 0.0 {
             return Err(Error::Invalid("maintenance_interval must be > 0".into()));
         }
@@ -141,6 +156,7 @@ impl Limits {
             max_sessions_per_call,
             max_session_duration,
             agent_idle_timeout: (!idle.is_zero()).then_some(idle),
+            agent_join_timeout: (!join.is_zero()).then_some(join),
             maintenance_interval: interval,
             session_lease,
             session_retention,
@@ -162,6 +178,10 @@ impl Limits {
     /// Idle timeout; `None` when disabled (configured as 0).
     pub fn agent_idle_timeout(&self) -> Option<Duration> {
         self.agent_idle_timeout
+    }
+    /// Join deadline from `create_agent`; `None` when disabled (configured as 0).
+    pub fn agent_join_timeout(&self) -> Option<Duration> {
+        self.agent_join_timeout
     }
     /// Heartbeat, flush and sweep interval.
     pub fn maintenance_interval(&self) -> Duration {
@@ -188,6 +208,8 @@ pub mod env {
     pub const MAX_SESSION_DURATION_SECONDS: &str = "SWITCHBOARD_MAX_SESSION_DURATION_SECONDS";
     /// [`super::LimitOptions::agent_idle_timeout`].
     pub const AGENT_IDLE_TIMEOUT: &str = "SWITCHBOARD_AGENT_IDLE_TIMEOUT";
+    /// [`super::LimitOptions::agent_join_timeout`].
+    pub const AGENT_JOIN_TIMEOUT: &str = "SWITCHBOARD_AGENT_JOIN_TIMEOUT";
     /// [`super::LimitOptions::maintenance_interval`].
     pub const MAINTENANCE_INTERVAL: &str = "SWITCHBOARD_MAINTENANCE_INTERVAL";
     /// [`super::LimitOptions::session_lease_seconds`].
@@ -206,6 +228,10 @@ impl Limits {
                 env::AGENT_IDLE_TIMEOUT,
                 secs(self.agent_idle_timeout.unwrap_or(Duration::ZERO)),
             ),
+            (
+                env::AGENT_JOIN_TIMEOUT,
+                secs(self.agent_join_timeout.unwrap_or(Duration::ZERO)),
+            ),
             (env::MAINTENANCE_INTERVAL, secs(self.maintenance_interval)),
             (env::SESSION_LEASE_SECONDS, secs(self.session_lease)),
             (env::SESSION_RETENTION_SECONDS, secs(self.session_retention)),
@@ -218,16 +244,83 @@ impl Limits {
 }
 
 impl Default for Limits {
+    /// The anchor's defaults (those of [`LimitOptions::default`], which are valid).
     fn default() -> Self {
-        Self {
-            max_concurrent_sessions: None,
-            max_sessions_per_call: None,
-            max_session_duration: None,
-            agent_idle_timeout: Some(Duration::from_secs(60)),
-            maintenance_interval: Duration::from_secs(5),
-            session_lease: Duration::from_secs(30),
-            session_retention: Duration::from_secs(7 * 24 * 3600),
+        Self::new(LimitOptions::default()).expect("the default options are valid")
+    }
+}
+
+/// A `SWITCHBOARD_*` variable whose value does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?} is invalid: {reason}")]
+pub struct EnvError {
+    /// The variable.
+    pub name: &'static str,
+    /// Its value.
+    pub value: String,
+    /// Why it does not parse.
+    pub reason: String,
+}
+
+fn parsed<T: std::str::FromStr>(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<T>, EnvError>
+where
+    T::Err: std::fmt::Display,
+{
+    let Some(value) = lookup(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    value.parse().map(Some).map_err(|e: T::Err| EnvError {
+        name,
+        value,
+        reason: e.to_string(),
+    })
+}
+
+impl LimitOptions {
+    /// Overrides these options with the `SWITCHBOARD_*` variables `lookup` finds (a blank
+    /// value counts as unset): the decoder of [`Limits::supervisor_env`], and the one place
+    /// the options are read from an environment (the runner's flags apply on top; the Lambda
+    /// functions read only this). Not validated: [`Limits::new`] does that.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<(), EnvError> {
+        let lookup: &dyn Fn(&str) -> Option<String> = &lookup;
+        if let Some(v) = parsed(lookup, env::MAX_CONCURRENT_SESSIONS)? {
+            self.max_concurrent_sessions = Some(v);
         }
+        if let Some(v) = parsed(lookup, env::MAX_SESSIONS_PER_CALL)? {
+            self.max_sessions_per_call = Some(v);
+        }
+        if let Some(v) = parsed(lookup, env::MAX_SESSION_DURATION_SECONDS)? {
+            self.max_session_duration_seconds = Some(v);
+        }
+        if let Some(v) = parsed(lookup, env::AGENT_IDLE_TIMEOUT)? {
+            self.agent_idle_timeout = v;
+        }
+        if let Some(v) = parsed(lookup, env::AGENT_JOIN_TIMEOUT)? {
+            self.agent_join_timeout = v;
+        }
+        if let Some(v) = parsed(lookup, env::MAINTENANCE_INTERVAL)? {
+            self.maintenance_interval = v;
+        }
+        if let Some(v) = parsed(lookup, env::SESSION_LEASE_SECONDS)? {
+            self.session_lease_seconds = Some(v);
+        }
+        if let Some(v) = parsed(lookup, env::SESSION_RETENTION_SECONDS)? {
+            self.session_retention = v;
+        }
+        Ok(())
+    }
+
+    /// The defaults overridden by the variables `lookup` finds (see [`apply_env`](Self::apply_env)).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let mut options = Self::default();
+        options.apply_env(lookup)?;
+        Ok(options)
     }
 }
 
@@ -241,6 +334,7 @@ mod tests {
             max_concurrent_sessions: Some(4),
             max_session_duration_seconds: Some(90.5),
             agent_idle_timeout: 0.0,
+            agent_join_timeout: 12.5,
             maintenance_interval: 0.25,
             session_lease_seconds: Some(3.0),
             session_retention: 60.0,
@@ -248,18 +342,14 @@ mod tests {
         })
         .unwrap();
         let vars: std::collections::HashMap<_, _> = limits.supervisor_env().into_iter().collect();
-        let get = |k: &str| vars[k].parse::<f64>().unwrap();
-        let back = Limits::new(LimitOptions {
-            max_session_duration_seconds: Some(get(env::MAX_SESSION_DURATION_SECONDS)),
-            agent_idle_timeout: get(env::AGENT_IDLE_TIMEOUT),
-            maintenance_interval: get(env::MAINTENANCE_INTERVAL),
-            session_lease_seconds: Some(get(env::SESSION_LEASE_SECONDS)),
-            session_retention: get(env::SESSION_RETENTION_SECONDS),
-            ..LimitOptions::default()
-        })
-        .unwrap();
+        let back =
+            Limits::new(LimitOptions::from_lookup(|k| vars.get(k).cloned()).unwrap()).unwrap();
         assert_eq!(back.max_session_duration(), limits.max_session_duration());
         assert_eq!(back.agent_idle_timeout(), None);
+        assert_eq!(
+            back.agent_join_timeout(),
+            Some(Duration::from_millis(12_500))
+        );
         assert_eq!(back.maintenance_interval(), Duration::from_millis(250));
         assert_eq!(back.session_lease(), limits.session_lease());
         assert_eq!(back.session_retention(), limits.session_retention());
@@ -358,6 +448,52 @@ mod tests {
         assert_eq!(
             Limits::new(o).unwrap().session_lease(),
             Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn the_join_timeout_defaults_to_60_s_and_zero_disables_it() {
+        assert_eq!(
+            Limits::default().agent_join_timeout(),
+            Some(Duration::from_secs(60))
+        );
+        let off = LimitOptions {
+            agent_join_timeout: 0.0,
+            ..LimitOptions::default()
+        };
+        assert_eq!(Limits::new(off).unwrap().agent_join_timeout(), None);
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            let o = LimitOptions {
+                agent_join_timeout: bad,
+                ..LimitOptions::default()
+            };
+            assert_eq!(err(o), "agent_join_timeout must be >= 0");
+        }
+    }
+
+    #[test]
+    fn the_environment_overrides_options_and_names_a_bad_variable() {
+        let vars = std::collections::HashMap::from([
+            (env::MAX_CONCURRENT_SESSIONS, "7"),
+            (env::AGENT_JOIN_TIMEOUT, " 5 "),
+            (env::AGENT_IDLE_TIMEOUT, ""),
+        ]);
+        let options = LimitOptions::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap();
+        assert_eq!(options.max_concurrent_sessions, Some(7));
+        assert_eq!(options.agent_join_timeout, 5.0);
+        assert_eq!(
+            options.agent_idle_timeout, DEFAULT_AGENT_IDLE_TIMEOUT,
+            "blank is unset"
+        );
+        let err = LimitOptions::from_lookup(|k| {
+            (k == env::MAINTENANCE_INTERVAL).then(|| "soon".to_owned())
+        })
+        .unwrap_err();
+        assert_eq!(err.name, env::MAINTENANCE_INTERVAL);
+        assert!(
+            err.to_string()
+                .starts_with("SWITCHBOARD_MAINTENANCE_INTERVAL=\"soon\" is invalid"),
+            "{err}"
         );
     }
 }

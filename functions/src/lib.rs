@@ -17,7 +17,6 @@ use switchboard_aws::DynamoRegistry;
 use switchboard_aws::calls::Role;
 use switchboard_aws::ecs::{Capacity, DEFAULT_RETRY_BUDGET, EcsLauncher, EcsSettings};
 use switchboard_aws::pool::{PoolSettings, PooledLauncher, WarmPool};
-use switchboard_core::limits::env as limit_env;
 use switchboard_core::{LimitOptions, Limits, SessionRegistry, SystemClock};
 
 /// The environment variables the `api` function reads.
@@ -198,22 +197,11 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
 }
 
 fn limits<F: Fn(&str) -> Option<String>>(vars: &Vars<F>) -> Result<Limits, ConfigError> {
-    let mut options = LimitOptions {
-        max_concurrent_sessions: vars.parsed(limit_env::MAX_CONCURRENT_SESSIONS)?,
-        max_sessions_per_call: vars.parsed(limit_env::MAX_SESSIONS_PER_CALL)?,
-        max_session_duration_seconds: vars.parsed(limit_env::MAX_SESSION_DURATION_SECONDS)?,
-        session_lease_seconds: vars.parsed(limit_env::SESSION_LEASE_SECONDS)?,
-        ..LimitOptions::default()
-    };
-    if let Some(v) = vars.parsed(limit_env::AGENT_IDLE_TIMEOUT)? {
-        options.agent_idle_timeout = v;
-    }
-    if let Some(v) = vars.parsed(limit_env::MAINTENANCE_INTERVAL)? {
-        options.maintenance_interval = v;
-    }
-    if let Some(v) = vars.parsed(limit_env::SESSION_RETENTION_SECONDS)? {
-        options.session_retention = v;
-    }
+    let options = LimitOptions::from_lookup(&vars.0).map_err(|e| ConfigError::Invalid {
+        name: e.name,
+        value: e.value,
+        reason: e.reason,
+    })?;
     Limits::new(options).map_err(|e| ConfigError::Invalid {
         name: "SWITCHBOARD_*",
         value: String::new(),

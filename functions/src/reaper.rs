@@ -15,12 +15,14 @@
 //! tasks are stopped and they end `start_failed`. Every end is guarded (`LeaseExpired`), so a
 //! row renewed meanwhile stays.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use switchboard_aws::dynamodb::StandbyRegistry;
 use switchboard_aws::ecs_tasks::EcsTasks;
 use switchboard_aws::pool::{PoolSweep, WarmPool};
+use switchboard_core::lease::{self, ExpiredResolver, Resolution};
 use switchboard_core::registry::{EndGuard, EndOutcome, EndRequest};
 use switchboard_core::{
     CallId, Clock, EndReason, Error, LaunchError, Limits, Session, SessionId, SessionRegistry,
@@ -498,127 +500,116 @@ impl Sweeper<'_> {
     }
 
     async fn sweep_sessions(&self, until: tokio::time::Instant) -> Result<SweepReport, Error> {
-        let mut report = SweepReport::default();
-        loop {
-            let expired = self.registry.expired_leases(100).await?;
-            let page = expired.len();
-            let mut progressed = false;
-            for session in expired {
-                if tokio::time::Instant::now() >= until {
-                    report.incomplete = true;
-                    return Ok(report);
-                }
-                // One session's failure (ECS throttling, a transient store error) must not
-                // block the others: it is found again by the next run.
-                match self.resolve(&session, &mut report).await {
-                    Ok(done) => progressed |= done,
-                    Err(e) => {
-                        warn!(session_id = %session.id, error = %e, "could not resolve an expired session; left for the next run");
-                        report.failed += 1;
-                    }
-                }
-            }
-            // A page of rows that are all still starting is no progress: they stay for the
-            // next run (otherwise the same page would come back forever).
-            if page < 100 || !progressed {
-                return Ok(report);
-            }
-        }
+        let resolver = Resolver {
+            sweeper: self,
+            tasks_stopped: AtomicU32::new(0),
+            redispatched: AtomicU32::new(0),
+            redispatch_ended: AtomicU32::new(0),
+        };
+        let keep_going = move || tokio::time::Instant::now() < until;
+        let totals =
+            lease::sweep_expired(self.registry, self.limits, &resolver, &keep_going).await?;
+        Ok(SweepReport {
+            lease_expired: totals.lease_expired,
+            start_failed: totals.start_failed + resolver.redispatch_ended.into_inner(),
+            still_starting: totals.left,
+            tasks_stopped: resolver.tasks_stopped.into_inner(),
+            failed: totals.failed,
+            incomplete: totals.incomplete,
+            redispatched: resolver.redispatched.into_inner(),
+            pool: None,
+        })
     }
+}
 
-    async fn resolve(&self, session: &Session, report: &mut SweepReport) -> Result<bool, Error> {
+/// The reaper's side of [`lease::sweep_expired`]: an expired row is checked against ECS
+/// first (a starting row's task may still be coming up; a gone standby's session is handed
+/// on), and its task stopped before the row ends.
+struct Resolver<'a> {
+    sweeper: &'a Sweeper<'a>,
+    tasks_stopped: AtomicU32,
+    redispatched: AtomicU32,
+    redispatch_ended: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl ExpiredResolver for Resolver<'_> {
+    async fn resolve(&self, session: &Session) -> Result<Resolution, Error> {
+        let sweeper = self.sweeper;
         let id = session.id.to_string();
-        // A session closed while starting is still waiting for its task (whose agent will
-        // see the close and leave): it is resolved like a starting one, against ECS.
-        let (reason, detail) = if !session.joined() {
-            // A warm start's task is its claimed standby (started by the pool, not for the
-            // session): found by its ARN.
-            let warm = session.start_type == Some(StartType::Warm);
-            let tasks = match (&session.task_arn, warm) {
-                (Some(arn), true) => self.tasks.live(std::slice::from_ref(arn)).await?,
-                _ => self.tasks.live_tasks_started_by(&id).await?,
-            };
-            let age = self.clock.now().saturating_since(session.created_at);
-            if !tasks.is_empty() && age < self.start_deadline {
-                report.still_starting += 1;
-                return Ok(false);
-            }
-            if warm
-                && tasks.is_empty()
-                && session.status == SessionStatus::Starting
-                && let Some(pool) = self.pool
-            {
-                // Its standby is gone and its STOPPED event was lost (or is late).
-                let detail = "the claimed standby's task is gone before the agent joined";
-                let outcome = redispatch(
-                    pool,
-                    self.tasks,
-                    self.registry,
-                    session,
-                    detail,
-                    self.limits,
-                    self.start_deadline,
-                    self.clock,
-                )
-                .await?;
-                match outcome {
-                    Outcome::Redispatched(_) => report.redispatched += 1,
-                    Outcome::Ended(_) => report.start_failed += 1,
-                    _ => {}
-                }
-                return Ok(true);
-            }
-            for task in &tasks {
-                self.tasks
-                    .stop(
-                        &task.arn,
-                        "switchboard reaper: the agent did not start in time",
-                    )
-                    .await?;
-                report.tasks_stopped += 1;
-            }
-            let detail = if tasks.is_empty() {
-                "no agent task is running for this session".to_owned()
-            } else {
-                format!(
-                    "the agent task did not start within {:?}",
-                    self.start_deadline
-                )
-            };
-            (EndReason::StartFailed, detail)
-        } else {
+        let reason = lease::expired_reason(session);
+        if reason == EndReason::LeaseExpired {
             if let Some(arn) = &session.task_arn {
-                self.tasks
+                sweeper
+                    .tasks
                     .stop(arn, "switchboard reaper: the session's lease expired")
                     .await?;
-                report.tasks_stopped += 1;
+                self.tasks_stopped.fetch_add(1, Ordering::Relaxed);
             }
-            (
-                EndReason::LeaseExpired,
-                "the agent stopped renewing its lease".to_owned(),
+            return Ok(Resolution::End {
+                reason,
+                detail: "the agent stopped renewing its lease".to_owned(),
+            });
+        }
+        // Never joined. A session closed while starting is still waiting for its task (whose
+        // agent will see the close and leave): it is resolved like a starting one, against ECS.
+        // A warm start's task is its claimed standby (started by the pool, not for the
+        // session): found by its ARN.
+        let warm = session.start_type == Some(StartType::Warm);
+        let tasks = match (&session.task_arn, warm) {
+            (Some(arn), true) => sweeper.tasks.live(std::slice::from_ref(arn)).await?,
+            _ => sweeper.tasks.live_tasks_started_by(&id).await?,
+        };
+        let age = sweeper.clock.now().saturating_since(session.created_at);
+        if !tasks.is_empty() && age < sweeper.start_deadline {
+            return Ok(Resolution::Leave);
+        }
+        if warm
+            && tasks.is_empty()
+            && session.status == SessionStatus::Starting
+            && let Some(pool) = sweeper.pool
+        {
+            // Its standby is gone and its STOPPED event was lost (or is late).
+            let detail = "the claimed standby's task is gone before the agent joined";
+            let outcome = redispatch(
+                pool,
+                sweeper.tasks,
+                sweeper.registry,
+                session,
+                detail,
+                sweeper.limits,
+                sweeper.start_deadline,
+                sweeper.clock,
+            )
+            .await?;
+            match outcome {
+                Outcome::Redispatched(_) => self.redispatched.fetch_add(1, Ordering::Relaxed),
+                Outcome::Ended(_) => self.redispatch_ended.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+            return Ok(Resolution::Handled);
+        }
+        for task in &tasks {
+            sweeper
+                .tasks
+                .stop(
+                    &task.arn,
+                    "switchboard reaper: the agent did not start in time",
+                )
+                .await?;
+            self.tasks_stopped.fetch_add(1, Ordering::Relaxed);
+        }
+        let detail = if tasks.is_empty() {
+            "no agent task is running for this session".to_owned()
+        } else {
+            format!(
+                "the agent task did not start within {:?}",
+                sweeper.start_deadline
             )
         };
-        let request = EndRequest::new(reason)
-            .detail(detail)
-            .guard(EndGuard::LeaseExpired)
-            .retention(self.limits.session_retention());
-        match self
-            .registry
-            .end(&session.call_id, session.id, request)
-            .await
-        {
-            Ok(EndOutcome::Ended(_)) => {
-                info!(session_id = %session.id, call_id = %session.call_id, end_reason = %reason, "reaped");
-                match reason {
-                    EndReason::StartFailed => report.start_failed += 1,
-                    _ => report.lease_expired += 1,
-                }
-            }
-            Ok(EndOutcome::AlreadyEnded(_)) => {}
-            // Renewed or ended meanwhile.
-            Err(Error::Conflict(_) | Error::NotFound) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(true)
+        Ok(Resolution::End {
+            reason: EndReason::StartFailed,
+            detail,
+        })
     }
 }

@@ -12,7 +12,7 @@
 //! what it receives is bounded by what people can send (4,000 characters a message).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -352,7 +352,7 @@ impl Edge for HubEdge {
             call_id,
             participant,
             events,
-            left: false,
+            left: AtomicBool::new(false),
         }))
     }
 }
@@ -362,7 +362,7 @@ struct HubConnection {
     call_id: String,
     participant: Participant,
     events: Arc<EventQueue>,
-    left: bool,
+    left: AtomicBool,
 }
 
 #[async_trait]
@@ -376,15 +376,15 @@ impl Connection for HubConnection {
         Ok(())
     }
 
-    async fn next_event(&mut self) -> Option<CallEvent> {
-        if self.left {
+    async fn next_event(&self) -> Option<CallEvent> {
+        if self.left.load(Ordering::SeqCst) {
             return None;
         }
         self.events.recv().await
     }
 
-    async fn leave(&mut self) {
-        if !std::mem::replace(&mut self.left, true) {
+    async fn leave(&self) {
+        if !self.left.swap(true, Ordering::SeqCst) {
             self.hub.leave(&self.call_id, &self.participant.id);
             self.events.close();
         }
@@ -393,7 +393,7 @@ impl Connection for HubConnection {
 
 impl Drop for HubConnection {
     fn drop(&mut self) {
-        if !self.left {
+        if !*self.left.get_mut() {
             self.hub.leave(&self.call_id, &self.participant.id);
         }
     }

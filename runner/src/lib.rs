@@ -1,16 +1,21 @@
-//! The Runner: what turns a user's agent into a program, `Runner::new(launcher).cli()`.
+//! The Runner: what turns a user's agent into a program,
+//! `Runner::new(AgentLauncher::builder(create_agent, join_call)).cli()`.
 //!
 //! # Layout
-//! - [`cli`]: the command line (clap): `serve` and `run`, with the launcher options as flags
-//!   that fall back to `SWITCHBOARD_*` environment variables, then to the values set in code.
+//! - [`cli`]: the command line (clap): `serve`, `run` and `task`, with the launcher options as
+//!   flags over the `SWITCHBOARD_*` environment variables, over the values set in code; the
+//!   launcher is built (and its options validated) once, after all of them.
 //! - [`serve`]: the local server: the API router over the in-process launcher, readiness,
 //!   and the graceful shutdown (Ctrl-C/SIGTERM → `/ready` 503 → sessions end `shutdown`).
+//! - `task` and `standby` (feature `aws`): the ECS task's entry point, hosting one session
+//!   admitted by the API, or waiting warm in the pool for one.
 //! - [`telemetry`]: structured logs (text, or JSON with `--log-format json`).
 //! - `splash`: the banner, on interactive terminals only.
 //!
 //! # Must not depend on
-//! No `aws-*` or `lambda_*` crate: the ECS `task` sub-command and the Lambda functions come with
-//! the AWS issues, behind their own crates and features.
+//! No `lambda_*` crate (the Lambda functions are `switchboard-functions`), and `aws-*` only
+//! behind the `aws` feature (`task`, `serve --registry dynamodb`), so the quick start never
+//! builds the AWS SDK.
 
 pub mod cli;
 pub mod serve;
@@ -23,28 +28,30 @@ pub mod telemetry;
 
 use std::process::ExitCode;
 
-use switchboard_agent::{Agent, AgentLauncher};
-use switchboard_api::ServeOptions;
+use switchboard_agent::{Agent, AgentLauncherBuilder};
+pub use switchboard_api::ServeOptions;
 
-/// An agent program: a launcher and how to serve it.
+/// An agent program: a launcher's builder and how to serve it. The builder is built once the
+/// command line is read, so the flags apply over the options set in code and an invalid
+/// option is reported (exit code 2) by the runner itself.
 pub struct Runner<A> {
-    launcher: AgentLauncher<A>,
+    builder: AgentLauncherBuilder<A>,
     serve_options: ServeOptions,
 }
 
 impl<A> std::fmt::Debug for Runner<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
-            .field("launcher", &self.launcher)
+            .field("builder", &self.builder)
             .finish_non_exhaustive()
     }
 }
 
 impl<A: Agent> Runner<A> {
-    /// A runner for `launcher` with the default serve options.
-    pub fn new(launcher: AgentLauncher<A>) -> Self {
+    /// A runner for the launcher `builder` makes, with the default serve options.
+    pub fn new(builder: AgentLauncherBuilder<A>) -> Self {
         Self {
-            launcher,
+            builder,
             serve_options: ServeOptions::default(),
         }
     }
@@ -76,6 +83,6 @@ impl<A: Agent> Runner<A> {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        cli::main(self.launcher, self.serve_options, args)
+        cli::main(self.builder, self.serve_options, args)
     }
 }

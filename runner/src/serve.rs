@@ -132,25 +132,17 @@ pub async fn serve_on<A: Agent>(
     let (stop_calls, calls_stopped) = tokio::sync::watch::channel(false);
     let router = local_router(&launcher, options, calls_stopped)?;
     let address = listener.local_addr().context("listener has no address")?;
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(no_delay(listener), router)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .into_future(),
-    );
+    let mut http = Http::spawn(listener, router, stop_calls);
     info!(%address, url = %format!("http://{address}"), "listening");
     if let Err(e) = launcher.start().await {
-        let _ = stop_http.send(());
-        let _ = server.await;
+        let _ = http.stop().await;
         return Err(anyhow::Error::new(e).context("the agent launcher could not start"));
     }
     info!(%address, docs = %format!("http://{address}/docs"), demo = %format!("http://{address}/"), "ready");
     tokio::pin!(shutdown);
     tokio::select! {
         () = &mut shutdown => {}
-        result = &mut server => {
+        result = &mut http.server => {
             launcher.stop().await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -160,16 +152,53 @@ pub async fn serve_on<A: Agent>(
         }
     }
     launcher.drain();
-    let sessions = launcher.local_sessions().len();
+    let sessions = launcher.node_sessions().len();
     info!(sessions, "draining: closing every session");
     launcher.stop().await;
     // The agents have left (people saw them go); now the people's sockets close.
-    let _ = stop_calls.send(true);
-    let _ = stop_http.send(());
-    server
-        .await
-        .context("the HTTP server task failed")?
-        .context("the HTTP server failed")?;
+    http.stop().await?;
     info!("stopped");
     Ok(())
+}
+
+/// An HTTP server on its own task, stopped in the order a drain needs: the people's sockets
+/// (the local call's), then HTTP once the requests in flight are answered.
+pub(crate) struct Http {
+    stop_calls: tokio::sync::watch::Sender<bool>,
+    stop_http: tokio::sync::oneshot::Sender<()>,
+    pub(crate) server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Http {
+    /// Serves `router` on `listener` (with `TCP_NODELAY`); `stop_calls` ends the local call's
+    /// sockets.
+    pub(crate) fn spawn(
+        listener: TcpListener,
+        router: axum::Router,
+        stop_calls: tokio::sync::watch::Sender<bool>,
+    ) -> Self {
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            axum::serve(no_delay(listener), router)
+                .with_graceful_shutdown(async {
+                    let _ = http_stopped.await;
+                })
+                .into_future(),
+        );
+        Self {
+            stop_calls,
+            stop_http,
+            server,
+        }
+    }
+
+    /// Closes the people's sockets, then stops HTTP after the requests in flight.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop_calls.send(true);
+        let _ = self.stop_http.send(());
+        self.server
+            .await
+            .context("the HTTP server task failed")?
+            .context("the HTTP server failed")
+    }
 }

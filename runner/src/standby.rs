@@ -20,7 +20,7 @@
 
 use std::time::Duration;
 
-use switchboard_agent::{Agent, AgentLauncher};
+use switchboard_agent::{Agent, AgentLauncherBuilder};
 use switchboard_aws::dynamodb::{Renewal, StandbyRegistry};
 use switchboard_core::{CallId, SessionId, StandbyState};
 use tracing::{error, info, warn};
@@ -48,7 +48,7 @@ fn invalid(message: &str) -> u8 {
 
 /// Runs a standby; returns the exit code.
 pub(crate) async fn run<A: Agent>(
-    launcher: Result<AgentLauncher<A>, switchboard_core::Error>,
+    configured: anyhow::Result<(AgentLauncherBuilder<A>, switchboard_core::Limits)>,
     args: TaskArgs,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> u8 {
@@ -61,9 +61,9 @@ pub(crate) async fn run<A: Agent>(
     let Some(table) = args.table.clone().filter(|t| !t.trim().is_empty()) else {
         return invalid("TABLE_NAME is not set (required)");
     };
-    let launcher = match launcher {
-        Ok(launcher) => launcher,
-        Err(e) => return invalid(&format!("invalid launcher options (SWITCHBOARD_*): {e}")),
+    let builder = match configured {
+        Ok((builder, _)) => builder,
+        Err(e) => return invalid(&format!("{e:#} (check the SWITCHBOARD_* variables)")),
     };
     let identity = tokio::select! {
         identity = identity() => identity,
@@ -76,7 +76,9 @@ pub(crate) async fn run<A: Agent>(
     };
     let registry = crate::task::dynamo_registry(&table).await;
     let standbys = StandbyRegistry::new(registry.clone());
-    let launcher = match launcher.with_registry(std::sync::Arc::new(registry)) {
+    let registry: std::sync::Arc<dyn switchboard_core::SessionRegistry> =
+        std::sync::Arc::new(registry);
+    let launcher = match builder.registry(registry.clone()).build() {
         Ok(launcher) => launcher,
         Err(e) => return invalid(&format!("invalid launcher options (SWITCHBOARD_*): {e}")),
     };
@@ -126,7 +128,7 @@ pub(crate) async fn run<A: Agent>(
         call_type: None,
         table,
     };
-    let code = host(launcher, env, shutdown).await;
+    let code = host(launcher, registry, env, shutdown).await;
     // One session per process: the registration goes with it.
     if let Err(e) = standbys.delete(&task_arn, None).await {
         warn!(%task_arn, error = %e, "standby: could not delete the registration (the STOPPED event will)");

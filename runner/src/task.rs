@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use switchboard_agent::{Agent, AgentLauncher};
+use switchboard_agent::{Agent, AgentLauncher, AgentLauncherBuilder};
 use switchboard_core::registry::{EndGuard, EndRequest};
 use switchboard_core::{CallId, CallType, EndReason, SessionId, SessionRegistry, SessionStatus};
 use tracing::{error, info, warn};
@@ -89,19 +89,25 @@ fn validate(args: &TaskArgs) -> Result<TaskEnv, EnvError> {
 
 /// Runs the task; returns the exit code.
 pub(crate) async fn run<A: Agent>(
-    launcher: Result<AgentLauncher<A>, switchboard_core::Error>,
+    configured: anyhow::Result<(AgentLauncherBuilder<A>, switchboard_core::Limits)>,
     args: TaskArgs,
 ) -> u8 {
     // Before anything else (see `shutdown_signal`).
     let shutdown = crate::serve::shutdown_signal();
     if args.standby {
-        return crate::standby::run(launcher, args, shutdown).await;
+        return crate::standby::run(configured, args, shutdown).await;
     }
-    let failure = match (validate(&args), launcher) {
-        (Ok(env), Ok(launcher)) => return host(launcher, env, shutdown).await,
+    let failure = match (validate(&args), configured) {
+        (Ok(env), Ok((builder, _))) => {
+            let registry = registry(&env.table).await;
+            return match builder.registry(registry.clone()).build() {
+                Ok(launcher) => host(launcher, registry, env, shutdown).await,
+                Err(e) => fail_hosting(&anyhow::Error::new(e)),
+            };
+        }
         (Err(e), _) => e,
         (Ok(env), Err(e)) => EnvError {
-            message: format!("invalid launcher options (SWITCHBOARD_*): {e}"),
+            message: format!("{e:#} (check the SWITCHBOARD_* variables)"),
             row: Some((env.table, env.call_id, env.session_id)),
         },
     };
@@ -183,35 +189,32 @@ async fn read_row(
     }
 }
 
+/// Hosts the session `env` names with `launcher`, whose registry is `registry`.
 pub(crate) async fn host<A: Agent>(
     launcher: AgentLauncher<A>,
+    registry: Arc<dyn SessionRegistry>,
     env: TaskEnv,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> u8 {
-    match host_inner(launcher, env, shutdown).await {
+    match host_inner(launcher, registry, env, shutdown).await {
         Ok(code) => code,
-        Err(e) => {
-            error!(error = %format!("{e:#}"), "the agent task failed");
-            eprintln!("error: {e:#}");
-            1
-        }
+        Err(e) => fail_hosting(&e),
     }
+}
+
+fn fail_hosting(e: &anyhow::Error) -> u8 {
+    error!(error = %format!("{e:#}"), "the agent task failed");
+    eprintln!("error: {e:#}");
+    1
 }
 
 async fn host_inner<A: Agent>(
     launcher: AgentLauncher<A>,
+    registry: Arc<dyn SessionRegistry>,
     env: TaskEnv,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<u8> {
     tokio::pin!(shutdown);
-    // A standby's launcher has its registry (and its warm-up) already.
-    let (launcher, registry) = if launcher.warmed_up() {
-        let registry = launcher.registry();
-        (launcher, registry)
-    } else {
-        let registry = registry(&env.table).await;
-        (launcher.with_registry(registry.clone())?, registry)
-    };
     let read = tokio::select! {
         read = read_row(&*registry, &env, launcher.limits()) => read,
         () = &mut shutdown => {

@@ -172,7 +172,7 @@ async fn test_stop_multiple_sessions() {
         4,
         "3 agents + the warmup agent"
     );
-    assert!(launcher.local_sessions().is_empty());
+    assert!(launcher.node_sessions().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -184,7 +184,7 @@ async fn test_session_cleaned_up_after_finish() {
         .unwrap();
     session.wait().await;
     assert!(launcher.get_session(session.id()).is_none());
-    assert!(launcher.local_sessions().is_empty());
+    assert!(launcher.node_sessions().is_empty());
 }
 
 /// The anchor cancels the asyncio task from outside; in Rust the equivalent external failure
@@ -358,7 +358,7 @@ async fn test_max_concurrent_agents_none_allows_unlimited() {
             .await
             .unwrap();
     }
-    assert_eq!(launcher.local_sessions().len(), 10);
+    assert_eq!(launcher.node_sessions().len(), 10);
     launcher.stop().await;
 }
 
@@ -371,7 +371,7 @@ async fn test_max_sessions_per_call_none_allows_unlimited() {
             .await
             .unwrap();
     }
-    assert_eq!(launcher.local_sessions().len(), 10);
+    assert_eq!(launcher.node_sessions().len(), 10);
     launcher.stop().await;
 }
 

@@ -78,7 +78,6 @@ async fn test_metrics_flushed_to_registry() {
         .await
         .unwrap();
     let agent = session.agent().unwrap();
-    use switchboard_agent::Agent;
     agent.metrics().add(Counter::LlmInputTokens, 100);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let registry = launcher.registry();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use switchboard_agent::{Agent, AgentLauncher, AgentSession};
+use switchboard_agent::{AgentLauncher, AgentSession};
 use switchboard_core::metrics::{Counter, Latency};
 use switchboard_core::registry::{EndRequest, ListQuery};
 use switchboard_core::{
@@ -199,7 +199,7 @@ async fn a_metrics_flush_that_never_answers_stops_the_agent_before_its_lease_exp
     let (clock, registry, launcher, session) = busy_after_two_heartbeats().await;
     // The store answers heartbeats but no longer flushes; the agent has new metrics to flush.
     registry.hang_flushes.store(true, Ordering::SeqCst);
-    session.agent().unwrap().metrics().on_tool_call(12.0);
+    session.metrics().on_tool_call(Duration::from_millis(12));
 
     // Without a bound on the flush, the supervisor would wait on it forever.
     let end = tokio::time::timeout(Duration::from_secs(120), session.wait())
@@ -299,7 +299,8 @@ async fn the_lease_sweep_ends_sessions_whose_node_vanished() {
 
 #[tokio::test(start_paused = true)]
 async fn a_create_agent_that_never_returns_does_not_delay_another_start() {
-    let (launcher, _) = started(|b| b).await;
+    // No join deadline here: what a stuck start holds, for as long as it is stuck.
+    let (launcher, _) = started(|b| b.agent_join_timeout(0.0)).await;
     let stuck = {
         let launcher = launcher.clone();
         tokio::spawn(async move {
@@ -435,7 +436,11 @@ async fn metrics_flush_only_when_changed_and_the_end_keeps_the_final_values() {
         .await
         .unwrap();
     let agent = s.agent().unwrap();
-    agent.metrics().on_llm_response(200.0, Some(80.0), 10, 20);
+    agent.metrics().on_llm_response(
+        Duration::from_millis(200),
+        Some(Duration::from_millis(80)),
+        switchboard_core::metrics::Usage::new(10, 20),
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let registry = launcher.registry();
     let first = registry
@@ -457,7 +462,7 @@ async fn metrics_flush_only_when_changed_and_the_end_keeps_the_final_values() {
         unchanged.generated_at, first.generated_at,
         "no flush without a change"
     );
-    agent.metrics().on_tool_call(5.0);
+    agent.metrics().on_tool_call(Duration::from_millis(5));
     launcher.close_session(s.id(), true).await;
     let page = registry
         .list(ListQuery {
@@ -507,14 +512,19 @@ async fn a_session_ended_elsewhere_stops_its_agent_without_rewriting_the_end() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_session_that_never_joins_stays_starting_and_its_clocks_do_not_run() {
-    let (launcher, _) =
-        started(|b| b.agent_idle_timeout(1.0).max_session_duration_seconds(2.0)).await;
+async fn with_the_join_deadline_off_a_session_that_never_joins_stays_starting_and_its_clocks_do_not_run()
+ {
+    let (launcher, _) = started(|b| {
+        b.agent_idle_timeout(1.0)
+            .max_session_duration_seconds(2.0)
+            .agent_join_timeout(0.0)
+    })
+    .await;
     let s = launcher
         .start_session(call("nojoin-1"), CallType::default(), None)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
     assert!(!s.finished());
     let row = launcher
         .get_session_info(&call("nojoin-1"), s.id())
@@ -522,6 +532,92 @@ async fn a_session_that_never_joins_stays_starting_and_its_clocks_do_not_run() {
         .unwrap()
         .unwrap();
     assert_eq!(row.status, SessionStatus::Starting);
+    launcher.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_never_joins_ends_start_failed_at_its_join_deadline_and_frees_its_slot() {
+    let (launcher, _) = started(|b| {
+        b.max_concurrent_sessions(1)
+            .agent_idle_timeout(1.0)
+            .max_session_duration_seconds(2.0)
+            .agent_join_timeout(10.0)
+    })
+    .await;
+    let created = Instant::now();
+    let s = launcher
+        .start_session(call("nojoin-1"), CallType::default(), None)
+        .await
+        .unwrap();
+    // Neither the idle clock nor the maximum duration runs before the agent joins.
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    assert!(!s.finished(), "ended before its join deadline");
+    let end = s.wait().await;
+    assert_eq!(
+        created.elapsed(),
+        Duration::from_secs(10),
+        "10 s from create_agent"
+    );
+    assert_eq!(end.reason, EndReason::StartFailed);
+    assert!(end.recorded);
+    let detail = end.detail.unwrap();
+    assert_eq!(
+        detail,
+        "the agent did not join its call within 10s of create_agent (agent_join_timeout)"
+    );
+    let row = launcher
+        .get_session_info(&call("nojoin-1"), s.id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.end_reason, Some(EndReason::StartFailed));
+    assert_eq!(row.end_detail.as_deref(), Some(detail.as_str()));
+    assert!(s.agent().unwrap().closed(), "the agent was closed");
+    // Its slot came back.
+    launcher
+        .start_session(call("busy-1"), CallType::default(), None)
+        .await
+        .expect("the slot is free again");
+    launcher.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_create_agent_that_never_returns_fails_its_start_at_the_join_deadline() {
+    // The default deadline, 60 s, counts from create_agent: a factory stuck that long fails
+    // the start (whoever waits for it hears why) and frees the slot.
+    let (launcher, _) = started(|b| b.max_concurrent_sessions(1)).await;
+    let before = Instant::now();
+    let stuck = launcher
+        .start_session(call("stuck-1"), CallType::default(), None)
+        .await
+        .expect_err("a start whose agent is never created fails");
+    assert_eq!(before.elapsed(), Duration::from_secs(60));
+    assert!(
+        matches!(&stuck, switchboard_core::Error::LaunchFailed(e) if format!("{e:#}").contains("within 60s of create_agent (agent_join_timeout)")),
+        "{stuck:?}"
+    );
+    let row = &launcher
+        .registry()
+        .list(ListQuery {
+            call_id: Some(call("stuck-1")),
+            include_ended: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .sessions[0]
+        .session;
+    assert_eq!(row.end_reason, Some(EndReason::StartFailed));
+    assert!(
+        row.end_detail
+            .as_deref()
+            .is_some_and(|d| d.contains("agent_join_timeout")),
+        "{row:?}"
+    );
+    launcher
+        .start_session(call("busy-1"), CallType::default(), None)
+        .await
+        .expect("the slot is free again");
     launcher.stop().await;
 }
 
@@ -607,7 +703,7 @@ async fn concurrent_starts_on_real_time_admit_exactly_the_limit() {
         }
     }
     assert_eq!((admitted, refused), (10, 90));
-    assert_eq!(launcher.local_sessions().len(), 10);
+    assert_eq!(launcher.node_sessions().len(), 10);
     launcher.stop().await;
     let _: &AgentLauncher<_> = &launcher;
 }

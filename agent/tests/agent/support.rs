@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use switchboard_agent::{
     Agent, AgentLauncher, AgentLauncherBuilder, CreateContext, JoinContext, Presence, WarmupCache,
 };
@@ -65,7 +64,17 @@ pub struct TestAgent {
     pub closed_at: Mutex<Option<tokio::time::Instant>>,
 }
 
-#[async_trait]
+impl TestAgent {
+    /// The session's presence (the runtime's, from `CreateContext`).
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+    /// The session's metrics (the runtime's, from `CreateContext`).
+    pub fn metrics(&self) -> &MetricsRecorder {
+        &self.metrics
+    }
+}
+
 impl Agent for TestAgent {
     async fn warmup(&self, cache: &WarmupCache) -> anyhow::Result<()> {
         self.probe.warmups.fetch_add(1, Ordering::SeqCst);
@@ -87,14 +96,6 @@ impl Agent for TestAgent {
         self.probe.closes.fetch_add(1, Ordering::SeqCst);
         *self.closed_at.lock().unwrap() = Some(tokio::time::Instant::now());
         self.presence.agent_left();
-    }
-
-    fn presence(&self) -> &Presence {
-        &self.presence
-    }
-
-    fn metrics(&self) -> &MetricsRecorder {
-        &self.metrics
     }
 }
 
@@ -118,8 +119,8 @@ async fn create(probe: Arc<Probe>, ctx: CreateContext) -> anyhow::Result<TestAge
     }
     probe.created.fetch_add(1, Ordering::SeqCst);
     Ok(TestAgent {
-        presence: Presence::new(),
-        metrics: MetricsRecorder::new(),
+        presence: ctx.presence.clone(),
+        metrics: ctx.metrics.clone(),
         probe,
         behavior: Behavior::of(&call),
         metadata: ctx.metadata,

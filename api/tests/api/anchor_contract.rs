@@ -90,7 +90,7 @@ async fn test_start_session_no_permissions_fail() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.detail(), "Forbidden");
-    assert!(app.launcher.local_sessions().is_empty());
+    assert!(app.launcher.node_sessions().is_empty());
 }
 
 #[tokio::test]

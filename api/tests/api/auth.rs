@@ -611,11 +611,14 @@ async fn the_configuration_is_checked_at_start_up() {
 /// subscriber at TRACE writing to stdout (a thread-local one would race other tests over
 /// tracing's process-wide cache of enabled callsites). It prints the tokens' signatures last.
 #[test]
-#[ignore = "run as a child process by tokens_never_reach_the_logs"]
+#[ignore = "the child process of tokens_never_reach_the_logs, which sets SWITCHBOARD_LOGGING_CHILD"]
 fn logging_child() {
-    if std::env::var_os("SWITCHBOARD_LOGGING_CHILD").is_none() {
-        return;
-    }
+    // Not a test of its own: run alone (`cargo test -- --ignored`) it fails, rather than
+    // pass having run nothing.
+    assert!(
+        std::env::var_os("SWITCHBOARD_LOGGING_CHILD").is_some(),
+        "auth::logging_child is the child process of tokens_never_reach_the_logs, which sets SWITCHBOARD_LOGGING_CHILD; alone it has nothing to check"
+    );
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)

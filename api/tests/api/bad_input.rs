@@ -81,7 +81,7 @@ async fn wrong_types_are_422_with_the_field() {
         )
         .await;
     assert_eq!(r.detail().as_array().unwrap().len(), 2);
-    assert!(app.launcher.local_sessions().is_empty());
+    assert!(app.launcher.node_sessions().is_empty());
 }
 
 #[tokio::test]

@@ -229,7 +229,7 @@ async fn idempotency_key_replays_the_same_response_and_refuses_a_different_body(
     let again = post_with_key(&app, "call-1", "key-1", json!({"metadata": {"a": 1}})).await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(again.json(), first.json());
-    assert_eq!(app.launcher.local_sessions().len(), 1, "no second agent");
+    assert_eq!(app.launcher.node_sessions().len(), 1, "no second agent");
     let other = post_with_key(&app, "call-1", "key-1", json!({"call_type": "livestream"})).await;
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(

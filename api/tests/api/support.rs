@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -13,26 +12,24 @@ use switchboard_agent::{
     Agent, AgentLauncher, AgentLauncherBuilder, CreateContext, JoinContext, Presence,
 };
 use switchboard_api::{AppState, ServeOptions};
-use switchboard_core::{Metadata, MetricsRecorder, SessionRegistry};
+use switchboard_core::{Metadata, SessionRegistry};
 use tower::ServiceExt;
 
 /// An agent that joins its call with one participant and stays until closed.
 #[derive(Debug)]
 pub struct ApiAgent {
     presence: Presence,
-    metrics: MetricsRecorder,
     pub metadata: Option<Metadata>,
 }
 
-#[async_trait]
-impl Agent for ApiAgent {
-    fn presence(&self) -> &Presence {
+impl ApiAgent {
+    /// The session's presence (the runtime's, from `CreateContext`).
+    pub fn presence(&self) -> &Presence {
         &self.presence
     }
-    fn metrics(&self) -> &MetricsRecorder {
-        &self.metrics
-    }
 }
+
+impl Agent for ApiAgent {}
 
 pub async fn create_for_tests(ctx: CreateContext) -> anyhow::Result<ApiAgent> {
     if ctx
@@ -43,8 +40,7 @@ pub async fn create_for_tests(ctx: CreateContext) -> anyhow::Result<ApiAgent> {
         anyhow::bail!("model credentials missing");
     }
     Ok(ApiAgent {
-        presence: Presence::new(),
-        metrics: MetricsRecorder::new(),
+        presence: ctx.presence.clone(),
         metadata: ctx.metadata,
     })
 }

@@ -136,9 +136,16 @@ mod items {
             panic!()
         };
         let recorder = switchboard_core::MetricsRecorder::new();
-        recorder.on_llm_response(245.0, Some(120.0), 1500, 800);
-        recorder.on_tool_call(12.0);
-        recorder.on_turn_ended(900.0, 400.0);
+        recorder.on_llm_response(
+            std::time::Duration::from_millis(245),
+            Some(std::time::Duration::from_millis(120)),
+            switchboard_core::metrics::Usage::new(1500, 800),
+        );
+        recorder.on_tool_call(std::time::Duration::from_millis(12));
+        recorder.on_turn_ended(
+            std::time::Duration::from_millis(900),
+            std::time::Duration::from_millis(400),
+        );
         let metrics = recorder.snapshot();
         registry
             .flush_metrics(&c, session.id, &metrics)
@@ -201,7 +208,11 @@ mod items {
         let retention = Duration::from_secs(7 * 24 * 3600);
         let c = call("call-ttl");
         let recorder = switchboard_core::MetricsRecorder::new();
-        recorder.on_llm_response(245.0, Some(120.0), 1500, 800);
+        recorder.on_llm_response(
+            std::time::Duration::from_millis(245),
+            Some(std::time::Duration::from_millis(120)),
+            switchboard_core::metrics::Usage::new(1500, 800),
+        );
 
         // Metadata and a flush, ended without final metrics (as the reaper ends one).
         let mut req = request(&c);
@@ -306,7 +317,7 @@ mod items {
             panic!()
         };
         let recorder = switchboard_core::MetricsRecorder::new();
-        recorder.on_tool_call(12.0);
+        recorder.on_tool_call(std::time::Duration::from_millis(12));
         registry
             .flush_metrics(&c, ended.id, &recorder.snapshot())
             .await

@@ -12,6 +12,7 @@ pub mod sketch;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -377,59 +378,65 @@ impl MetricsRecorder {
             .sum()
     }
 
-    // The anchor's collector events, one per pipeline stage.
+    // The anchor's collector events, one per pipeline stage. Times are `Duration`s (recorded
+    // in milliseconds, as the anchor's names say), token counts a [`Usage`].
 
-    /// An LLM response: total latency, time to first token (when streamed), token counts.
+    /// An LLM response: total latency, time to first token (when streamed), token usage.
     pub fn on_llm_response(
         &self,
-        latency_ms: f64,
-        ttft_ms: Option<f64>,
-        input_tokens: u64,
-        output_tokens: u64,
+        latency: Duration,
+        time_to_first_token: Option<Duration>,
+        usage: Usage,
     ) {
-        self.record(Latency::LlmLatencyMs, latency_ms);
-        if let Some(ttft) = ttft_ms {
-            self.record(Latency::LlmTimeToFirstTokenMs, ttft);
+        self.record(Latency::LlmLatencyMs, millis(latency));
+        if let Some(ttft) = time_to_first_token {
+            self.record(Latency::LlmTimeToFirstTokenMs, millis(ttft));
         }
-        self.add(Counter::LlmInputTokens, input_tokens);
-        self.add(Counter::LlmOutputTokens, output_tokens);
+        self.add(Counter::LlmInputTokens, usage.input_tokens);
+        self.add(Counter::LlmOutputTokens, usage.output_tokens);
     }
 
     /// A tool (function) call and how long it ran.
-    pub fn on_tool_call(&self, execution_ms: f64) {
+    pub fn on_tool_call(&self, execution: Duration) {
         self.add(Counter::LlmToolCalls, 1);
-        self.record(Latency::LlmToolLatencyMs, execution_ms);
+        self.record(Latency::LlmToolLatencyMs, millis(execution));
     }
 
-    /// A speech-to-text transcript.
-    pub fn on_stt_transcript(&self, processing_ms: f64, audio_duration_ms: u64) {
-        self.record(Latency::SttLatencyMs, processing_ms);
-        self.add(Counter::SttAudioDurationMs, audio_duration_ms);
+    /// A speech-to-text transcript: how long it took, and how much audio it covered.
+    pub fn on_stt_transcript(&self, processing: Duration, audio: Duration) {
+        self.record(Latency::SttLatencyMs, millis(processing));
+        self.add(Counter::SttAudioDurationMs, whole_millis(audio));
     }
 
-    /// A text-to-speech synthesis.
-    pub fn on_tts_synthesis(&self, synthesis_ms: f64, audio_duration_ms: u64, characters: u64) {
-        self.record(Latency::TtsLatencyMs, synthesis_ms);
-        self.add(Counter::TtsAudioDurationMs, audio_duration_ms);
+    /// A text-to-speech synthesis: how long it took, the audio it made, its characters.
+    pub fn on_tts_synthesis(&self, synthesis: Duration, audio: Duration, characters: u64) {
+        self.record(Latency::TtsLatencyMs, millis(synthesis));
+        self.add(Counter::TtsAudioDurationMs, whole_millis(audio));
         self.add(Counter::TtsCharacters, characters);
     }
 
     /// The end of a conversational turn.
-    pub fn on_turn_ended(&self, duration_ms: f64, trailing_silence_ms: f64) {
-        self.record(Latency::TurnDurationMs, duration_ms);
-        self.record(Latency::TurnTrailingSilenceMs, trailing_silence_ms);
+    pub fn on_turn_ended(&self, duration: Duration, trailing_silence: Duration) {
+        self.record(Latency::TurnDurationMs, millis(duration));
+        self.record(Latency::TurnTrailingSilenceMs, millis(trailing_silence));
     }
 
     /// Audio sent to a realtime model.
-    pub fn on_realtime_audio_input(&self, bytes: u64, duration_ms: u64) {
+    pub fn on_realtime_audio_input(&self, bytes: u64, duration: Duration) {
         self.add(Counter::RealtimeAudioInputBytes, bytes);
-        self.add(Counter::RealtimeAudioInputDurationMs, duration_ms);
+        self.add(
+            Counter::RealtimeAudioInputDurationMs,
+            whole_millis(duration),
+        );
     }
 
     /// Audio received from a realtime model.
-    pub fn on_realtime_audio_output(&self, bytes: u64, duration_ms: u64) {
+    pub fn on_realtime_audio_output(&self, bytes: u64, duration: Duration) {
         self.add(Counter::RealtimeAudioOutputBytes, bytes);
-        self.add(Counter::RealtimeAudioOutputDurationMs, duration_ms);
+        self.add(
+            Counter::RealtimeAudioOutputDurationMs,
+            whole_millis(duration),
+        );
     }
 
     /// A user transcription from a realtime model.
@@ -442,19 +449,48 @@ impl MetricsRecorder {
         self.add(Counter::RealtimeAgentTranscriptions, 1);
     }
 
-    /// A vision-language model inference.
-    pub fn on_vlm_inference(&self, latency_ms: f64, input_tokens: u64, output_tokens: u64) {
+    /// A vision-language model inference: its latency and token usage.
+    pub fn on_vlm_inference(&self, latency: Duration, usage: Usage) {
         self.add(Counter::VlmInferences, 1);
-        self.record(Latency::VlmInferenceLatencyMs, latency_ms);
-        self.add(Counter::VlmInputTokens, input_tokens);
-        self.add(Counter::VlmOutputTokens, output_tokens);
+        self.record(Latency::VlmInferenceLatencyMs, millis(latency));
+        self.add(Counter::VlmInputTokens, usage.input_tokens);
+        self.add(Counter::VlmOutputTokens, usage.output_tokens);
     }
 
     /// One processed video frame.
-    pub fn on_video_frame_processed(&self, latency_ms: f64) {
+    pub fn on_video_frame_processed(&self, latency: Duration) {
         self.add(Counter::VideoFramesProcessed, 1);
-        self.record(Latency::VideoProcessingLatencyMs, latency_ms);
+        self.record(Latency::VideoProcessingLatencyMs, millis(latency));
     }
+}
+
+/// Token usage of one model response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    /// `input_tokens` in, `output_tokens` out.
+    pub fn new(input_tokens: u64, output_tokens: u64) -> Self {
+        Self {
+            input_tokens,
+            output_tokens,
+        }
+    }
+}
+
+/// A duration in milliseconds, as the latencies are recorded.
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A duration in whole milliseconds, as the duration counters count.
+fn whole_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -497,17 +533,18 @@ mod tests {
     #[test]
     fn every_event_reaches_its_metrics() {
         let r = MetricsRecorder::new();
-        r.on_llm_response(250.0, Some(120.0), 1500, 800);
-        r.on_tool_call(12.0);
-        r.on_stt_transcript(85.0, 1000);
-        r.on_tts_synthesis(95.0, 2000, 42);
-        r.on_turn_ended(3000.0, 400.0);
-        r.on_realtime_audio_input(3200, 100);
-        r.on_realtime_audio_output(6400, 200);
+        let ms = Duration::from_millis;
+        r.on_llm_response(ms(250), Some(ms(120)), Usage::new(1500, 800));
+        r.on_tool_call(ms(12));
+        r.on_stt_transcript(ms(85), ms(1000));
+        r.on_tts_synthesis(ms(95), ms(2000), 42);
+        r.on_turn_ended(ms(3000), ms(400));
+        r.on_realtime_audio_input(3200, ms(100));
+        r.on_realtime_audio_output(6400, ms(200));
         r.on_realtime_user_transcription();
         r.on_realtime_agent_transcription();
-        r.on_vlm_inference(300.0, 10, 20);
-        r.on_video_frame_processed(4.0);
+        r.on_vlm_inference(ms(300), Usage::new(10, 20));
+        r.on_video_frame_processed(Duration::from_micros(4_500));
         let m = r.snapshot();
         for c in Counter::ALL {
             assert!(m.total(*c) > 0, "{} never recorded", c.name());
@@ -519,6 +556,12 @@ mod tests {
         assert_eq!(map["llm_latency_ms__avg"], Value::from(250.0));
         assert_eq!(map["llm_input_tokens__total"], Value::from(1500));
         assert_eq!(map["tts_characters__total"], Value::from(42));
+        assert_eq!(map["stt_audio_duration_ms__total"], Value::from(1000));
+        assert_eq!(
+            map["video_processing_latency_ms__avg"],
+            Value::from(4.5),
+            "a sub-millisecond part is kept"
+        );
     }
 
     #[test]
@@ -534,8 +577,9 @@ mod tests {
     #[test]
     fn wire_map_round_trips() {
         let r = MetricsRecorder::new();
-        r.on_llm_response(100.0, Some(50.0), 3, 4);
-        r.on_llm_response(300.0, None, 1, 1);
+        let ms = Duration::from_millis;
+        r.on_llm_response(ms(100), Some(ms(50)), Usage::new(3, 4));
+        r.on_llm_response(ms(300), None, Usage::new(1, 1));
         let m = r.snapshot();
         let back = AgentMetrics::from_map(&m.to_map());
         assert_eq!(back.to_map(), m.to_map());
@@ -545,8 +589,12 @@ mod tests {
     #[test]
     fn the_streamed_wire_form_is_the_map_byte_for_byte() {
         let r = MetricsRecorder::new();
-        r.on_llm_response(100.0, Some(50.0), 3, 4);
-        r.on_tool_call(12.5);
+        r.on_llm_response(
+            Duration::from_millis(100),
+            Some(Duration::from_millis(50)),
+            Usage::new(3, 4),
+        );
+        r.on_tool_call(Duration::from_micros(12_500));
         r.add(Counter::LlmInputTokens, 7);
         for m in [AgentMetrics::default(), r.snapshot()] {
             let streamed = serde_json::to_string(&m.wire()).unwrap();

@@ -144,8 +144,8 @@ fn the_per_frame_path_allocates_nothing_and_loses_no_sample_across_threads() {
     use switchboard_core::metrics::{Counter, Latency};
 
     let recorder = Arc::new(MetricsRecorder::new());
-    for ms in [15.0, 16.0, 17.0, 18.0] {
-        recorder.on_video_frame_processed(ms); // the chunks these frames land in
+    for ms in [15, 16, 17, 18] {
+        recorder.on_video_frame_processed(std::time::Duration::from_millis(ms)); // the chunks these frames land in
     }
     let threads: Vec<_> = (0..2)
         .map(|_| {
@@ -153,7 +153,9 @@ fn the_per_frame_path_allocates_nothing_and_loses_no_sample_across_threads() {
             std::thread::spawn(move || {
                 let ((), bytes) = allocated_by(|| {
                     for i in 0..200_000u32 {
-                        recorder.on_video_frame_processed(15.0 + f64::from(i % 4));
+                        recorder.on_video_frame_processed(std::time::Duration::from_millis(
+                            15 + u64::from(i % 4),
+                        ));
                     }
                 });
                 bytes

@@ -1,14 +1,15 @@
-//! `LocalEdge`: an in-memory call with a scripted participant, for where no person can join
-//! (an ECS task, `run --no-demo`, load tests); under `serve` the demo joins the local call
-//! (`HubEdge`) instead. The participant joins, asks a question, stays a while and leaves, so
-//! the agent's idle clock is really exercised.
+//! The demo's call: the one the runner offers (the local call, where people join from the
+//! demo page: `serve`, `run`), else [`ScriptedEdge`], an in-memory call with a scripted
+//! participant, for where no person can join (an ECS task, `run --no-demo`, load tests).
+//! The participant joins, asks a question, stays a while and leaves, so the agent's idle
+//! clock is really exercised.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use switchboard_agent::Presence;
-use switchboard_agent::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
+use switchboard::async_trait;
+use switchboard::edge::{Call, CallEvent, Connection, Edge, EventQueue, User};
+use switchboard::{CreateContext, Presence};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -38,11 +39,11 @@ impl Default for ParticipantScript {
 
 /// The in-memory call transport.
 #[derive(Debug, Clone, Default)]
-pub struct LocalEdge {
+pub struct ScriptedEdge {
     script: ParticipantScript,
 }
 
-impl LocalEdge {
+impl ScriptedEdge {
     /// Calls whose participant follows `script`.
     pub fn new(script: ParticipantScript) -> Self {
         Self { script }
@@ -50,7 +51,7 @@ impl LocalEdge {
 }
 
 #[async_trait]
-impl Edge for LocalEdge {
+impl Edge for ScriptedEdge {
     async fn join(
         &self,
         call: &Call,
@@ -59,13 +60,13 @@ impl Edge for LocalEdge {
     ) -> anyhow::Result<Box<dyn Connection>> {
         let events = Arc::new(EventQueue::default());
         presence.agent_joined();
-        debug!(call_id = %call.call_id, agent = %agent_user.id, "agent joined the local call");
+        debug!(call_id = %call.call_id, agent = %agent_user.id, "agent joined the scripted call");
         let script = tokio::spawn(run_script(
             self.script.clone(),
             presence.clone(),
             events.clone(),
         ));
-        Ok(Box::new(LocalConnection {
+        Ok(Box::new(ScriptedConnection {
             events,
             script,
             presence,
@@ -98,31 +99,60 @@ async fn run_script(script: ParticipantScript, presence: Presence, events: Arc<E
 /// agent leaves, even after the scripted participant is gone: then the agent is alone and
 /// its idle clock runs.
 #[derive(Debug)]
-pub struct LocalConnection {
+pub struct ScriptedConnection {
     events: Arc<EventQueue>,
     script: JoinHandle<()>,
     presence: Presence,
 }
 
 #[async_trait]
-impl Connection for LocalConnection {
+impl Connection for ScriptedConnection {
     async fn send_message(&self, text: &str) -> anyhow::Result<()> {
         debug!(text, "agent said");
         Ok(())
     }
 
-    async fn next_event(&mut self) -> Option<CallEvent> {
+    async fn next_event(&self) -> Option<CallEvent> {
         self.events.recv().await
     }
 
-    async fn leave(&mut self) {
+    async fn leave(&self) {
         self.script.abort();
         self.presence.agent_left();
     }
 }
 
-impl Drop for LocalConnection {
+impl Drop for ScriptedConnection {
     fn drop(&mut self) {
         self.script.abort();
+    }
+}
+
+/// How long a scripted participant stays, when one is asked for: the session's metadata
+/// `participant_seconds`, else `DEMO_PARTICIPANT_SECONDS`.
+fn participant_seconds(ctx: &CreateContext) -> Option<f64> {
+    ctx.metadata
+        .as_ref()
+        .and_then(|m| m.as_map().get("participant_seconds"))
+        .and_then(serde_json::Value::as_f64)
+        .or_else(|| {
+            std::env::var("DEMO_PARTICIPANT_SECONDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+}
+
+/// The demo's call transport: the one the process offers (the local call under `serve` and
+/// `run` with its demo page) unless a scripted participant was asked for; otherwise the
+/// in-memory call with a scripted participant (30 s unless asked otherwise), as in an ECS
+/// task or `run --no-demo`.
+pub fn call_edge(ctx: &CreateContext) -> Arc<dyn Edge> {
+    match (&ctx.edge, participant_seconds(ctx)) {
+        (Some(edge), None) => edge.clone(),
+        (_, seconds) => Arc::new(ScriptedEdge::new(ParticipantScript {
+            stay_for: Duration::from_secs_f64(seconds.unwrap_or(30.0)),
+            ..Default::default()
+        })),
     }
 }

@@ -1,12 +1,20 @@
-//! `LocalLlm`: a deterministic local model, the demo's default (`OPENAI_MODEL` switches to
-//! `switchboard_openai::OpenAiLlm`). It streams its answer word by word and calls the
+//! The demo's model: [`LocalLlm`], a deterministic local model, unless `OPENAI_MODEL` names
+//! an OpenAI-compatible one (with `OPENAI_BASE_URL` and `OPENAI_API_KEY`; the `openai`
+//! feature). Built once per process, in the warmup cache, so every agent shares its client
+//! and a configuration error stops the server at start-up (the process warmup creates an
+//! agent), not at the first session.
+//!
+//! `LocalLlm` It streams its answer word by word and calls the
 //! `get_weather` tool when asked about the weather somewhere. Token counts are words: the
 //! stand-in has no tokenizer.
 
-use async_trait::async_trait;
+use std::sync::Arc;
+
 use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::json;
-use switchboard_agent::llm::{ChatMessage, Llm, LlmEvent, Role, ToolCall, ToolSpec, Usage};
+use switchboard::CreateContext;
+use switchboard::async_trait;
+use switchboard::llm::{ChatMessage, Llm, LlmEvent, Role, ToolCall, ToolSpec, Usage};
 
 /// The local model.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,4 +94,30 @@ impl Llm for LocalLlm {
         };
         Ok(stream::iter(events.into_iter().map(Ok)).boxed())
     }
+}
+
+/// The demo's model, built once per process (see the module docs).
+pub async fn model(ctx: &CreateContext) -> anyhow::Result<Arc<dyn Llm>> {
+    let model = ctx
+        .cache
+        .get_or_try_init("demo-agent/model", || async {
+            build_model(|name| std::env::var(name).ok())
+        })
+        .await?;
+    Ok(Arc::clone(&model))
+}
+
+/// The model the variables read through `var` configure (see [`model`]).
+pub fn build_model(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Arc<dyn Llm>> {
+    #[cfg(feature = "openai")]
+    if let Some(config) = switchboard::openai::OpenAiConfig::from_vars(&var)? {
+        tracing::info!(model = %config.model, base_url = %config.base_url, "the demo answers with an OpenAI-compatible model");
+        return Ok(Arc::new(switchboard::openai::OpenAiLlm::new(config)?));
+    }
+    #[cfg(not(feature = "openai"))]
+    anyhow::ensure!(
+        var("OPENAI_MODEL").is_none_or(|m| m.trim().is_empty()),
+        "OPENAI_MODEL is set but this demo-agent was built without the `openai` feature (cargo run -p demo-agent --features openai -- serve)"
+    );
+    Ok(Arc::new(LocalLlm))
 }

@@ -1,9 +1,6 @@
-//! `demo-agent`: the example agent as a program (`serve`, `run`).
+//! `demo-agent`: the example agent as a program (`serve`, `run`, and `task` with `aws`).
 
-use std::process::ExitCode;
-
-use switchboard_agent::AgentLauncher;
-use switchboard_runner::Runner;
+use switchboard::prelude::*;
 
 // mimalloc: fewer cycles in malloc/free on the request path and less fragmentation with
 // many small per-session allocations (see docs/benchmarks.md).
@@ -11,14 +8,10 @@ use switchboard_runner::Runner;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> ExitCode {
-    let launcher =
-        match AgentLauncher::builder(demo_agent::create_agent, demo_agent::join_call).build() {
-            Ok(launcher) => launcher,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    Runner::new(launcher).cli()
+fn main() -> std::process::ExitCode {
+    Runner::new(AgentLauncher::builder(
+        demo_agent::create_agent,
+        demo_agent::join_call,
+    ))
+    .cli()
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use demo_agent::{GREETING, create_agent, join_call};
-use switchboard_agent::AgentLauncher;
+use switchboard::AgentLauncher;
 use switchboard_core::metrics::{Counter, Latency};
 use switchboard_core::registry::ListQuery;
 use switchboard_core::{CallId, CallType, Clock, EndReason, Metadata, TokioClock};
@@ -95,7 +95,7 @@ async fn a_close_request_ends_the_conversation_at_once() {
     assert_eq!(session.wait().await.reason, EndReason::Requested);
     assert_eq!(tokio::time::Instant::now(), before);
     assert!(
-        !session.agent().unwrap().presence().state().joined,
+        !session.presence().state().joined,
         "the agent left the call"
     );
 }
@@ -112,5 +112,3 @@ fn the_local_model_finds_the_location() {
     );
     assert_eq!(demo_agent::llm::weather_location("hello"), None);
 }
-
-use switchboard_agent::Agent as _;

@@ -230,7 +230,7 @@ mod hub {
             .create_call(&CallType::default(), &CallId::parse("c").unwrap())
             .await
             .unwrap();
-        let mut agent = edge
+        let agent = edge
             .join(&call, &User::new("agent", "Assistant"), presence.clone())
             .await
             .unwrap();

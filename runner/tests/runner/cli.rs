@@ -9,11 +9,13 @@ use switchboard_runner::Runner;
 
 use crate::support::gated_launcher;
 
-const ENV_VARS: [&str; 13] = [
+const ENV_VARS: [&str; 15] = [
     "SWITCHBOARD_MAX_CONCURRENT_SESSIONS",
     "SWITCHBOARD_MAX_SESSIONS_PER_CALL",
     "SWITCHBOARD_MAX_SESSION_DURATION_SECONDS",
     "SWITCHBOARD_AGENT_IDLE_TIMEOUT",
+    "SWITCHBOARD_AGENT_JOIN_TIMEOUT",
+    "SWITCHBOARD_SESSION_RETENTION_SECONDS",
     "SWITCHBOARD_MAINTENANCE_INTERVAL",
     "SWITCHBOARD_SESSION_LEASE_SECONDS",
     "SWITCHBOARD_LOG_FORMAT",
@@ -26,20 +28,19 @@ const ENV_VARS: [&str; 13] = [
 ];
 
 /// The child: a launcher configured in code (max_concurrent_sessions 5, agent_idle_timeout
-/// 10), run with the arguments in `RUNNER_CHILD_ARGS`.
+/// 10), run with the arguments in `RUNNER_CHILD_ARGS`. Not a test of its own: run without
+/// them (`cargo test -- --ignored`) it fails, rather than pass having run nothing.
 #[test]
-#[ignore = "run as a child process by the tests below"]
+#[ignore = "the child process of the tests below, which set RUNNER_CHILD_ARGS"]
 fn child_runner() {
-    let Ok(args) = std::env::var("RUNNER_CHILD_ARGS") else {
-        return;
-    };
+    let args = std::env::var("RUNNER_CHILD_ARGS").expect(
+        "cli::child_runner is the child process of the cli tests, which set RUNNER_CHILD_ARGS; alone it has nothing to run",
+    );
     let args: Vec<String> = serde_json::from_str(&args).unwrap();
-    let launcher = gated_launcher(Default::default())
+    let builder = gated_launcher(Default::default())
         .max_concurrent_sessions(5)
-        .agent_idle_timeout(10.0)
-        .build()
-        .unwrap();
-    let code = Runner::new(launcher).cli_code_from(std::iter::once("agent".to_owned()).chain(args));
+        .agent_idle_timeout(10.0);
+    let code = Runner::new(builder).cli_code_from(std::iter::once("agent".to_owned()).chain(args));
     std::process::exit(i32::from(code));
 }
 
@@ -101,8 +102,10 @@ fn every_environment_variable_applies_over_code() {
         ("SWITCHBOARD_MAX_SESSIONS_PER_CALL", "2"),
         ("SWITCHBOARD_MAX_SESSION_DURATION_SECONDS", "3600"),
         ("SWITCHBOARD_AGENT_IDLE_TIMEOUT", "0"),
+        ("SWITCHBOARD_AGENT_JOIN_TIMEOUT", "90"),
         ("SWITCHBOARD_MAINTENANCE_INTERVAL", "2.5"),
         ("SWITCHBOARD_SESSION_LEASE_SECONDS", "45"),
+        ("SWITCHBOARD_SESSION_RETENTION_SECONDS", "3600"),
     ];
     let l = limits(&["serve", "--print-config"], &env);
     assert_eq!(
@@ -112,9 +115,10 @@ fn every_environment_variable_applies_over_code() {
             "max_sessions_per_call": 2,
             "max_session_duration_seconds": 3600.0,
             "agent_idle_timeout": 0.0,
+            "agent_join_timeout": 90.0,
             "maintenance_interval": 2.5,
             "session_lease_seconds": 45.0,
-            "session_retention": 604800.0,
+            "session_retention": 3600.0,
         })
     );
     // The same through `run`.
@@ -127,11 +131,14 @@ fn every_flag_applies_over_the_environment() {
     let env = [
         ("SWITCHBOARD_MAX_CONCURRENT_SESSIONS", "8"),
         ("SWITCHBOARD_AGENT_IDLE_TIMEOUT", "30"),
+        ("SWITCHBOARD_AGENT_JOIN_TIMEOUT", "30"),
     ];
     let l = limits(
         &[
             "serve",
             "--print-config",
+            "--agent-join-timeout",
+            "0",
             "--max-concurrent-sessions",
             "9",
             "--max-sessions-per-call",
@@ -151,6 +158,10 @@ fn every_flag_applies_over_the_environment() {
     assert_eq!(l["max_sessions_per_call"], 1);
     assert_eq!(l["max_session_duration_seconds"], 60.0);
     assert_eq!(l["agent_idle_timeout"], 7.5);
+    assert_eq!(
+        l["agent_join_timeout"], 0.0,
+        "0 turns the join deadline off"
+    );
     assert_eq!(l["maintenance_interval"], 1.0);
     assert_eq!(l["session_lease_seconds"], 3.0);
 }
@@ -289,7 +300,12 @@ fn invalid_options_are_refused_with_the_anchors_messages() {
         &[("SWITCHBOARD_AGENT_IDLE_TIMEOUT", "soon")],
     );
     assert_eq!(c.code, 2);
-    assert!(c.stderr.contains("invalid value 'soon'"), "{}", c.stderr);
+    assert!(
+        c.stderr
+            .contains("SWITCHBOARD_AGENT_IDLE_TIMEOUT=\"soon\" is invalid"),
+        "the message names the variable and its value: {}",
+        c.stderr
+    );
     let c = child(&["serve", "--agents-log-level", "LOUD"], &[]);
     assert_eq!(c.code, 2);
     let c = child(&["run", "--print-config", "--call-id", "a/b"], &[]);

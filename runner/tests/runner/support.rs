@@ -3,11 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use switchboard_agent::{
     Agent, AgentLauncher, AgentLauncherBuilder, CreateContext, JoinContext, Presence, WarmupCache,
 };
-use switchboard_core::MetricsRecorder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
@@ -36,12 +34,17 @@ impl Default for Gates {
 #[derive(Debug)]
 pub struct GatedAgent {
     presence: Presence,
-    metrics: MetricsRecorder,
     gates: Arc<Gates>,
     warmup_only: bool,
 }
 
-#[async_trait]
+impl GatedAgent {
+    /// The session's presence (the runtime's, from `CreateContext`).
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+}
+
 impl Agent for GatedAgent {
     async fn warmup(&self, _cache: &WarmupCache) -> anyhow::Result<()> {
         if self.warmup_only && self.gates.hold_warmup {
@@ -54,12 +57,6 @@ impl Agent for GatedAgent {
             let _ = self.gates.close.acquire().await;
         }
     }
-    fn presence(&self) -> &Presence {
-        &self.presence
-    }
-    fn metrics(&self) -> &MetricsRecorder {
-        &self.metrics
-    }
 }
 
 pub fn gated_launcher(gates: Arc<Gates>) -> AgentLauncherBuilder<GatedAgent> {
@@ -68,8 +65,7 @@ pub fn gated_launcher(gates: Arc<Gates>) -> AgentLauncherBuilder<GatedAgent> {
             let gates = gates.clone();
             async move {
                 Ok(GatedAgent {
-                    presence: Presence::new(),
-                    metrics: MetricsRecorder::new(),
+                    presence: ctx.presence.clone(),
                     gates,
                     warmup_only: ctx.is_warmup(),
                 })
