@@ -4,7 +4,8 @@
 #   docker buildx build --platform linux/arm64 -f infra/agent-task.Dockerfile -t switchboard-agent .
 #
 # For your own agent binary (a crate in this workspace whose main calls
-# `Runner::new(launcher).cli()` and has an `aws` feature enabling `switchboard-runner/aws`):
+# `Runner::new(builder).cli()` and has an `aws` feature enabling `switchboard/aws`, as
+# demo-agent does):
 #
 #   docker buildx build --build-arg PACKAGE=my-agent --build-arg BIN=my-agent ...
 #

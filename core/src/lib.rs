@@ -14,7 +14,8 @@
 //! - [`deadline`]: the deadline of the work in progress, for adapters' timeouts.
 //! - [`service`]: the use cases the HTTP API and the launcher share (start a session, request a close).
 //! - [`memory`]: [`MemoryRegistry`], the embedded registry with the DynamoDB registry's semantics.
-//! - `conformance` (feature `conformance`): the suite every registry implementation must pass.
+//! - `conformance` (feature `conformance`): the suite every registry implementation must pass;
+//!   `testing`: `OutageRegistry`, a registry with an injectable outage.
 //!
 //! # Must not depend on
 //! No `aws-*`, `axum` or `lambda_*` crate and no network I/O: adapters live in other crates and
@@ -38,6 +39,8 @@ pub mod time;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod testing;
 
 pub use error::{Error, LimitKind, Result};
 pub use ids::{CallId, CallType, IdempotencyKey, SessionId};

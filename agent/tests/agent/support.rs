@@ -184,7 +184,7 @@ pub fn call(name: &str) -> CallId {
 }
 
 /// A registry that is down while `outage` is set.
-pub type FlakyRegistry = switchboard_core::conformance::OutageRegistry;
+pub type FlakyRegistry = switchboard_core::testing::OutageRegistry;
 
 /// Timestamp difference in seconds.
 pub fn secs_between(a: Timestamp, b: Timestamp) -> f64 {

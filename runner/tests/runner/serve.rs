@@ -114,9 +114,9 @@ async fn a_failing_warmup_stops_the_server_with_an_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_while_the_registry_does_not_answer() {
-    let registry = Arc::new(switchboard_core::conformance::OutageRegistry::memory(
-        Arc::new(switchboard_core::SystemClock),
-    ));
+    let registry = Arc::new(switchboard_core::testing::OutageRegistry::memory(Arc::new(
+        switchboard_core::SystemClock,
+    )));
     let launcher = gated_launcher(Arc::new(Gates::default()))
         .registry(registry.clone())
         .build()
