@@ -25,7 +25,8 @@ use switchboard_core::{Error, Result};
 use super::item::{
     Item, LIVE_SHARDS, call_pk, expired, get_s, key, metrics_sk, s, session_from_item,
 };
-use super::{DynamoRegistry, LIVE_INDEX, plain, report_from_item, values};
+use super::queries::report_from_item;
+use super::{DynamoRegistry, LIVE_INDEX, plain, values};
 
 /// At most this many Query or Scan pages per list request.
 pub const MAX_READS: usize = 4;
