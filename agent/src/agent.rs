@@ -142,7 +142,10 @@ impl WarmupCache {
     {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.entry(key.to_owned()).or_default().clone()
+            match slots.get(key) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(key.to_owned()).or_default().clone(),
+            }
         };
         let value = slot
             .get_or_try_init(|| async {

@@ -291,11 +291,15 @@ impl Assistant {
         }
     }
 
-    /// Begins leaving without waiting (a guard's drop cannot wait).
+    /// Leaves without waiting (a guard's drop cannot wait): at once when the transport can,
+    /// else on a task of its own that [`leave`](Self::leave) waits for.
     fn leave_later(&self) {
         let Some(connection) = lock(&self.connection).take() else {
             return;
         };
+        if connection.leave_now() {
+            return;
+        }
         // Outside a runtime, the connection leaves when it is dropped, here.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let task = runtime.spawn(async move { connection.leave().await });

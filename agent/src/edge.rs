@@ -93,6 +93,13 @@ pub trait Connection: Send + Sync {
 
     /// Leaves the call (idempotent). Presence then reports the agent as not joined.
     async fn leave(&self);
+
+    /// Leaves the call at once if the transport can without waiting (a local one), and says
+    /// whether it did; the default cannot. A join guard dropped in synchronous code (its
+    /// `Drop`) uses it, and spawns [`leave`](Self::leave) only when it returns false.
+    fn leave_now(&self) -> bool {
+        false
+    }
 }
 
 /// A joined agent's incoming events, from its transport to its `next_event`: one consumer,

@@ -1,5 +1,5 @@
 //! The HTTP API: one axum [`Router`] that every mode serves, `serve` locally and the `api`
-//! Lambda function in AWS, with the wire contract of SPEC.md §1.
+//! Lambda function in AWS, with the wire contract of docs/api.md.
 //!
 //! # Layout
 //! - [`router`]: builds the router from an [`AppState`] and [`ServeOptions`].
@@ -91,7 +91,7 @@ pub enum ConfigError {
     },
 }
 
-/// Builds the router: every endpoint of SPEC.md §1, `/openapi.json` and `/docs`, CORS and a
+/// Builds the router: every endpoint of docs/api.md, `/openapi.json` and `/docs`, CORS and a
 /// trace layer. Add routes and middleware to the result like to any axum router.
 pub fn router(state: AppState, options: ServeOptions) -> Result<Router, ConfigError> {
     if let Some(custom) = options.custom_router {

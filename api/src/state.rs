@@ -45,7 +45,7 @@ pub struct AppState {
     pub(crate) bounded_starts: bool,
 }
 
-/// How long a start may take before the API answers 503 + `Retry-After` (SPEC §3: 8 s). The
+/// How long a start may take before the API answers 503 + `Retry-After` (8 s; docs/api.md). The
 /// start goes on in the background, the session `starting` until its agent exists, unless the
 /// state has [`AppState::with_bounded_starts`] (Lambda).
 pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(8);

@@ -1,6 +1,6 @@
 //! Validated identifiers. No raw `String` crosses the domain edge.
 //!
-//! `call_id` and `call_type` follow SPEC.md §1: 1–256 bytes, no control characters, no `/`
+//! `call_id` and `call_type` follow the API's contract (docs/api.md): 1–256 bytes, no control characters, no `/`
 //! (transports use many formats, so nothing stricter, as the anchor's PR #522 concluded).
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The launcher options of SPEC.md §2, with the anchor's names, defaults and messages.
+//! The launcher options (the anchor's), with the anchor's names, defaults and messages.
 
 use std::time::Duration;
 

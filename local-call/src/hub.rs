@@ -1,5 +1,5 @@
 //! The local call's rooms ([`CallHub`]) and the agent's side of them ([`HubEdge`], the
-//! [`Edge`] port): people join through the local server's WebSocket (issue #11), agents through
+//! [`Edge`] port): people join through the local server's WebSocket, agents through
 //! `HubEdge`, and both hear each other. Joins and leaves reach the agent's [`Presence`], so
 //! when the last person leaves the agent is alone and its idle clock runs.
 //!
@@ -384,10 +384,15 @@ impl Connection for HubConnection {
     }
 
     async fn leave(&self) {
+        self.leave_now();
+    }
+
+    fn leave_now(&self) -> bool {
         if !self.left.swap(true, Ordering::SeqCst) {
             self.hub.leave(&self.call_id, &self.participant.id);
             self.events.close();
         }
+        true
     }
 }
 

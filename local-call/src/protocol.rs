@@ -1,5 +1,5 @@
 //! The local call's wire protocol, version 1: typed JSON text frames on the local server's
-//! `/calls/{call_id}/ws` WebSocket (issue #11; docs/local-call.md has the design).
+//! `/calls/{call_id}/ws` WebSocket (docs/local-call.md has the design).
 //!
 //! Every frame is one JSON object with the protocol version `v` and a `type`:
 //! - client → server: `join {name}`, `say {text}`, `leave`;

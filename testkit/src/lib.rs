@@ -17,8 +17,31 @@ pub mod proxy {
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 
+/// `TEST_LOG`: with it set (`TEST_LOG=1`, or a filter such as `TEST_LOG=debug` or
+/// `TEST_LOG=switchboard_agent=trace`), the tests' logs are written through libtest's
+/// capture, so a failing test shows what led to it and a passing one stays quiet. Without it
+/// nothing is logged. Called by the test binaries' helpers; safe to call any number of times.
+pub fn test_log() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let Some(value) = std::env::var_os("TEST_LOG") else {
+            return;
+        };
+        let value = value.to_string_lossy();
+        let filter = match value.as_ref() {
+            "" | "1" | "true" => "info",
+            other => other,
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// A DynamoDB client for the emulator the test script started.
 pub async fn client() -> Client {
+    test_log();
     let endpoint = std::env::var("SWITCHBOARD_TEST_DYNAMODB_ENDPOINT").expect(
         "SWITCHBOARD_TEST_DYNAMODB_ENDPOINT is not set: run ./scripts/test, which starts moto and sets it",
     );

@@ -264,7 +264,7 @@ async fn the_api_under_cargo_lambda_watch_serves_sessions_from_dynamodb_and_ecs(
         "the task reads it from the table"
     );
 
-    // GET, list, metrics and close per SPEC §1.
+    // GET, list, metrics and close per docs/api.md.
     let path = format!("/calls/call-e2e/sessions/{id}");
     let got = stack.call("GET", &path, "").await;
     assert_eq!(

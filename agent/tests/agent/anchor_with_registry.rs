@@ -42,7 +42,7 @@ async fn test_close_session() {
     assert!(launcher.close_session(session.id(), true).await);
     assert!(session.finished());
     assert!(launcher.get_session(session.id()).is_none());
-    // The anchor deletes the record; we keep it, ended, for the history (SPEC §1).
+    // The anchor deletes the record; we keep it, ended, for the history (docs/api.md).
     let info = launcher
         .get_session_info(&call("busy-call"), session.id())
         .await

@@ -163,6 +163,7 @@ pub type Builder = AgentLauncherBuilder<TestAgent>;
 pub fn launcher_with(
     configure: impl FnOnce(Builder) -> Builder,
 ) -> (AgentLauncher<TestAgent>, Arc<Probe>) {
+    switchboard_testkit::test_log();
     let probe = Arc::new(Probe::default());
     let p = probe.clone();
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());

@@ -1,4 +1,4 @@
-//! The rest of SPEC.md §1: lifecycle and 404 after the end, additive fields, metrics before
+//! The rest of the contract (docs/api.md): lifecycle and 404 after the end, additive fields, metrics before
 //! the first flush, lists with pagination and `include_ended`, Idempotency-Key, metadata,
 //! readiness, 429/500/503 shapes.
 

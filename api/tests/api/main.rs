@@ -1,5 +1,5 @@
 //! The HTTP API's tests, one binary: the anchor's contract tests (§9.3) ported one for one,
-//! the rest of SPEC.md §1 (lists, idempotency, metadata, metrics, readiness), bad input,
+//! the rest of the contract (docs/api.md) (lists, idempotency, metadata, metrics, readiness), bad input,
 //! CORS, and the OpenAPI document with `/docs`.
 #![allow(unreachable_pub)]
 

@@ -94,6 +94,7 @@ pub async fn spawn_app_with(
 }
 
 pub fn app_for(launcher: AgentLauncher<ApiAgent>, options: ServeOptions) -> TestApp {
+    switchboard_testkit::test_log();
     let registry = launcher.registry();
     let state = AppState::new(
         registry.clone(),

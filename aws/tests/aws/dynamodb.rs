@@ -16,7 +16,7 @@ async fn make(clock: Arc<ManualClock>) -> Arc<dyn SessionRegistry> {
 switchboard_core::registry_conformance!(make);
 
 mod items {
-    //! The table layout the cost model depends on (SPEC §3, docs/dynamodb.md).
+    //! The table layout the cost model depends on (docs/dynamodb.md).
 
     use std::collections::HashMap;
     use std::sync::Arc;

@@ -117,8 +117,13 @@ impl Connection for ScriptedConnection {
     }
 
     async fn leave(&self) {
+        self.leave_now();
+    }
+
+    fn leave_now(&self) -> bool {
         self.script.abort();
         self.presence.agent_left();
+        true
     }
 }
 

@@ -112,3 +112,32 @@ fn the_local_model_finds_the_location() {
     );
     assert_eq!(demo_agent::llm::weather_location("hello"), None);
 }
+
+/// The README's Basic Example is this crate's `lib.rs`, as it is.
+#[test]
+fn the_readme_shows_the_basic_example_as_it_is() {
+    let readme = include_str!("../../../README.md");
+    let lib = include_str!("../src/lib.rs");
+    let marker = "<!-- the-basic-example: examples/demo-agent/src/lib.rs -->\n```rust\n";
+    let start = readme
+        .find(marker)
+        .expect("the README marks its Basic Example")
+        + marker.len();
+    let end = start + readme[start..].find("```\n").expect("the block ends");
+    assert_eq!(
+        &readme[start..end],
+        lib,
+        "the README's snippet differs from src/lib.rs"
+    );
+}
+
+/// As short as the anchor's: at most 60 lines that are neither blank nor comments.
+#[test]
+fn the_basic_example_is_at_most_60_lines_of_code() {
+    let code = include_str!("../src/lib.rs")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .count();
+    assert!(code <= 60, "{code} lines of code");
+}

@@ -60,6 +60,7 @@ impl Agent for GatedAgent {
 }
 
 pub fn gated_launcher(gates: Arc<Gates>) -> AgentLauncherBuilder<GatedAgent> {
+    switchboard_testkit::test_log();
     AgentLauncher::builder(
         move |ctx: CreateContext| {
             let gates = gates.clone();
