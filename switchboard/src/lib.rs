@@ -26,12 +26,12 @@
 //!   [`llm`] (a model).
 //! - The program (`switchboard-runner`): [`Runner`], its `serve`, `run` and `task` commands.
 //! - [`local_call`]: the call `serve` and `run` offer on this machine (`HubEdge`).
-//! - [`openai`] (feature `openai`): `OpenAiLlm`.
+//! - `openai` (feature `openai`): `OpenAiLlm`.
 //! - The domain's types agents meet (`switchboard-core`): ids, [`Metadata`], [`metrics`].
 //!
 //! # Features
 //! - `aws`: the `task` command (the agent of an ECS task) and `serve --registry dynamodb`.
-//! - `openai`: [`openai::OpenAiLlm`].
+//! - `openai`: `openai::OpenAiLlm`.
 
 pub use switchboard_agent::{
     Agent, AgentLauncher, AgentLauncherBuilder, AgentSession, Assistant, AssistantBuilder,

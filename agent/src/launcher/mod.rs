@@ -6,10 +6,10 @@
 //! warmup, so one slow factory blocks every start).
 //!
 //! # Layout
-//! - `mod.rs`: [`AgentLauncher`] and the state its clones share ([`LauncherState`]).
-//! - [`builder`]: [`AgentLauncherBuilder`], options validated once.
-//! - [`session`]: a session on this node ([`AgentSession`], [`SessionEnd`]).
-//! - [`in_process`]: [`InProcessLauncher`] and the spawning of a session's supervisor.
+//! - `mod.rs`: [`AgentLauncher`] and the state its clones share (`LauncherState`).
+//! - `builder`: [`AgentLauncherBuilder`], options validated once.
+//! - `session`: a session on this node ([`AgentSession`], [`SessionEnd`]).
+//! - `in_process`: [`InProcessLauncher`] and the spawning of a session's supervisor.
 
 mod builder;
 mod in_process;
@@ -283,7 +283,7 @@ impl<A: Agent> AgentLauncher<A> {
     /// Starts a session: admission under the limits (cluster-wide with a shared registry),
     /// then the agent is created and warmed up in its own task. Returns once the agent exists;
     /// `join_call` runs in the background. It runs the HTTP API's own use case
-    /// (`service::start_session`), whose handle comes back through a [`CapturingLauncher`].
+    /// (`service::start_session`), whose handle comes back through a `CapturingLauncher`.
     pub async fn start_session(
         &self,
         call_id: CallId,

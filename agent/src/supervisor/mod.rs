@@ -1,10 +1,10 @@
 //! The supervisor: one tokio task per session that owns it from admission to its end.
 //!
-//! Its phases are explicit functions, and every way out of them is one [`Ending`] value
-//! that [`finish`] carries out:
-//! 1. [`prepare`]: renew a nearly spent lease first (a session hosted long after its
+//! Its phases are explicit functions, and every way out of them is one `Ending` value
+//! that `finish` carries out:
+//! 1. `prepare`: renew a nearly spent lease first (a session hosted long after its
 //!    admission), read the session's metadata, then create and warm up the agent;
-//! 2. [`watch`]: run `join_call` and end the session exactly once:
+//! 2. `watch`: run `join_call` and end the session exactly once:
 //!    - at once when a close is requested in-process (`requested`), or at the next heartbeat
 //!      when the flag was set elsewhere (within one maintenance interval);
 //!    - when the agent has been alone for `agent_idle_timeout` (`idle`) or on the call for
@@ -13,15 +13,15 @@
 //!      (`start_failed`);
 //!    - when `join_call` returns (`agent_finished`) or fails or panics (`agent_failed`);
 //!    - when the launcher stops (`shutdown`);
-//! 3. [`finish`]: stop `join_call`, close the agent (bounded), record the end.
+//! 3. `finish`: stop `join_call`, close the agent (bounded), record the end.
 //!
 //! Lease: one heartbeat per interval renews it and returns the close flag, and the metrics are
-//! flushed when they changed ([`maintenance`]). While the registry is unreachable the agent
+//! flushed when they changed (`maintenance`). While the registry is unreachable the agent
 //! keeps running and the heartbeat is retried, but one interval before the lease would expire
 //! the agent is stopped ([`switchboard_core::lease`]), so a sweep that frees the slot after
 //! expiry never frees a slot still in use.
 //!
-//! The supervisor sees its launcher only through a [`SupervisorContext`]: the registry, the
+//! The supervisor sees its launcher only through a `SupervisorContext`: the registry, the
 //! clock, the limits, the user's functions and two timeouts.
 
 mod maintenance;

@@ -7,7 +7,7 @@
 //! of order: anything but STOPPED is ignored, and an already ended row is left as it is, so a
 //! session ends (and its slots are released) once.
 //!
-//! The second trigger, a schedule, runs [`sweep`]: live rows whose lease expired end
+//! The second trigger, a schedule, runs [`Sweeper::sweep`]: live rows whose lease expired end
 //! `lease_expired` (their agent stopped itself before that, or is gone) and any task still
 //! attached is stopped; rows whose agent never joined (`starting`, or closed while starting)
 //! past their lease are checked against ECS first (PROVISIONING can last minutes): while a

@@ -3,11 +3,11 @@
 //!
 //! Launcher options resolve as flag > `SWITCHBOARD_*` environment variable > the value set in
 //! code on the `AgentLauncher` builder > the anchor's default, and are validated once, after
-//! all of them ([`configured`]).
+//! all of them.
 //!
 //! # Layout
 //! - [`args`]: every sub-command's flags (clap).
-//! - `serve`, `run`: the two local sub-commands; `task` is [`crate::task`]'s (feature `aws`).
+//! - `serve`, `run`: the two local sub-commands; `task` is the `task` module's (feature `aws`).
 //! - here: the dispatch, the effective configuration `--print-config` prints, and the exits.
 
 pub mod args;
