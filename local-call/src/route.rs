@@ -7,8 +7,9 @@
 //! upgrade. Every refusal is JSON with a `detail`, like the rest of the API.
 //!
 //! A connection's first frame must be `join` (within [`JOIN_TIMEOUT`]); after it, `say` and
-//! `leave`. A bad frame gets an `error` frame and the connection goes on. A frame over
-//! [`MAX_SOCKET_MESSAGE_BYTES`] is refused by the WebSocket layer itself (close code 1009).
+//! `leave`. A bad frame gets an `error` frame and the connection goes on. A message over
+//! [`MAX_SOCKET_MESSAGE_BYTES`] is refused by the WebSocket layer before it is read whole,
+//! and the socket closes with code 1009.
 //! On shutdown every person gets `ended` (reason `shutdown`) and the socket closes.
 
 use std::sync::Arc;
@@ -148,6 +149,14 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
         .await;
 }
 
+/// Whether a read failed on a message over [`MAX_SOCKET_MESSAGE_BYTES`].
+fn too_big(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
 /// Resolves once the server shuts down (never if the sender is gone without saying so).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
@@ -218,7 +227,13 @@ async fn person(
                         continue;
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Err(error)) => {
+                        if too_big(error) {
+                            close(&mut socket, 1009, "message too big").await;
+                        }
+                        break;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break,
                 };
                 match (parse_client_frame(text.as_str()), &mut joined) {
                     (Err(error), _) => {

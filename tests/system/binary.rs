@@ -220,7 +220,6 @@ async fn run_serves_the_demo_page_and_its_call_then_ends_idle_after_the_person_l
     let (status, page) = http(addr, "GET", "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("Switchboard demo call"));
-
     // A person joins the agent's call from "the page": the agent is there and welcomes them.
     let socket_addr: std::net::SocketAddr = addr.parse().unwrap();
     let mut socket = crate::local_call::connect(socket_addr, "/calls/run-demo/ws", &[])
@@ -232,6 +231,32 @@ async fn run_serves_the_demo_page_and_its_call_then_ends_idle_after_the_person_l
         crate::local_call::agent_says(&mut socket).await,
         format!("Welcome, Tester! {}", demo_agent::GREETING)
     );
+    // While they are in the call, `run` serves what its one session needs: that session's row and metrics...
+    let session_id = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("session_id="))
+        .unwrap()
+        .to_owned();
+    let own = format!("/calls/run-demo/sessions/{session_id}");
+    assert_eq!(http(addr, "GET", &own).await.0, 200);
+    assert_eq!(http(addr, "GET", &format!("{own}/metrics")).await.0, 200);
+    // ...and nothing else of the API: no other starts, lists, pool or docs.
+    for (method, path) in [
+        ("POST", "/calls/run-demo/sessions".to_owned()),
+        ("GET", "/calls/run-demo/sessions".to_owned()),
+        ("GET", "/sessions".to_owned()),
+        ("GET", "/docs".to_owned()),
+        ("GET", "/calls/another-call/ws".to_owned()),
+        ("GET", format!("/calls/another-call/sessions/{session_id}")),
+    ] {
+        let (status, body) = http(addr, method, &path).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert!(
+            body.contains("`run` serves only its one session"),
+            "{method} {path}: {body}"
+        );
+    }
+
     // They leave; alone for the idle timeout, the agent's session ends and `run` exits 0.
     drop(socket);
     let ended = read_until(&mut lines, &mut log, |v| v["message"] == "session ended").await;

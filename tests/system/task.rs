@@ -269,6 +269,38 @@ async fn idle_and_max_duration_end_the_session_with_their_reason() {
     assert_eq!(f.row(&long).await.end_reason, Some(EndReason::MaxDuration));
 }
 
+/// The join deadline in the agent's own process: an agent whose call never takes it in
+/// ends `start_failed` `agent_join_timeout` after `create_agent`, saying so; its slots come
+/// back and the task exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_joins_ends_start_failed_at_its_join_deadline() {
+    let f = fixture().await;
+    let session = f.admit("call-nojoin", None).await;
+    let endpoint = switchboard_testkit::endpoint();
+    let mut child = f.task(
+        &session,
+        &endpoint,
+        &[
+            ("DEMO_CONNECT_SECONDS", "600"),
+            ("SWITCHBOARD_AGENT_JOIN_TIMEOUT", "1.5"),
+        ],
+    );
+    assert_eq!(exit_code(&mut child).await, 1);
+    let ended = f.row(&session).await;
+    assert_eq!(ended.end_reason, Some(EndReason::StartFailed));
+    assert_eq!(
+        ended.end_detail.as_deref(),
+        Some("the agent did not join its call within 1.5s of create_agent (agent_join_timeout)")
+    );
+    assert!(ended.running_at.is_none(), "it never ran");
+    let counts = f.registry.counts(&session.call_id).await.unwrap();
+    assert_eq!(
+        (counts.global, counts.per_call),
+        (0, 0),
+        "its slots are back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_environment_names_the_variable_and_frees_the_slot_when_it_can() {
     let f = fixture().await;

@@ -16,6 +16,8 @@ use tracing::debug;
 /// What the scripted participant does after the agent joins.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParticipantScript {
+    /// How long the transport takes to put the agent in the call (a slow connect).
+    pub connect_after: Duration,
     /// When the participant joins.
     pub join_after: Duration,
     /// What they ask, once joined.
@@ -29,6 +31,7 @@ pub struct ParticipantScript {
 impl Default for ParticipantScript {
     fn default() -> Self {
         Self {
+            connect_after: Duration::ZERO,
             join_after: Duration::from_millis(200),
             question: Some("What's the weather in Paris?".into()),
             ask_after: Duration::from_secs(1),
@@ -59,6 +62,7 @@ impl Edge for ScriptedEdge {
         presence: Presence,
     ) -> anyhow::Result<Box<dyn Connection>> {
         let events = Arc::new(EventQueue::default());
+        tokio::time::sleep(self.script.connect_after).await;
         presence.agent_joined();
         debug!(call_id = %call.call_id, agent = %agent_user.id, "agent joined the scripted call");
         let script = tokio::spawn(run_script(
@@ -133,30 +137,31 @@ impl Drop for ScriptedConnection {
     }
 }
 
-/// How long a scripted participant stays, when one is asked for: the session's metadata
-/// `participant_seconds`, else `DEMO_PARTICIPANT_SECONDS`.
-fn participant_seconds(ctx: &CreateContext) -> Option<f64> {
+/// Seconds from the session's metadata `field`, else the variable `var`.
+fn seconds(ctx: &CreateContext, field: &str, var: &str) -> Option<f64> {
     ctx.metadata
         .as_ref()
-        .and_then(|m| m.as_map().get("participant_seconds"))
+        .and_then(|m| m.as_map().get(field))
         .and_then(serde_json::Value::as_f64)
-        .or_else(|| {
-            std::env::var("DEMO_PARTICIPANT_SECONDS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        })
+        .or_else(|| std::env::var(var).ok().and_then(|v| v.parse().ok()))
         .filter(|s: &f64| s.is_finite() && *s >= 0.0)
 }
 
 /// The demo's call transport: the one the process offers (the local call under `serve` and
 /// `run` with its demo page) unless a scripted participant was asked for; otherwise the
-/// in-memory call with a scripted participant (30 s unless asked otherwise), as in an ECS
-/// task or `run --no-demo`.
+/// in-memory call with a scripted participant, as in an ECS task or `run --no-demo`. The
+/// participant stays `participant_seconds` (metadata) or `DEMO_PARTICIPANT_SECONDS` (30 s
+/// by default); `connect_seconds` or `DEMO_CONNECT_SECONDS` makes the scripted call slow to
+/// put the agent in (0 by default: a transport that never connects in time, for the join
+/// deadline).
 pub fn call_edge(ctx: &CreateContext) -> Arc<dyn Edge> {
-    match (&ctx.edge, participant_seconds(ctx)) {
-        (Some(edge), None) => edge.clone(),
-        (_, seconds) => Arc::new(ScriptedEdge::new(ParticipantScript {
-            stay_for: Duration::from_secs_f64(seconds.unwrap_or(30.0)),
+    let stay = seconds(ctx, "participant_seconds", "DEMO_PARTICIPANT_SECONDS");
+    let connect = seconds(ctx, "connect_seconds", "DEMO_CONNECT_SECONDS");
+    match (&ctx.edge, stay, connect) {
+        (Some(edge), None, None) => edge.clone(),
+        (_, stay, connect) => Arc::new(ScriptedEdge::new(ParticipantScript {
+            stay_for: Duration::from_secs_f64(stay.unwrap_or(30.0)),
+            connect_after: Duration::from_secs_f64(connect.unwrap_or(0.0)),
             ..Default::default()
         })),
     }
