@@ -36,6 +36,27 @@ pub enum LaunchError {
     },
 }
 
+impl LaunchError {
+    /// The domain error a caller sees: a rejected launch is [`Error::LaunchFailed`]; no
+    /// capacity, or an outcome unknown, is [`Error::Unavailable`] (retry after the delay).
+    pub fn into_error(self) -> crate::Error {
+        match self {
+            Self::Rejected(source) => crate::Error::LaunchFailed(source),
+            Self::NoCapacity {
+                retry_after,
+                source,
+            }
+            | Self::Ambiguous {
+                retry_after,
+                source,
+            } => crate::Error::Unavailable {
+                retry_after,
+                source,
+            },
+        }
+    }
+}
+
 /// What a successful launch produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Launched {

@@ -173,17 +173,7 @@ pub async fn start_session(
         }
         Err(err) => {
             end_failed_start(registry, &session, format!("{err:#}"), limits, deadline).await;
-            match err {
-                LaunchError::NoCapacity {
-                    retry_after,
-                    source,
-                } => Err(Error::Unavailable {
-                    retry_after,
-                    source,
-                }),
-                LaunchError::Rejected(source) => Err(Error::LaunchFailed(source)),
-                LaunchError::Ambiguous { .. } => unreachable!("handled above"),
-            }
+            Err(err.into_error())
         }
     }
 }

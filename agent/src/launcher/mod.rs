@@ -336,20 +336,7 @@ impl<A: Agent> AgentLauncher<A> {
         self.state
             .spawn_session(&session)
             .await
-            .map_err(|e| match e {
-                LaunchError::Rejected(source) => Error::LaunchFailed(source),
-                LaunchError::NoCapacity {
-                    retry_after,
-                    source,
-                }
-                | LaunchError::Ambiguous {
-                    retry_after,
-                    source,
-                } => Error::Unavailable {
-                    retry_after,
-                    source,
-                },
-            })
+            .map_err(LaunchError::into_error)
     }
 
     /// Closes a session running on this node now (the anchor's local `close_session`), ending

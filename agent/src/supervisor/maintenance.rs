@@ -12,6 +12,7 @@ use switchboard_core::{
 };
 use tracing::{debug, warn};
 
+use super::Record;
 use crate::agent::PresenceState;
 
 /// Why a maintenance step says the session must end.
@@ -27,11 +28,11 @@ pub(super) enum Lapse {
 
 impl Lapse {
     /// The end this lapse means, and whether this supervisor records it.
-    pub(super) fn end(self) -> (EndReason, bool) {
+    pub(super) fn end(self) -> (EndReason, Record) {
         match self {
-            Self::CloseRequested => (EndReason::Requested, true),
-            Self::EndedElsewhere => (EndReason::Requested, false),
-            Self::LeaseLost => (EndReason::LeaseExpired, true),
+            Self::CloseRequested => (EndReason::Requested, Record::Yes),
+            Self::EndedElsewhere => (EndReason::Requested, Record::No),
+            Self::LeaseLost => (EndReason::LeaseExpired, Record::Yes),
         }
     }
 }
@@ -84,6 +85,15 @@ impl Maintenance {
     /// (or the agent would find it spent and give up at once).
     pub(super) fn must_renew_first(&self) -> bool {
         self.lease_deadline() <= self.clock.now() + self.limits.maintenance_interval()
+    }
+
+    /// The earliest of the next heartbeat, the lease deadline and the `others` that are set:
+    /// when the supervisor must wake next.
+    pub(super) fn wake_at<const N: usize>(&self, others: [Option<Timestamp>; N]) -> Timestamp {
+        others.into_iter().flatten().fold(
+            self.next_heartbeat.min(self.lease_deadline()),
+            Timestamp::min,
+        )
     }
 
     fn retry_delay(&self) -> Duration {

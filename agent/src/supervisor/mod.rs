@@ -137,7 +137,7 @@ impl<A> Ending<A> {
 
     fn from_lapse(lapse: Lapse) -> Self {
         let (reason, record) = lapse.end();
-        Self::early(reason, None, if record { Record::Yes } else { Record::No })
+        Self::early(reason, None, record)
     }
 }
 
@@ -272,15 +272,7 @@ async fn prepare<A: Agent>(
     // this phase, so they do not inflate the supervisor's state for the whole session.
     let mut create = Box::pin(create);
     loop {
-        let wake = [
-            Some(maintenance.next_heartbeat),
-            Some(maintenance.lease_deadline()),
-            join_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(maintenance.next_heartbeat);
+        let wake = maintenance.wake_at([join_deadline]);
         tokio::select! {
             biased;
             reason = signals.stop_requested() => {
@@ -339,7 +331,6 @@ async fn watch<A: Agent>(
     let mut running_marked = false;
     let mut joined = call_clock.observe(&presence_rx.borrow_and_update(), ctx.clock.now());
 
-    let ended = |reason, detail| (reason, detail, Record::Yes);
     let (reason, detail, record, finished) = loop {
         if joined && !running_marked {
             match ctx
@@ -357,8 +348,7 @@ async fn watch<A: Agent>(
                 }
                 // Closing or ended: leave rather than run unaccounted.
                 Err(Error::Conflict(_) | Error::NotFound) => {
-                    let (r, d, rec) = ended(EndReason::Requested, None);
-                    break (r, d, rec, false);
+                    break (EndReason::Requested, None, Record::Yes, false);
                 }
                 Err(e) => {
                     warn!(session_id = %session.id, error = %e, "could not mark the session running; retrying at the next heartbeat")
@@ -366,17 +356,11 @@ async fn watch<A: Agent>(
             }
         }
         let join_by = join_deadline.filter(|_| !call_clock.joined());
-        let wake = [
-            Some(maintenance.next_heartbeat),
-            Some(maintenance.lease_deadline()),
+        let wake = maintenance.wake_at([
             call_clock.idle_deadline(&limits),
             call_clock.duration_deadline(&limits),
             join_by,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(maintenance.next_heartbeat);
+        ]);
         tokio::select! {
             biased;
             reason = signals.stop_requested() => break (reason, None, Record::Yes, false),
@@ -415,7 +399,7 @@ async fn watch<A: Agent>(
                         warn!(session_id = %session.id, "lease could not be renewed; stopping the agent before it expires");
                     }
                     let (reason, record) = lapse.end();
-                    break (reason, None, if record { Record::Yes } else { Record::No }, false);
+                    break (reason, None, record, false);
                 }
             }
         }
