@@ -154,6 +154,16 @@ impl FunctionRegistry {
         self.specs.insert(at, spec);
     }
 
+    /// With `handler` registered under `spec.name` (see [`register`](Self::register)).
+    pub fn with<F, Fut>(mut self, spec: ToolSpec, handler: F) -> Self
+    where
+        F: Fn(Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<String>> + Send + 'static,
+    {
+        self.register(spec, handler);
+        self
+    }
+
     /// The specs to offer the model, in name order.
     pub fn specs(&self) -> &[ToolSpec] {
         &self.specs

@@ -49,7 +49,7 @@ pub use {anyhow, async_trait::async_trait};
 /// What an agent's program needs in scope: `use switchboard::prelude::*;`.
 pub mod prelude {
     pub use crate::edge::{Call, CallEvent, Connection, Edge, User};
-    pub use crate::llm::{Llm, ToolSpec};
+    pub use crate::llm::{FunctionRegistry, Llm, ToolSpec};
     pub use crate::{
         Agent, AgentLauncher, Assistant, CreateContext, JoinContext, MetricsRecorder, Presence,
         Runner, Usage, anyhow,

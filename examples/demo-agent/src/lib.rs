@@ -18,22 +18,31 @@ pub const GREETING: &str = "Hello! How can I help you today?";
 /// The agent's instructions.
 pub const INSTRUCTIONS: &str = "You are a helpful voice assistant.";
 
-/// The anchor's `create_agent`: an assistant with a `get_weather` tool.
+/// The anchor's `create_agent`: an assistant with a `get_weather` tool. Its tools and its
+/// model are made once per process (the warmup cache) and shared by every agent.
 pub async fn create_agent(ctx: CreateContext) -> anyhow::Result<Assistant> {
+    let tools = ctx
+        .cache
+        .get_or_try_init("demo-agent/tools", || async { Ok(tools()) });
     Assistant::builder(&ctx)
         .edge(edge::call_edge(&ctx))
         .instructions(INSTRUCTIONS)
         .greeting(GREETING)
         .llm(llm::model(&ctx).await?)
-        .function(
-            ToolSpec::new("get_weather", "Get the current weather for a location")
-                .string_param("location"),
-            |args| async move {
-                let location = args["location"].as_str().unwrap_or("an unknown place");
-                Ok(format!("The weather in {location} is sunny and 72°F."))
-            },
-        )
+        .functions(tools.await?)
         .build()
+}
+
+/// The functions the model may call (the anchor's `llm.register_function`).
+fn tools() -> FunctionRegistry {
+    FunctionRegistry::new().with(
+        ToolSpec::new("get_weather", "Get the current weather for a location")
+            .string_param("location"),
+        |args| async move {
+            let location = args["location"].as_str().unwrap_or("an unknown place");
+            Ok(format!("The weather in {location} is sunny and 72°F."))
+        },
+    )
 }
 
 /// The anchor's `join_call`: create the call, join it, greet, and converse until it ends.
