@@ -126,7 +126,7 @@ impl AssistantBuilder {
             presence: self.presence,
             metrics: self.metrics,
             connection: Mutex::new(None),
-            leaving: Mutex::new(None),
+            leaving: Mutex::new(Vec::new()),
             history: tokio::sync::Mutex::new(vec![ChatMessage::new(
                 Role::System,
                 self.instructions,
@@ -146,8 +146,8 @@ pub struct Assistant {
     presence: Presence,
     metrics: MetricsRecorder,
     connection: Mutex<Option<Arc<dyn Connection>>>,
-    /// A leave begun by a dropped [`InCall`], which `close` waits for.
-    leaving: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Leaves begun by dropped [`InCall`]s, which `close` waits for.
+    leaving: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     history: tokio::sync::Mutex<Vec<ChatMessage>>,
     said: Mutex<Vec<String>>,
 }
@@ -192,15 +192,31 @@ impl Assistant {
 
     /// Joins `call` (the anchor's `async with agent.join(call)`): presence then follows who
     /// comes and goes. The guard leaves the call when dropped (or with [`InCall::leave`]).
+    /// One call at a time: joining again before leaving is an error.
     pub async fn join(&self, call: &Call) -> anyhow::Result<InCall<'_>> {
+        anyhow::ensure!(
+            lock(&self.connection).is_none(),
+            "the Assistant is already in a call: leave it (drop its InCall) before joining another"
+        );
         let connection: Arc<dyn Connection> = self
             .edge
             .join(call, &self.user, self.presence.clone())
             .await?
             .into();
-        let previous = lock(&self.connection).replace(connection);
-        if let Some(previous) = previous {
-            previous.leave().await;
+        let raced = {
+            let mut current = lock(&self.connection);
+            match current.as_ref() {
+                Some(_) => Some(connection),
+                None => {
+                    *current = Some(connection);
+                    None
+                }
+            }
+        };
+        if let Some(extra) = raced {
+            // Another join of this agent won meanwhile: this connection is not kept.
+            extra.leave().await;
+            anyhow::bail!("the Assistant joined another call meanwhile");
         }
         Ok(InCall { agent: self })
     }
@@ -285,9 +301,9 @@ impl Assistant {
         if let Some(connection) = connection {
             connection.leave().await;
         }
-        let leaving = lock(&self.leaving).take();
-        if let Some(leaving) = leaving {
-            let _ = leaving.await;
+        let leaving = std::mem::take(&mut *lock(&self.leaving));
+        for leave in leaving {
+            let _ = leave.await;
         }
     }
 
@@ -303,7 +319,7 @@ impl Assistant {
         // Outside a runtime, the connection leaves when it is dropped, here.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let task = runtime.spawn(async move { connection.leave().await });
-            *lock(&self.leaving) = Some(task);
+            lock(&self.leaving).push(task);
         }
     }
 }
@@ -339,5 +355,128 @@ impl InCall<'_> {
 impl Drop for InCall<'_> {
     fn drop(&mut self) {
         self.agent.leave_later();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures::stream::BoxStream;
+
+    use super::*;
+    use crate::llm::LlmEvent;
+
+    /// A transport that counts its open connections.
+    #[derive(Default)]
+    struct Counting(Arc<AtomicUsize>);
+
+    struct Open(Arc<AtomicUsize>, Presence);
+
+    #[async_trait]
+    impl Connection for Open {
+        async fn send_message(&self, _text: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn next_event(&self) -> Option<CallEvent> {
+            None
+        }
+        async fn leave(&self) {
+            self.leave_now();
+        }
+        fn leave_now(&self) -> bool {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+            self.1.agent_left();
+            true
+        }
+    }
+
+    #[async_trait]
+    impl Edge for Counting {
+        async fn join(
+            &self,
+            _call: &Call,
+            _user: &User,
+            presence: Presence,
+        ) -> anyhow::Result<Box<dyn Connection>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            presence.agent_joined();
+            Ok(Box::new(Open(self.0.clone(), presence)))
+        }
+    }
+
+    struct Silent;
+
+    #[async_trait]
+    impl Llm for Silent {
+        async fn stream(
+            &self,
+            _messages: &[ChatMessage],
+            _tools: &[ToolSpec],
+        ) -> anyhow::Result<BoxStream<'static, anyhow::Result<LlmEvent>>> {
+            anyhow::bail!("not used")
+        }
+    }
+
+    fn ctx() -> CreateContext {
+        CreateContext {
+            session: None,
+            metadata: None,
+            video_track_override: None,
+            edge: None,
+            presence: Presence::new(),
+            metrics: MetricsRecorder::new(),
+            cache: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_call_at_a_time_and_the_guard_leaves_on_drop() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let ctx = ctx();
+        let agent = Assistant::builder(&ctx)
+            .edge(Arc::new(Counting(open.clone())))
+            .llm(Arc::new(Silent))
+            .build()
+            .unwrap();
+        let call = agent
+            .create_call(&CallType::default(), &CallId::parse("c").unwrap())
+            .await
+            .unwrap();
+        let in_call = agent.join(&call).await.unwrap();
+        assert!(ctx.presence.state().joined);
+        let again = agent
+            .join(&call)
+            .await
+            .expect_err("a second join is refused");
+        assert!(again.to_string().contains("already in a call"), "{again}");
+        assert_eq!(
+            open.load(Ordering::SeqCst),
+            1,
+            "the refused join opened nothing"
+        );
+        drop(in_call);
+        assert_eq!(open.load(Ordering::SeqCst), 0, "the guard left on drop");
+        assert!(!ctx.presence.state().joined);
+        // Left, it can join again; close leaves that call too.
+        let _in_call = agent.join(&call).await.unwrap();
+        agent.close().await;
+        assert_eq!(open.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn without_an_edge_or_a_model_the_build_says_what_is_missing() {
+        let no_edge = Assistant::builder(&ctx()).llm(Arc::new(Silent)).build();
+        assert!(
+            no_edge
+                .unwrap_err()
+                .to_string()
+                .contains("no call transport")
+        );
+        let no_model = Assistant::builder(&ctx())
+            .edge(Arc::new(Counting::default()))
+            .build();
+        assert!(no_model.unwrap_err().to_string().contains("no model"));
     }
 }

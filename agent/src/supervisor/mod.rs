@@ -289,6 +289,7 @@ async fn prepare<A: Agent>(
             () = sleep_until(&*ctx.clock, wake) => {
                 if let (Some(deadline), Some(timeout)) = (join_deadline, ctx.limits.agent_join_timeout())
                     && ctx.clock.now() >= deadline
+                    && !signals.presence.state().joined
                 {
                     let detail = join_timeout_detail(timeout);
                     warn!(session_id = %session.id, "{detail}");
@@ -385,7 +386,9 @@ async fn watch<A: Agent>(
                 if call_clock.duration_deadline(&limits).is_some_and(|d| now >= d) {
                     break (EndReason::MaxDuration, None, Record::Yes, false);
                 }
+                // Presence read again: a join that landed since the wake-up was computed counts.
                 if join_by.is_some_and(|d| now >= d)
+                    && !signals.presence.state().joined
                     && let Some(timeout) = limits.agent_join_timeout()
                 {
                     let detail = join_timeout_detail(timeout);

@@ -166,13 +166,16 @@ impl OneSession {
             .map(|m| m.as_str().to_owned());
         let params: HashMap<&str, &str> = params.iter().collect();
         let this_call = params.get("call_id") == Some(&self.call_id.as_str());
-        let this_session = self
-            .session
-            .get()
-            .is_some_and(|id| params.get("session_id") == Some(&id.to_string().as_str()));
+        // Parsed, as the handlers do (any case, with or without hyphens).
+        let this_session = self.session.get().is_some_and(|id| {
+            params
+                .get("session_id")
+                .and_then(|raw| SessionId::parse(raw).ok())
+                == Some(*id)
+        });
         let method = req.method().clone();
         let allowed = match route.as_deref() {
-            Some("/" | "/health" | "/ready") => method == Method::GET,
+            Some("/" | "/health" | "/ready") => method == Method::GET || method == Method::HEAD,
             Some("/calls/{call_id}/ws") => this_call,
             Some("/calls/{call_id}/sessions/{session_id}") => {
                 this_call && this_session && (method == Method::GET || method == Method::DELETE)
