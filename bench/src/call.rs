@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use switchboard_core::metrics::LatencySketch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::Server;
+use crate::{Server, Stats, or_na};
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -45,16 +45,43 @@ async fn joined(ws_base: &str, call: &str, name: &str) -> anyhow::Result<Socket>
     Ok(socket)
 }
 
-fn stats(sketch: &LatencySketch) -> Value {
-    let s = sketch.stats();
-    json!({"count": s.count, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms, "max_ms": s.max_ms})
+/// What `call` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct CallReport {
+    pub(crate) samples: usize,
+    pub(crate) listeners: usize,
+    pub(crate) round_trips_per_second: f64,
+    /// The person's own message back.
+    pub(crate) echo: Stats,
+    /// The agent's answer.
+    pub(crate) answer: Stats,
+    pub(crate) server_cpu_us_per_round_trip: Option<f64>,
+}
+
+impl CallReport {
+    pub(crate) fn print(&self, out: &mut String) {
+        let ms = |v: Option<f64>| or_na(v, 2);
+        *out += &format!(
+            "call: {} round trips, {} listeners, {:.0}/s; own message back p50 {} ms, p95 {} ms; agent's answer p50 {} ms, p95 {} ms, p99 {} ms, max {} ms; server CPU {} µs per round trip\n",
+            self.samples,
+            self.listeners,
+            self.round_trips_per_second,
+            ms(self.echo.p50_ms),
+            ms(self.echo.p95_ms),
+            ms(self.answer.p50_ms),
+            ms(self.answer.p95_ms),
+            ms(self.answer.p99_ms),
+            ms(self.answer.max_ms),
+            or_na(self.server_cpu_us_per_round_trip, 0),
+        );
+    }
 }
 
 pub(crate) async fn round_trips(
     server: &Server,
     samples: usize,
     listeners: usize,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<CallReport> {
     let ws_base = server.base.replacen("http://", "ws://", 1);
     let call = "bench-call";
     let mut asker = joined(&ws_base, call, "asker").await?;
@@ -118,12 +145,12 @@ pub(crate) async fn round_trips(
         reader.abort();
     }
     let _ = asker.close(None).await;
-    Ok(json!({
-        "samples": samples,
-        "listeners": listeners,
-        "round_trips_per_second": samples as f64 / seconds,
-        "echo": stats(&echo),
-        "answer": stats(&answer),
-        "server_cpu_us_per_round_trip": cpu,
-    }))
+    Ok(CallReport {
+        samples,
+        listeners,
+        round_trips_per_second: samples as f64 / seconds,
+        echo: Stats::of(&echo),
+        answer: Stats::of(&answer),
+        server_cpu_us_per_round_trip: cpu,
+    })
 }

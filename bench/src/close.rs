@@ -4,7 +4,59 @@ use crate::*;
 
 /// POST → `running` (the agent joined its call), then DELETE → 404 (the agent stopped and its
 /// end recorded), one session at a time, both polled with GET.
-pub(crate) async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<Value> {
+/// What `close` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct CloseReport {
+    /// DELETE → 404.
+    pub(crate) samples: usize,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+    pub(crate) polls: u64,
+    pub(crate) start_to_running: Percentiles,
+    /// DELETE → the agent's process exit, when the server runs agents as processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) close_to_exit: Option<Sampled>,
+}
+
+/// Percentiles without a count.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+}
+
+impl CloseReport {
+    pub(crate) fn print(&self, out: &mut String) {
+        let ms = |v: Option<f64>| v.unwrap_or(0.0);
+        *out += &format!(
+            "close (DELETE → 404): {} samples, p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms\n",
+            self.samples,
+            ms(self.p50_ms),
+            ms(self.p95_ms),
+            ms(self.max_ms)
+        );
+        let up = &self.start_to_running;
+        *out += &format!(
+            "start (POST → running): p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms\n",
+            ms(up.p50_ms),
+            ms(up.p95_ms),
+            ms(up.max_ms)
+        );
+        if let Some(ex) = &self.close_to_exit {
+            *out += &format!(
+                "close (DELETE → agent process exit): {} samples, p50 {:.3} ms, p95 {:.3} ms, max {:.3} ms\n",
+                ex.samples,
+                ms(ex.p50_ms),
+                ms(ex.p95_ms),
+                ms(ex.max_ms)
+            );
+        }
+    }
+}
+
+pub(crate) async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<CloseReport> {
     let client = client();
     let sketch = LatencySketch::new();
     let started = LatencySketch::new();
@@ -70,13 +122,19 @@ pub(crate) async fn close_latency(server: &Server, samples: usize) -> anyhow::Re
             wait.await?;
         }
     }
-    let (s, up, ex) = (sketch.stats(), started.stats(), exited.stats());
-    let mut report = json!({
-        "samples": samples, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "max_ms": s.max_ms, "polls": polls,
-        "start_to_running": {"p50_ms": up.p50_ms, "p95_ms": up.p95_ms, "max_ms": up.max_ms},
-    });
-    if ex.count > 0 {
-        report["close_to_exit"] = json!({"samples": ex.count, "p50_ms": ex.p50_ms, "p95_ms": ex.p95_ms, "max_ms": ex.max_ms});
-    }
-    Ok(report)
+    let (s, up) = (sketch.stats(), started.stats());
+    let close_to_exit = Some(Sampled::of(&exited)).filter(|ex| ex.samples > 0);
+    Ok(CloseReport {
+        samples,
+        p50_ms: s.p50_ms,
+        p95_ms: s.p95_ms,
+        max_ms: s.max_ms,
+        polls,
+        start_to_running: Percentiles {
+            p50_ms: up.p50_ms,
+            p95_ms: up.p95_ms,
+            max_ms: up.max_ms,
+        },
+        close_to_exit,
+    })
 }

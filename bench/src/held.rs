@@ -2,7 +2,34 @@
 
 use crate::*;
 
-pub(crate) async fn held(server: &Server, sessions: usize) -> anyhow::Result<Value> {
+/// What `held` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct HeldReport {
+    pub(crate) sessions: usize,
+    pub(crate) create_seconds: f64,
+    pub(crate) rss_before_bytes: u64,
+    pub(crate) rss_held_bytes: u64,
+    pub(crate) rss_after_close_bytes: u64,
+    pub(crate) bytes_per_session: f64,
+}
+
+impl HeldReport {
+    pub(crate) fn print(&self, out: &mut String) {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        *out += &format!(
+            "held: {} sessions created in {:.2} s; RSS {:.1} MiB → {:.1} MiB held → {:.1} MiB after closing; {:.0} bytes/session
+",
+            self.sessions,
+            self.create_seconds,
+            mib(self.rss_before_bytes),
+            mib(self.rss_held_bytes),
+            mib(self.rss_after_close_bytes),
+            self.bytes_per_session
+        );
+    }
+}
+
+pub(crate) async fn held(server: &Server, sessions: usize) -> anyhow::Result<HeldReport> {
     let client = client();
     // Warm up the allocator and every code path once, then measure from there.
     for i in 0..200 {
@@ -90,12 +117,12 @@ pub(crate) async fn held(server: &Server, sessions: usize) -> anyhow::Result<Val
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let released = server.rss_bytes()?;
-    Ok(json!({
-        "sessions": sessions,
-        "create_seconds": create_seconds,
-        "rss_before_bytes": before,
-        "rss_held_bytes": after,
-        "rss_after_close_bytes": released,
-        "bytes_per_session": after.saturating_sub(before) as f64 / sessions as f64,
-    }))
+    Ok(HeldReport {
+        sessions,
+        create_seconds,
+        rss_before_bytes: before,
+        rss_held_bytes: after,
+        rss_after_close_bytes: released,
+        bytes_per_session: after.saturating_sub(before) as f64 / sessions as f64,
+    })
 }

@@ -55,14 +55,89 @@ pub(crate) struct Endpoint {
     pub(crate) errors: AtomicU64,
 }
 
-pub(crate) fn summary(name: &str, e: &Endpoint) -> Value {
+/// A latency's count and percentiles (ms), as the reports carry them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Stats {
+    pub(crate) count: u64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+}
+
+impl Stats {
+    pub(crate) fn of(sketch: &LatencySketch) -> Self {
+        let s = sketch.stats();
+        Self {
+            count: s.count,
+            p50_ms: s.p50_ms,
+            p95_ms: s.p95_ms,
+            p99_ms: s.p99_ms,
+            max_ms: s.max_ms,
+        }
+    }
+}
+
+/// A latency's samples and percentiles (ms), for the reports that give no p99.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Sampled {
+    pub(crate) samples: u64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+}
+
+impl Sampled {
+    pub(crate) fn of(sketch: &LatencySketch) -> Self {
+        let s = sketch.stats();
+        Self {
+            samples: s.count,
+            p50_ms: s.p50_ms,
+            p95_ms: s.p95_ms,
+            max_ms: s.max_ms,
+        }
+    }
+}
+
+/// One endpoint's figures in `lifecycles` and `soak`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct EndpointReport {
+    pub(crate) endpoint: &'static str,
+    pub(crate) count: u64,
+    pub(crate) errors: u64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p95_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+}
+
+pub(crate) fn summary(name: &'static str, e: &Endpoint) -> EndpointReport {
     let s = e.latency.stats();
-    json!({
-        "endpoint": name,
-        "count": s.count,
-        "errors": e.errors.load(Ordering::Relaxed),
-        "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms, "max_ms": s.max_ms,
-    })
+    EndpointReport {
+        endpoint: name,
+        count: s.count,
+        errors: e.errors.load(Ordering::Relaxed),
+        p50_ms: s.p50_ms,
+        p95_ms: s.p95_ms,
+        p99_ms: s.p99_ms,
+        max_ms: s.max_ms,
+    }
+}
+
+/// The endpoints' figures, in the order of [`ENDPOINT_NAMES`].
+pub(crate) fn summaries(endpoints: &[Endpoint]) -> Vec<EndpointReport> {
+    ENDPOINT_NAMES
+        .iter()
+        .zip(endpoints)
+        .map(|(n, e)| summary(n, e))
+        .collect()
+}
+
+/// `value` with `decimals`, or `n/a` when it is missing or not finite.
+pub(crate) fn or_na(value: Option<f64>, decimals: usize) -> String {
+    value
+        .filter(|v| v.is_finite())
+        .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 pub(crate) async fn timed(

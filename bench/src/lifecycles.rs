@@ -2,11 +2,60 @@
 
 use crate::*;
 
+/// What `lifecycles` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct LifecyclesReport {
+    pub(crate) clients: usize,
+    pub(crate) seconds: f64,
+    pub(crate) lifecycles: u64,
+    pub(crate) lifecycles_per_second: f64,
+    /// Not finite (null in the JSON) for `--url`.
+    pub(crate) server_cpu_cores: f64,
+    pub(crate) client_cpu_cores: f64,
+    pub(crate) endpoints: Vec<EndpointReport>,
+}
+
+impl LifecyclesReport {
+    pub(crate) fn print(&self, out: &mut String) {
+        *out += &format!(
+            "lifecycles: {} clients, {:.1} s: {} lifecycles, {:.0}/s; server CPU {} cores, client CPU {:.2} cores\n",
+            self.clients,
+            self.seconds,
+            self.lifecycles,
+            self.lifecycles_per_second,
+            or_na(Some(self.server_cpu_cores), 2),
+            self.client_cpu_cores
+        );
+        print_endpoints(&self.endpoints, out);
+    }
+}
+
+/// The endpoints' table.
+pub(crate) fn print_endpoints(endpoints: &[EndpointReport], out: &mut String) {
+    *out += &format!(
+        "  {:<26} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
+        "endpoint", "count", "errors", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for e in endpoints {
+        let f = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+        *out += &format!(
+            "  {:<26} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}\n",
+            e.endpoint,
+            e.count,
+            e.errors,
+            f(e.p50_ms),
+            f(e.p95_ms),
+            f(e.p99_ms),
+            f(e.max_ms)
+        );
+    }
+}
+
 pub(crate) async fn lifecycles(
     server: &Server,
     clients: usize,
     duration: f64,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<LifecyclesReport> {
     let endpoints: Arc<[Endpoint; 4]> = Arc::new(Default::default());
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -100,15 +149,15 @@ pub(crate) async fn lifecycles(
         t.await?;
     }
     let count = done.load(Ordering::Relaxed);
-    Ok(json!({
-        "clients": clients,
-        "seconds": wall,
-        "lifecycles": count,
-        "lifecycles_per_second": count as f64 / wall,
-        "server_cpu_cores": server_cpu / wall,
-        "client_cpu_cores": client_cpu / wall,
-        "endpoints": ENDPOINT_NAMES.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
-    }))
+    Ok(LifecyclesReport {
+        clients,
+        seconds: wall,
+        lifecycles: count,
+        lifecycles_per_second: count as f64 / wall,
+        server_cpu_cores: server_cpu / wall,
+        client_cpu_cores: client_cpu / wall,
+        endpoints: summaries(&endpoints[..]),
+    })
 }
 
 /// One lifecycle (start, get, metrics, close) as the `lifecycles` clients run it; false on

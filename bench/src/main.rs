@@ -183,8 +183,7 @@ async fn main() -> anyhow::Result<()> {
         .url
         .clone()
         .unwrap_or_else(|| binary.display().to_string());
-    let mut report =
-        json!({ "machine": machine(), "server": server_name, "server_args": cli.server_arg });
+    let mut report = Report::new(server_name, cli.server_arg.clone());
     let start = || async {
         match &cli.url {
             Some(url) => Server::external(url).await,
@@ -206,8 +205,8 @@ async fn main() -> anyhow::Result<()> {
                 .map_or(0, |d| d.as_millis());
             format!("bench-task-{ms}")
         });
-        report["server"] = json!(agent.display().to_string());
-        report["task"] = task::measure(&agent, &table, *tasks, intervals).await?;
+        report.server = agent.display().to_string();
+        report.task = Some(task::measure(&agent, &table, *tasks, intervals).await?);
         return finish(&report, cli.json.as_deref());
     }
     if let Cmd::Warm {
@@ -220,12 +219,12 @@ async fn main() -> anyhow::Result<()> {
             .url
             .as_deref()
             .context("warm needs --url: a stack started with WARM_POOL_SIZE")?;
-        report["warm"] = warm::measure(url, *rounds, calls.as_deref(), *idle_seconds).await?;
+        report.warm = Some(warm::measure(url, *rounds, calls.as_deref(), *idle_seconds).await?);
         return finish(&report, cli.json.as_deref());
     }
     if let Cmd::Call { samples, listeners } = cli.command {
         let server = start().await?;
-        report["call"] = call::round_trips(&server, samples, listeners).await?;
+        report.call = Some(call::round_trips(&server, samples, listeners).await?);
         server.stop().await;
         return finish(&report, cli.json.as_deref());
     }
@@ -237,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
     } = cli.command
     {
         let server = start().await?;
-        report["soak"] = soak(&server, rate, minutes, warmup_minutes, sample_seconds).await?;
+        report.soak = Some(soak(&server, rate, minutes, warmup_minutes, sample_seconds).await?);
         server.stop().await;
         return finish(&report, cli.json.as_deref());
     }
@@ -258,17 +257,17 @@ async fn main() -> anyhow::Result<()> {
     // Each scenario gets a fresh server so they do not disturb each other.
     if let Some((clients, duration)) = lc {
         let server = start().await?;
-        report["lifecycles"] = lifecycles(&server, clients, duration).await?;
+        report.lifecycles = Some(lifecycles(&server, clients, duration).await?);
         server.stop().await;
     }
     if let Some(sessions) = held_n {
         let server = start().await?;
-        report["held"] = held(&server, sessions).await?;
+        report.held = Some(held(&server, sessions).await?);
         server.stop().await;
     }
     if let Some(samples) = close_n {
         let server = start().await?;
-        report["close"] = close_latency(&server, samples).await?;
+        report.close = Some(close_latency(&server, samples).await?);
         server.stop().await;
     }
     finish(&report, cli.json.as_deref())

@@ -14,13 +14,69 @@ pub(crate) fn slope(xs: &[f64], ys: &[f64]) -> f64 {
     if sxx == 0.0 { 0.0 } else { sxy / sxx }
 }
 
+/// What `soak` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct SoakReport {
+    pub(crate) rate_per_second: f64,
+    pub(crate) minutes: f64,
+    pub(crate) warmup_minutes: f64,
+    pub(crate) lifecycles: u64,
+    pub(crate) failed: u64,
+    pub(crate) after_warmup: AfterWarmup,
+    pub(crate) endpoints: Vec<EndpointReport>,
+    pub(crate) samples: Vec<SoakSample>,
+}
+
+/// The server's memory and files after the warm-up.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct AfterWarmup {
+    pub(crate) rss_min_bytes: f64,
+    pub(crate) rss_max_bytes: f64,
+    pub(crate) rss_slope_bytes_per_hour: f64,
+    pub(crate) fds_min: f64,
+    pub(crate) fds_max: f64,
+    pub(crate) fds_slope_per_hour: f64,
+}
+
+/// One sample of the server.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct SoakSample {
+    pub(crate) t_seconds: f64,
+    pub(crate) rss_bytes: u64,
+    pub(crate) open_fds: usize,
+    pub(crate) server_cpu_seconds: f64,
+    pub(crate) lifecycles: u64,
+    pub(crate) failed: u64,
+}
+
+impl SoakReport {
+    pub(crate) fn print(&self, out: &mut String) {
+        let a = &self.after_warmup;
+        let mib = |v: f64| v / 1048576.0;
+        *out += &format!(
+            "soak: {}/s for {} min: {} lifecycles, {} failed; after {} min of warm-up RSS {:.1}–{:.1} MiB (slope {:.2} MiB/h), open fds {}–{} (slope {:.1}/h)\n",
+            self.rate_per_second,
+            self.minutes,
+            self.lifecycles,
+            self.failed,
+            self.warmup_minutes,
+            mib(a.rss_min_bytes),
+            mib(a.rss_max_bytes),
+            mib(a.rss_slope_bytes_per_hour),
+            a.fds_min,
+            a.fds_max,
+            a.fds_slope_per_hour
+        );
+    }
+}
+
 pub(crate) async fn soak(
     server: &Server,
     rate: f64,
     minutes: f64,
     warmup_minutes: f64,
     sample_seconds: f64,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<SoakReport> {
     let client = client();
     let endpoints: Arc<[Endpoint; 4]> = Arc::new(Default::default());
     let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -39,14 +95,14 @@ pub(crate) async fn soak(
         ticker.tick().await;
         if Instant::now() >= next_sample {
             let t = started.elapsed().as_secs_f64();
-            samples.push(json!({
-                "t_seconds": t,
-                "rss_bytes": server.rss_bytes()?,
-                "open_fds": server.open_fds()?,
-                "server_cpu_seconds": server.cpu_seconds()? - cpu0,
-                "lifecycles": done.load(Ordering::Relaxed),
-                "failed": failed.load(Ordering::Relaxed),
-            }));
+            samples.push(SoakSample {
+                t_seconds: t,
+                rss_bytes: server.rss_bytes()?,
+                open_fds: server.open_fds()?,
+                server_cpu_seconds: server.cpu_seconds()? - cpu0,
+                lifecycles: done.load(Ordering::Relaxed),
+                failed: failed.load(Ordering::Relaxed),
+            });
             next_sample += Duration::from_secs_f64(sample_seconds);
         }
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
@@ -68,34 +124,31 @@ pub(crate) async fn soak(
         });
     }
     let _ = in_flight.acquire_many(256).await;
-    let after_warmup: Vec<&Value> = samples
+    let after_warmup: Vec<&SoakSample> = samples
         .iter()
-        .filter(|s| s["t_seconds"].as_f64().unwrap_or(0.0) >= warmup_minutes * 60.0)
+        .filter(|s| s.t_seconds >= warmup_minutes * 60.0)
         .collect();
-    let series = |key: &str| -> Vec<f64> {
-        after_warmup
-            .iter()
-            .map(|s| s[key].as_f64().unwrap_or(0.0))
-            .collect()
-    };
-    let hours: Vec<f64> = series("t_seconds").iter().map(|t| t / 3600.0).collect();
-    let rss = series("rss_bytes");
-    let fds = series("open_fds");
+    let hours: Vec<f64> = after_warmup.iter().map(|s| s.t_seconds / 3600.0).collect();
+    let rss: Vec<f64> = after_warmup.iter().map(|s| s.rss_bytes as f64).collect();
+    let fds: Vec<f64> = after_warmup.iter().map(|s| s.open_fds as f64).collect();
     let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
     let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
-    Ok(json!({
-        "rate_per_second": rate,
-        "minutes": minutes,
-        "warmup_minutes": warmup_minutes,
-        "lifecycles": done.load(Ordering::Relaxed),
-        "failed": failed.load(Ordering::Relaxed),
-        "after_warmup": {
-            "rss_min_bytes": min(&rss), "rss_max_bytes": max(&rss),
-            "rss_slope_bytes_per_hour": slope(&hours, &rss),
-            "fds_min": min(&fds), "fds_max": max(&fds),
-            "fds_slope_per_hour": slope(&hours, &fds),
-        },
-        "endpoints": ENDPOINT_NAMES.iter().zip(endpoints.iter()).map(|(n, e)| summary(n, e)).collect::<Vec<_>>(),
-        "samples": samples,
-    }))
+    let after_warmup = AfterWarmup {
+        rss_min_bytes: min(&rss),
+        rss_max_bytes: max(&rss),
+        rss_slope_bytes_per_hour: slope(&hours, &rss),
+        fds_min: min(&fds),
+        fds_max: max(&fds),
+        fds_slope_per_hour: slope(&hours, &fds),
+    };
+    Ok(SoakReport {
+        rate_per_second: rate,
+        minutes,
+        warmup_minutes,
+        lifecycles: done.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        after_warmup,
+        endpoints: summaries(&endpoints[..]),
+        samples,
+    })
 }

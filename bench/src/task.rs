@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
 use switchboard_aws::DynamoRegistry;
 use switchboard_aws::dynamodb::{client_from_env, create_table};
 use switchboard_core::metrics::LatencySketch;
@@ -30,9 +29,44 @@ use switchboard_core::{
 };
 use tokio::process::{Child, Command};
 
-fn stats(sketch: &LatencySketch) -> Value {
-    let s = sketch.stats();
-    json!({"samples": s.count, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "max_ms": s.max_ms})
+use crate::Sampled;
+
+/// What `task` measured: one run per maintenance interval.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct TaskReport {
+    pub(crate) table: String,
+    pub(crate) runs: Vec<TaskRun>,
+}
+
+/// One run of `task`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct TaskRun {
+    pub(crate) interval_seconds: f64,
+    pub(crate) tasks: usize,
+    pub(crate) admit_to_running: Sampled,
+    pub(crate) spawn_to_running: Sampled,
+    pub(crate) idle_rss_bytes_median: u64,
+    pub(crate) close_to_exit: Sampled,
+}
+
+impl TaskReport {
+    pub(crate) fn print(&self, out: &mut String) {
+        for run in &self.runs {
+            let ms = |v: Option<f64>| v.unwrap_or(0.0);
+            *out += &format!(
+                "task, interval {} s, {} processes: admission → running p50 {:.0} ms, p95 {:.0} ms; spawn → running p50 {:.0} ms; idle RSS {:.1} MiB; close → exit p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms\n",
+                run.interval_seconds,
+                run.tasks,
+                ms(run.admit_to_running.p50_ms),
+                ms(run.admit_to_running.p95_ms),
+                ms(run.spawn_to_running.p50_ms),
+                run.idle_rss_bytes_median as f64 / 1048576.0,
+                ms(run.close_to_exit.p50_ms),
+                ms(run.close_to_exit.p95_ms),
+                ms(run.close_to_exit.max_ms),
+            );
+        }
+    }
 }
 
 async fn admit(registry: &DynamoRegistry, call: &str) -> anyhow::Result<Session> {
@@ -106,7 +140,7 @@ pub(crate) async fn measure(
     table: &str,
     tasks: usize,
     intervals: &[f64],
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<TaskReport> {
     let client = client_from_env().await;
     create_table(&client, table)
         .await
@@ -163,16 +197,19 @@ pub(crate) async fn measure(
             close_to_exit.record(at.saturating_duration_since(asked).as_secs_f64() * 1000.0);
         }
         rss.sort_unstable();
-        runs.push(json!({
-            "interval_seconds": interval,
-            "tasks": tasks,
-            "admit_to_running": stats(&admit_to_running),
-            "spawn_to_running": stats(&spawn_to_running),
-            "idle_rss_bytes_median": rss[rss.len() / 2],
-            "close_to_exit": stats(&close_to_exit),
-        }));
+        runs.push(TaskRun {
+            interval_seconds: interval,
+            tasks,
+            admit_to_running: Sampled::of(&admit_to_running),
+            spawn_to_running: Sampled::of(&spawn_to_running),
+            idle_rss_bytes_median: rss[rss.len() / 2],
+            close_to_exit: Sampled::of(&close_to_exit),
+        });
     }
-    Ok(json!({ "table": table, "runs": runs }))
+    Ok(TaskReport {
+        table: table.to_owned(),
+        runs,
+    })
 }
 
 /// Waits for every child at once; each result is its exit code and the instant it exited.
