@@ -191,6 +191,21 @@ async fn close(app: AppState, request: Request, beacon: bool) -> Result<Response
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
+/// What both close routes (DELETE and the beacon's POST) answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Only its OpenAPI description is used.
+enum CloseAnswers {
+    /// Close requested
+    #[response(status = 202)]
+    Requested,
+    /// No such session under this call, or it has ended
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Invalid input (a FastAPI-shaped list of issues)
+    #[response(status = 422)]
+    Invalid(ValidationErrorBody),
+}
+
 /// Request a session's close. Asynchronous: the agent leaves at once in-process, within one
 /// maintenance interval across nodes.
 #[utoipa::path(
@@ -198,11 +213,7 @@ async fn close(app: AppState, request: Request, beacon: bool) -> Result<Response
     path = "/calls/{call_id}/sessions/{session_id}",
     tag = "sessions",
     params(("call_id" = String, Path), ("session_id" = String, Path)),
-    responses(
-        (status = 202, description = "Close requested"),
-        (status = 404, description = "No such session under this call, or it has ended", body = ErrorBody),
-        (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody),
-    )
+    responses(CloseAnswers)
 )]
 pub(crate) async fn close_session(
     State(app): State<AppState>,
@@ -217,11 +228,7 @@ pub(crate) async fn close_session(
     path = "/calls/{call_id}/sessions/{session_id}/close",
     tag = "sessions",
     params(("call_id" = String, Path), ("session_id" = String, Path)),
-    responses(
-        (status = 202, description = "Close requested"),
-        (status = 404, description = "No such session under this call, or it has ended", body = ErrorBody),
-        (status = 422, description = "Invalid input (a FastAPI-shaped list of issues)", body = ValidationErrorBody),
-    )
+    responses(CloseAnswers)
 )]
 pub(crate) async fn close_session_beacon(
     State(app): State<AppState>,
