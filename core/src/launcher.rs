@@ -37,8 +37,8 @@ pub enum LaunchError {
 }
 
 impl LaunchError {
-    /// The domain error a caller sees: a rejected launch is [`Error::LaunchFailed`]; no
-    /// capacity, or an outcome unknown, is [`Error::Unavailable`] (retry after the delay).
+    /// The domain error a caller sees: a rejected launch is [`crate::Error::LaunchFailed`]; no
+    /// capacity, or an outcome unknown, is [`crate::Error::Unavailable`] (retry after the delay).
     pub fn into_error(self) -> crate::Error {
         match self {
             Self::Rejected(source) => crate::Error::LaunchFailed(source),
