@@ -9,6 +9,10 @@
 //! - [`limits`]: [`Limits`], the launcher options, validated with the anchor's messages.
 //! - [`metrics`]: the 25 anchor metric names, percentile fields, the bounded [`metrics::LatencySketch`],
 //!   the snapshot [`AgentMetrics`] and the [`MetricsRecorder`] agents call on their hot paths.
+//! - [`events`]: session events ([`events::SessionEvent`]), each derived from one registry
+//!   write ([`events::Change`]), and the [`events::ChangeObserver`] registries report to.
+//! - [`fleet`]: fleet metrics: the [`fleet::FleetObserver`] port and [`fleet::FleetMetrics`],
+//!   the in-memory figures `serve` renders in the Prometheus text format.
 //! - [`registry`]: the [`SessionRegistry`] port (admission, leases, close flags, history).
 //! - [`launcher`]: the [`TaskLauncher`] port (in-process agents locally, ECS tasks in AWS).
 //! - [`deadline`]: the deadline of the work in progress, for adapters' timeouts.
@@ -26,6 +30,8 @@
 
 pub mod deadline;
 pub mod error;
+pub mod events;
+pub mod fleet;
 pub mod ids;
 pub mod launcher;
 pub mod lease;

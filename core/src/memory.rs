@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::events::{Change, ChangeObserver};
 use crate::metrics::AgentMetrics;
 use crate::registry::{
     Counts, EndGuard, EndOutcome, EndRequest, Heartbeat, IDEMPOTENCY_TTL, ListQuery, ListedSession,
@@ -79,6 +80,7 @@ pub struct MemoryRegistry {
     clock: Arc<dyn Clock>,
     config: MemoryRegistryConfig,
     state: Mutex<State>,
+    observer: Option<Arc<dyn ChangeObserver>>,
 }
 
 impl MemoryRegistry {
@@ -93,6 +95,25 @@ impl MemoryRegistry {
             clock,
             config,
             state: Mutex::new(State::default()),
+            observer: None,
+        }
+    }
+
+    /// Reports every change of a session's status to `observer` (fleet metrics, events), in
+    /// the order of the writes: it is called with the lock held.
+    pub fn observed(mut self, observer: Arc<dyn ChangeObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn notify(&self, live: u64, before: Option<SessionStatus>, record: &Record) {
+        if let Some(observer) = &self.observer {
+            let change = Change {
+                before,
+                session: &record.session,
+                metrics: record.metrics.as_deref().map(|m| &m.metrics),
+            };
+            observer.changed(&change, live);
         }
     }
 
@@ -223,26 +244,30 @@ impl SessionRegistry for MemoryRegistry {
                 .idempotency_order
                 .push_back((expires_at, call_id, idem.key));
         }
-        state.sessions.insert(
-            key,
-            Record {
-                session: session.clone(),
-                metadata: request.metadata,
-                metrics: None,
-            },
-        );
+        let record = Record {
+            session: session.clone(),
+            metadata: request.metadata,
+            metrics: None,
+        };
+        self.notify(state.live_global, None, &record);
+        state.sessions.insert(key, record);
         Ok(StartOutcome::Created(session))
     }
 
     async fn mark_running(&self, call_id: &CallId, session_id: SessionId) -> Result<Session> {
         let now = self.clock.now();
-        let mut state = self.lock();
-        let session = live_mut(state.record_mut(call_id, session_id, now)?)?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let live = state.live_global;
+        let record = state.record_mut(call_id, session_id, now)?;
+        let session = live_mut(record)?;
         match session.status {
             SessionStatus::Starting => {
                 session.status = SessionStatus::Running;
                 session.running_at = Some(now);
-                Ok(session.clone())
+                let session = session.clone();
+                self.notify(live, Some(SessionStatus::Starting), record);
+                Ok(session)
             }
             SessionStatus::Running => Ok(session.clone()),
             other => Err(Error::Conflict(format!("session is {other}"))),
@@ -310,11 +335,18 @@ impl SessionRegistry for MemoryRegistry {
 
     async fn request_close(&self, call_id: &CallId, session_id: SessionId) -> Result<Session> {
         let now = self.clock.now();
-        let mut state = self.lock();
-        let session = live_mut(state.record_mut(call_id, session_id, now)?)?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let live = state.live_global;
+        let record = state.record_mut(call_id, session_id, now)?;
+        let session = live_mut(record)?;
         session.close_requested_at.get_or_insert(now);
-        session.status = SessionStatus::Closing;
-        Ok(session.clone())
+        let before = std::mem::replace(&mut session.status, SessionStatus::Closing);
+        let session = session.clone();
+        if before != SessionStatus::Closing {
+            self.notify(live, Some(before), record);
+        }
+        Ok(session)
     }
 
     async fn end(
@@ -341,7 +373,7 @@ impl SessionRegistry for MemoryRegistry {
                 return Err(Error::Conflict(format!("session is {}", session.status)));
             }
         }
-        session.status = SessionStatus::Ended;
+        let before = std::mem::replace(&mut session.status, SessionStatus::Ended);
         session.ended_at = Some(now);
         session.end_reason = Some(request.reason);
         session.end_detail = request.detail;
@@ -377,6 +409,9 @@ impl SessionRegistry for MemoryRegistry {
             {
                 state.idempotency.remove(&map_key);
             }
+        }
+        if let Some(record) = state.sessions.get(&(call_id.clone(), session_id)) {
+            self.notify(state.live_global, Some(before), record);
         }
         state
             .ended
