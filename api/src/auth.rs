@@ -28,7 +28,8 @@
 //!   the action's scope or for another call → 403. Hooks run before any lookup, so the work
 //!   and the answer do not depend on whether the session exists.
 //! - **Actions**: start `sessions:start`; close (both routes) `sessions:close`; get one
-//!   session and list one call `sessions:view`; metrics `metrics:view`; `GET /sessions`
+//!   session and list one call `sessions:view`; metrics `metrics:view`; the fleet metrics
+//!   (`GET /metrics` under `serve`) `metrics:view` with no call restriction; `GET /sessions`
 //!   `sessions:view`, showing only the calls the token may view; joining the local call
 //!   `calls:join`.
 
@@ -685,7 +686,23 @@ impl JwtPolicy {
                 })
             }
         });
+        let policy = self.clone();
+        let fleet = Permission::new(move |_call_id: String, request: RequestInfo| {
+            let policy = policy.clone();
+            async move {
+                let token = Self::token(&request, None)?;
+                let grant = policy.verify(&token).await?;
+                require(&grant, Scope::MetricsView)?;
+                match grant.calls {
+                    Calls::Any => Ok(()),
+                    Calls::Only { .. } => Err(Rejection::forbidden(
+                        "The fleet metrics span every call; this token is for some calls only",
+                    )),
+                }
+            }
+        });
         PermissionHooks {
+            can_view_fleet_metrics: Some(fleet),
             can_start_session: per_call(Scope::SessionsStart),
             can_close_session: per_call(Scope::SessionsClose),
             can_view_session: per_call(Scope::SessionsView),

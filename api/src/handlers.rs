@@ -5,9 +5,10 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use switchboard_core::fleet::Refusal;
 use switchboard_core::registry::ListQuery;
 use switchboard_core::service::{self, StartSession};
-use switchboard_core::{Error, SessionId};
+use switchboard_core::{Error, LimitKind, SessionId};
 
 use crate::error::{ApiError, ErrorBody, ValidationErrorBody};
 use crate::hooks::{self, CallFilter};
@@ -49,6 +50,20 @@ pub(crate) async fn start_session(
     State(app): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let fleet = app.fleet.clone();
+    let answer = start(app, request).await;
+    match &answer {
+        Err(ApiError::LimitReached(LimitKind::Global)) => fleet.refused(Refusal::GlobalLimit),
+        Err(ApiError::LimitReached(LimitKind::PerCall)) => fleet.refused(Refusal::PerCallLimit),
+        Err(ApiError::Unavailable { .. } | ApiError::NotReady) => {
+            fleet.refused(Refusal::Unavailable)
+        }
+        _ => {}
+    }
+    answer
+}
+
+async fn start(app: AppState, request: Request) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
     let raw = path_params(&mut parts).await?;
     let bytes = read_body(&parts, body).await?;

@@ -191,6 +191,9 @@ pub struct PermissionHooks {
     pub can_list_sessions: Option<ListPermission>,
     /// `GET /calls/{call_id}/ws`: a person joins the local call (served by `serve`).
     pub can_join_call: Option<Permission>,
+    /// `GET /metrics`: the fleet metrics (served by `serve`), figures across every call. Its
+    /// call id is empty.
+    pub can_view_fleet_metrics: Option<Permission>,
 }
 
 fn both(first: Option<Permission>, then: Option<Permission>) -> Option<Permission> {
@@ -236,6 +239,7 @@ impl PermissionHooks {
             can_view_metrics: both(self.can_view_metrics, next.can_view_metrics),
             can_list_sessions: list,
             can_join_call: both(self.can_join_call, next.can_join_call),
+            can_view_fleet_metrics: both(self.can_view_fleet_metrics, next.can_view_fleet_metrics),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use switchboard_core::fleet::{FleetObserver, NoFleet};
 use switchboard_core::{CallId, Limits, SessionRegistry, TaskLauncher};
 
 use crate::hooks::PermissionHooks;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub(crate) readiness: Option<ReadinessCheck>,
     pub(crate) request_deadline: Duration,
     pub(crate) bounded_starts: bool,
+    pub(crate) fleet: Arc<dyn FleetObserver>,
 }
 
 /// How long a start may take before the API answers 503 + `Retry-After` (8 s; docs/api.md). The
@@ -75,7 +77,14 @@ impl AppState {
             readiness: None,
             request_deadline: DEFAULT_REQUEST_DEADLINE,
             bounded_starts: false,
+            fleet: Arc::new(NoFleet),
         }
+    }
+
+    /// Reports refused starts (429s, 503) to `fleet` (the fleet metrics).
+    pub fn with_fleet(mut self, fleet: Arc<dyn FleetObserver>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// Sets the start deadline (default 8 s).

@@ -82,9 +82,16 @@ impl ChangeObserver for NoFleet {
 impl FleetObserver for NoFleet {}
 
 /// Where events go once made (a webhook queue). Must not block.
+#[async_trait::async_trait]
 pub trait EventSink: Send + Sync + std::fmt::Debug {
     /// One event, in the order of the writes.
     fn publish(&self, event: SessionEvent);
+
+    /// Waits until what was published is delivered or given up, or `within` has passed;
+    /// returns how many events are left (at a shutdown, so that the last ends go out).
+    async fn drain(&self, _within: Duration) -> usize {
+        0
+    }
 }
 
 /// Upper bounds of the latency histograms, in seconds.
@@ -192,6 +199,15 @@ impl FleetMetrics {
     /// Sends every session event to `sink` from now on (once; a second sink is refused).
     pub fn publish_events_to(&self, sink: Arc<dyn EventSink>) -> Result<(), Arc<dyn EventSink>> {
         self.events.set(sink)
+    }
+
+    /// Waits for the event sink to deliver what it has, for at most `within`; returns how
+    /// many events are left undelivered (none without a sink).
+    pub async fn drain_events(&self, within: Duration) -> usize {
+        match self.events.get() {
+            Some(sink) => sink.drain(within).await,
+            None => 0,
+        }
     }
 
     /// Live sessions with `status`.

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::response::IntoResponse;
 use switchboard_agent::{Agent, AgentLauncher};
 use switchboard_api::{AppState, ServeOptions};
+use switchboard_core::fleet::FleetMetrics;
 
 use switchboard_local_call::{CallHub, HubEdge, LocalCall};
 use tokio::net::TcpListener;
@@ -97,15 +99,22 @@ pub fn local_router<A: Agent>(
     options: ServeOptions,
     calls_stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<axum::Router> {
+    let fleet = launcher.fleet_metrics().clone();
     let state = AppState::new(
         launcher.registry(),
         launcher.task_launcher(),
         *launcher.limits(),
     )
-    .with_readiness(switchboard_api::registry_readiness(launcher.registry()));
+    .with_readiness(switchboard_api::registry_readiness(launcher.registry()))
+    .with_fleet(fleet.clone());
     let hub = CallHub::new(launcher.clock());
     launcher.offer_edge(Arc::new(HubEdge::new(hub.clone())));
-    let calls = LocalCall::new(hub, options.hooks.can_join_call.clone(), calls_stopped).routes();
+    let calls = LocalCall::new(hub, options.hooks.can_join_call.clone(), calls_stopped)
+        .routes()
+        .merge(fleet_metrics_route(
+            fleet,
+            options.hooks.can_view_fleet_metrics.clone(),
+        ));
     let extra_routes = Some(match options.extra_routes {
         Some(extra) => calls.merge(extra),
         None => calls,
@@ -116,6 +125,38 @@ pub fn local_router<A: Agent>(
     };
     switchboard_api::router(state, options).context("invalid server options")
 }
+
+/// The content type of the Prometheus text format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`: the fleet metrics in the Prometheus text format, behind the
+/// `can_view_fleet_metrics` hook (under `AUTH_MODE=jwt`, a token with `metrics:view` for every
+/// call).
+fn fleet_metrics_route(
+    fleet: Arc<FleetMetrics>,
+    hook: Option<switchboard_api::Permission>,
+) -> axum::Router {
+    let handler = move |request: axum::extract::Request| {
+        let (fleet, hook) = (fleet.clone(), hook.clone());
+        async move {
+            let (parts, _body) = request.into_parts();
+            if let Some(hook) = hook
+                && let Err(rejection) = hook.check_parts("", &parts).await
+            {
+                return switchboard_api::ApiError::Rejected(Box::new(rejection)).into_response();
+            }
+            (
+                [(http::header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+                fleet.render_prometheus(),
+            )
+                .into_response()
+        }
+    };
+    axum::Router::new().route("/metrics", axum::routing::get(handler))
+}
+
+/// How long a stopping `serve` waits for the webhook queue to deliver the last events.
+pub const EVENTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves on `listener` until `shutdown` resolves, then drains.
 ///
@@ -155,6 +196,11 @@ pub async fn serve_on<A: Agent>(
     let sessions = launcher.node_sessions().len();
     info!(sessions, "draining: closing every session");
     launcher.stop().await;
+    // The sessions' ends are queued; give their webhooks a moment.
+    let left = launcher.fleet_metrics().drain_events(EVENTS_DRAIN).await;
+    if left > 0 {
+        warn!(left, "stopping with webhook events undelivered");
+    }
     // The agents have left (people saw them go); now the people's sockets close.
     http.stop().await?;
     info!("stopped");

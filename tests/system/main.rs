@@ -15,6 +15,7 @@ mod binary;
 mod browser;
 mod chaos;
 mod cluster;
+mod events;
 mod lambda_watch;
 mod local_call;
 mod local_stack;

@@ -74,6 +74,17 @@ impl Endpoint {
         &self.url
     }
 
+    /// The URL without what may be a credential (user info, query), for logs.
+    pub fn shown_url(&self) -> String {
+        let mut shown = self.url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        if shown.query().is_some() {
+            shown.set_query(Some("…"));
+        }
+        shown.to_string()
+    }
+
     /// One signed POST of `event`, timestamped now.
     pub async fn attempt(&self, event: &SessionEvent) -> Result<(), AttemptError> {
         let body = event.to_json();

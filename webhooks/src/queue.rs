@@ -73,7 +73,7 @@ pub struct WebhookQueue {
 impl std::fmt::Debug for WebhookQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookQueue")
-            .field("url", &self.shared.endpoint.url().as_str())
+            .field("url", &self.shared.endpoint.shown_url())
             .field("pending", &self.pending())
             .finish()
     }
@@ -124,7 +124,12 @@ impl WebhookQueue {
     }
 }
 
+#[async_trait::async_trait]
 impl EventSink for WebhookQueue {
+    async fn drain(&self, within: Duration) -> usize {
+        self.drained(within).await
+    }
+
     fn publish(&self, event: SessionEvent) {
         let shared = &self.shared;
         let queued = shared

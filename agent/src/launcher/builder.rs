@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard_core::fleet::{FleetMetrics, FleetObserver};
 use switchboard_core::{
     Clock, LimitOptions, Limits, MemoryRegistry, Result, SessionRegistry, SystemClock,
 };
@@ -28,6 +29,7 @@ pub struct AgentLauncherBuilder<A> {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) agent_close_timeout: Duration,
     pub(super) video_track_override: Option<PathBuf>,
+    pub(super) fleet_observer: Option<Arc<dyn FleetObserver>>,
 }
 
 impl<A> fmt::Debug for AgentLauncherBuilder<A> {
@@ -48,6 +50,7 @@ impl<A: Agent> AgentLauncherBuilder<A> {
             clock: Arc::new(SystemClock),
             agent_close_timeout: DEFAULT_AGENT_CLOSE_TIMEOUT,
             video_track_override: None,
+            fleet_observer: None,
         }
     }
 
@@ -132,17 +135,32 @@ impl<A: Agent> AgentLauncherBuilder<A> {
         self
     }
 
+    /// Where the supervisors and the sweep report heartbeat failures and reclaims (default:
+    /// the launcher's [`FleetMetrics`](AgentLauncher::fleet_metrics); an ECS task writes
+    /// CloudWatch's Embedded Metric Format instead).
+    pub fn fleet_observer(mut self, observer: Arc<dyn FleetObserver>) -> Self {
+        self.fleet_observer = Some(observer);
+        self
+    }
+
     /// Validates the options (with the anchor's messages) and builds the launcher.
     pub fn build(self) -> Result<AgentLauncher<A>> {
         let limits = Limits::new(self.options.clone())?;
         let clock = self.clock;
-        let registry = self
-            .registry
-            .unwrap_or_else(|| Arc::new(MemoryRegistry::new(clock.clone())));
+        let fleet = Arc::new(FleetMetrics::new(
+            clock.clone(),
+            limits.max_concurrent_sessions(),
+        ));
+        // The default registry reports its changes to the fleet metrics; a registry given
+        // (DynamoDB) reports through its table's stream instead.
+        let registry = self.registry.unwrap_or_else(|| {
+            Arc::new(MemoryRegistry::new(clock.clone()).observed(fleet.clone()))
+        });
         let ctx = SupervisorContext {
             registry,
             clock,
             limits,
+            fleet: self.fleet_observer.unwrap_or_else(|| fleet.clone()),
             factory: Factory {
                 create_agent: self.create_agent,
                 join_call: self.join_call,
@@ -153,7 +171,7 @@ impl<A: Agent> AgentLauncherBuilder<A> {
             agent_close_timeout: self.agent_close_timeout,
         };
         Ok(AgentLauncher {
-            state: Arc::new(LauncherState::new(ctx, self.options)),
+            state: Arc::new(LauncherState::new(ctx, self.options, fleet)),
         })
     }
 }

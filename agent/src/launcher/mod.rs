@@ -39,6 +39,7 @@ pub use self::session::{AgentSession, SessionEnd};
 use crate::agent::{Agent, CreateContext, JoinContext, Presence};
 use crate::edge::Edge;
 use crate::supervisor::SupervisorContext;
+use switchboard_core::fleet::FleetMetrics;
 
 /// What every clone of a launcher shares: its sessions' supervisors' context, the sessions on
 /// this node, and its run state.
@@ -51,13 +52,16 @@ pub(crate) struct LauncherState<A> {
     running: AtomicBool,
     draining: AtomicBool,
     maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// The fleet metrics of this node's registry (when it is the default one) and API.
+    fleet: Arc<FleetMetrics>,
 }
 
 impl<A> LauncherState<A> {
-    fn new(ctx: SupervisorContext<A>, options: LimitOptions) -> Self {
+    fn new(ctx: SupervisorContext<A>, options: LimitOptions, fleet: Arc<FleetMetrics>) -> Self {
         Self {
             ctx: Arc::new(ctx),
             options,
+            fleet,
             sessions: Mutex::new(HashMap::new()),
             warmed_up: OnceCell::new(),
             running: AtomicBool::new(false),
@@ -88,9 +92,9 @@ impl<A> LauncherState<A> {
     /// Ends the sessions whose lease expired (their node or supervisor is gone).
     async fn sweep(&self) {
         let ctx = &self.ctx;
-        if let Err(e) = lease::sweep_expired(&*ctx.registry, &ctx.limits, &NodeGone, &|| true).await
-        {
-            warn!(error = %e, "lease sweep could not list expired leases");
+        match lease::sweep_expired(&*ctx.registry, &ctx.limits, &NodeGone, &|| true).await {
+            Ok(totals) => ctx.fleet.swept(&totals),
+            Err(e) => warn!(error = %e, "lease sweep could not list expired leases"),
         }
     }
 }
@@ -384,6 +388,13 @@ impl<A: Agent> AgentLauncher<A> {
         };
         service::request_close(&*self.state.ctx.registry, &launcher, call_id, session_id).await?;
         Ok(())
+    }
+
+    /// The fleet metrics: this node's sessions by status, admissions, ends, latencies (from
+    /// the default in-memory registry), refusals (from the API state that reports to it),
+    /// sweeps and heartbeat failures. `serve` renders them at `GET /metrics`.
+    pub fn fleet_metrics(&self) -> &Arc<FleetMetrics> {
+        &self.state.fleet
     }
 
     /// Runs one lease sweep now (the maintenance loop does this every interval).

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchboard_core::fleet::FleetObserver;
 use switchboard_core::lease::Lease;
 use switchboard_core::registry::SessionRegistry;
 use switchboard_core::{
@@ -40,6 +41,7 @@ impl Lapse {
 /// Lease renewal, close-flag polling and metrics flushes, one heartbeat per interval.
 pub(super) struct Maintenance {
     registry: Arc<dyn SessionRegistry>,
+    fleet: Arc<dyn FleetObserver>,
     clock: Arc<dyn Clock>,
     limits: Limits,
     call_id: CallId,
@@ -55,6 +57,7 @@ impl Maintenance {
     /// retries before the stop deadline.
     pub(super) fn new(
         registry: Arc<dyn SessionRegistry>,
+        fleet: Arc<dyn FleetObserver>,
         clock: Arc<dyn Clock>,
         limits: Limits,
         call_id: CallId,
@@ -66,6 +69,7 @@ impl Maintenance {
         let next_heartbeat = (clock.now() + interval).min(lease.stop_deadline() - interval);
         Self {
             registry,
+            fleet,
             clock,
             limits,
             call_id,
@@ -139,6 +143,7 @@ impl Maintenance {
                 }
                 Err(Error::NotFound | Error::Conflict(_)) => return Some(Lapse::EndedElsewhere),
                 Err(e) => {
+                    self.fleet.heartbeat_failed();
                     warn!(session_id = %self.session_id, error = %e, "heartbeat failed; retrying");
                     self.next_heartbeat = now + self.retry_delay();
                 }
@@ -175,11 +180,15 @@ impl Maintenance {
                     return Err(Lapse::EndedElsewhere);
                 }
                 Ok(Err(e)) if self.clock.now() + backoff < give_up => {
+                    self.fleet.heartbeat_failed();
                     warn!(session_id = %self.session_id, error = %e, "could not renew the lease at startup; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(interval);
                 }
-                _ => return Err(Lapse::LeaseLost),
+                _ => {
+                    self.fleet.heartbeat_failed();
+                    return Err(Lapse::LeaseLost);
+                }
             }
         }
     }

@@ -77,6 +77,8 @@ pub(crate) struct SupervisorContext<A> {
     pub(crate) registry: Arc<dyn SessionRegistry>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
+    /// Where heartbeat failures and sweeps are counted.
+    pub(crate) fleet: Arc<dyn switchboard_core::fleet::FleetObserver>,
     pub(crate) factory: Factory<A>,
     /// How long `Agent::close` may take before the session is ended anyway.
     pub(crate) agent_close_timeout: Duration,
@@ -166,6 +168,7 @@ pub(crate) async fn supervise<A: Agent>(
 ) -> SessionEnd {
     let mut maintenance = Maintenance::new(
         ctx.registry.clone(),
+        ctx.fleet.clone(),
         ctx.clock.clone(),
         ctx.limits,
         session.call_id.clone(),

@@ -764,3 +764,33 @@ async fn the_dashboard_shell_is_public_and_its_data_goes_through_can_list_sessio
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["sessions"], json!([]));
 }
+
+#[tokio::test]
+async fn the_fleet_metrics_take_metrics_view_for_every_call() {
+    let hooks = Arc::new(JwtPolicy::new("HS256", SECRET).unwrap()).hooks();
+    let hook = hooks
+        .can_view_fleet_metrics
+        .expect("the policy guards GET /metrics");
+    let check = |token: Option<String>| {
+        let hook = hook.clone();
+        async move {
+            let mut request = http::Request::builder().uri("/metrics");
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let (parts, ()) = request.body(()).unwrap().into_parts();
+            hook.check_parts("", &parts).await.map_err(|r| r.status)
+        }
+    };
+    assert_eq!(check(Some(hs("metrics:view", None))).await, Ok(()));
+    assert_eq!(check(None).await, Err(StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        check(Some(hs("sessions:view", None))).await,
+        Err(StatusCode::FORBIDDEN)
+    );
+    // Figures across every call are not for a token limited to some.
+    assert_eq!(
+        check(Some(hs("metrics:view", Some(&["call-a"])))).await,
+        Err(StatusCode::FORBIDDEN)
+    );
+}

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use switchboard_agent::{Agent, AgentLauncherBuilder};
 use switchboard_api::ServeOptions;
+use switchboard_webhooks::{QueueOptions, WebhookQueue};
+use tracing::info;
 
 use super::args::{RegistryKind, ServeArgs};
 use super::{EffectiveConfig, LimitsConfig, configured, fail, print_config, runtime};
@@ -21,6 +23,8 @@ struct ServeConfig<'a> {
     log_format: String,
     registry: RegistryKind,
     table: &'a Option<String>,
+    /// Where session events go (the secret is never printed).
+    webhook_url: Option<String>,
 }
 
 pub(super) fn serve<A: Agent>(
@@ -51,6 +55,21 @@ pub(super) fn serve<A: Agent>(
             }))
             .map_err(anyhow::Error::new)
         });
+    // SWITCHBOARD_WEBHOOK_URL and _SECRET: read once, here; a bad value stops serve.
+    let webhook = match switchboard_webhooks::endpoint_from_lookup(|name| std::env::var(name).ok())
+    {
+        Ok(Some(_)) if args.registry == RegistryKind::Dynamodb => {
+            return fail(
+                2,
+                &anyhow::anyhow!(
+                    "{} applies to the in-memory registry; with --registry dynamodb the table's stream carries the events (docs/events.md)",
+                    switchboard_webhooks::SWITCHBOARD_WEBHOOK_URL
+                ),
+            );
+        }
+        Ok(endpoint) => endpoint,
+        Err(e) => return fail(2, &anyhow::anyhow!(e)),
+    };
     let auth = match loaded {
         Ok(policy) => policy.map(Arc::new),
         Err(e) => {
@@ -76,6 +95,7 @@ pub(super) fn serve<A: Agent>(
                 log_format: format!("{:?}", args.common.log_format).to_lowercase(),
                 registry: args.registry,
                 table: &args.table,
+                webhook_url: webhook.as_ref().map(|w| w.shown_url()),
             },
             limits: Some(LimitsConfig::from(&limits)),
         });
@@ -99,6 +119,15 @@ pub(super) fn serve<A: Agent>(
                 RegistryKind::Dynamodb => dynamodb(builder, args.table.as_deref()).await?,
             };
             let launcher = builder.build().context("invalid launcher options")?;
+            if let Some(endpoint) = webhook {
+                info!(url = %endpoint.shown_url(), "session events go to the webhook");
+                let queue = WebhookQueue::new(
+                    endpoint,
+                    QueueOptions::default(),
+                    launcher.fleet_metrics().clone(),
+                );
+                let _ = launcher.fleet_metrics().publish_events_to(Arc::new(queue));
+            }
             crate::serve::serve(launcher, options, addr, crate::serve::shutdown_signal()).await
         })
     });

@@ -139,3 +139,61 @@ async fn ready_is_503_while_the_registry_does_not_answer() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_counts_admissions_refusals_by_reason_and_live_sessions() {
+    let launcher = gated_launcher(Arc::new(Gates::default()))
+        .max_concurrent_sessions(2)
+        .max_sessions_per_call(1)
+        .build()
+        .unwrap();
+    let (addr, stop, server) = spawn_server(launcher).await;
+    until_status(addr, "/ready", 200).await;
+    assert_eq!(http(addr, "POST", "/calls/a/sessions", None).await.0, 201);
+    assert_eq!(http(addr, "POST", "/calls/a/sessions", None).await.0, 429);
+    assert_eq!(http(addr, "POST", "/calls/b/sessions", None).await.0, 201);
+    assert_eq!(http(addr, "POST", "/calls/c/sessions", None).await.0, 429);
+    let (status, text) = http(addr, "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&text, "switchboard_sessions_admitted_total"), 2);
+    assert_eq!(
+        sample(
+            &text,
+            "switchboard_sessions_refused_total{reason=\"per_call_limit\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "switchboard_sessions_refused_total{reason=\"global_limit\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "switchboard_sessions_refused_total{reason=\"unavailable\"}"
+        ),
+        0
+    );
+    let live: u64 = ["starting", "running"]
+        .iter()
+        .map(|s| sample(&text, &format!("switchboard_sessions{{status=\"{s}\"}}")))
+        .sum();
+    assert_eq!(live, 2);
+    assert_eq!(sample(&text, "switchboard_max_concurrent_sessions"), 2);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
