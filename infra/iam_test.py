@@ -1,5 +1,5 @@
 """Least privilege, measured: each role of template.yaml grants exactly the AWS calls its
-binary makes.
+binary makes (the api, reaper, events and webhooks functions, the agent task).
 
 "Makes" is what `switchboard_aws::calls::CallRecorder` recorded while the test command ran
 the tests (SWITCHBOARD_RECORD_AWS_CALLS): the api function's router and secret read, the
@@ -29,9 +29,19 @@ ROLES = {
     "ApiFunction": lambda r: r["Properties"]["Policies"],
     "ReaperFunction": lambda r: r["Properties"]["Policies"],
     "AgentTaskRole": lambda r: [p["PolicyDocument"] for p in r["Properties"]["Policies"]],
+    "EventsFunction": lambda r: r["Properties"]["Policies"],
+    "WebhookFunction": lambda r: r["Properties"]["Policies"],
 }
 
-SERVICE = {"DynamoDB": "dynamodb", "ECS": "ecs", "Secrets Manager": "secretsmanager"}
+SERVICE = {
+    "DynamoDB": "dynamodb",
+    "ECS": "ecs",
+    "Secrets Manager": "secretsmanager",
+    "EventBridge": "events",
+    "SQS": "sqs",
+}
+# Batch operations authorized as their single form.
+BATCHED = {("sqs", "SendMessageBatch"): "sqs:SendMessage"}
 TX_ITEM = {
     "Put": "dynamodb:PutItem",
     "Update": "dynamodb:UpdateItem",
@@ -55,6 +65,8 @@ def actions_of(call):
         if call.get("tags"):
             out.add("ecs:TagResource")
         return out
+    if (service, op) in BATCHED:
+        return {BATCHED[(service, op)]}
     return {f"{service}:{op}"}
 
 

@@ -8,7 +8,13 @@
 #   - the local ECS (switchboard-local-ecs): it runs the agent process of every task the api
 #     starts, after PROVISIONING_SECONDS, stops it as StopTask does, and hands the reaper
 #     the ECS Task State Change events (LOCAL_ECS_EVENTS=0: none) and its schedule (every
-#     SWEEP_SECONDS).
+#     SWEEP_SECONDS);
+#   - the session events (EVENTS=1): the `events` function on the table's stream, putting
+#     them on moto's default EventBridge bus; with WEBHOOK_URL and WEBHOOK_SECRET (whsec_...)
+#     also on a webhook FIFO queue that the `webhooks` function delivers, signed, to
+#     WEBHOOK_URL (a failed delivery is retried after WEBHOOK_RETRY_SECONDS, 5; after
+#     WEBHOOK_MAX_RECEIVES, 5, it goes to the dead-letter queue). The event source mappings
+#     are infra/local_event_sources.py.
 #
 # It prints `switchboard: ready at http://127.0.0.1:$PORT/lambda-url/api` once the api's
 # /ready answers 200, and stops everything it started on Ctrl-C or SIGTERM.
@@ -17,7 +23,8 @@
 # builds), PROVISIONING_SECONDS (0), SWEEP_SECONDS (60), LOCAL_ECS_EVENTS (1), AGENT (the
 # tasks' binary; default the demo agent), LOGS (target/local-stack), WARM_POOL_SIZE (0: the
 # idle warm standbys to keep; PROVISIONING_SECONDS applies to them too), every SWITCHBOARD_*
-# launcher setting (passed to both functions; the api hands the agents theirs).
+# launcher setting (passed to both functions; the api hands the agents theirs), EVENTS (1),
+# WEBHOOK_URL and WEBHOOK_SECRET (none), WEBHOOK_RETRY_SECONDS (5), WEBHOOK_MAX_RECEIVES (5).
 # EMULATOR=external with AWS_ENDPOINT_URL set uses an emulator you already run instead of
 # starting moto; LOCAL_ECS=0 when that emulator runs the tasks itself. BIN_DIR names a folder
 # with the agent, the local ECS and switchboard-dynamodb already built (the tests' copies).
@@ -37,6 +44,10 @@ export PROVISIONING_SECONDS=${PROVISIONING_SECONDS:-0}
 export SWEEP_SECONDS=${SWEEP_SECONDS:-60}
 export LOCAL_ECS_EVENTS=${LOCAL_ECS_EVENTS:-1}
 WARM_POOL_SIZE=${WARM_POOL_SIZE:-0}
+EVENTS=${EVENTS:-1}
+WEBHOOK_URL=${WEBHOOK_URL:-}
+WEBHOOK_RETRY_SECONDS=${WEBHOOK_RETRY_SECONDS:-5}
+WEBHOOK_MAX_RECEIVES=${WEBHOOK_MAX_RECEIVES:-5}
 
 say() { echo "==> $*"; }
 fail() { echo "switchboard: $*" >&2; exit 1; }
@@ -52,6 +63,13 @@ RELEASE=$(flag "${RELEASE:-0}" RELEASE)
 LOCAL_ECS=$(flag "$LOCAL_ECS" LOCAL_ECS)
 LOCAL_ECS_EVENTS=$(flag "$LOCAL_ECS_EVENTS" LOCAL_ECS_EVENTS)
 export LOCAL_ECS_EVENTS
+EVENTS=$(flag "$EVENTS" EVENTS)
+if [[ -n "$WEBHOOK_URL" ]]; then
+    [[ "$EVENTS" == 1 ]] || fail "WEBHOOK_URL needs EVENTS=1 (the webhooks come from the events)"
+    [[ "${WEBHOOK_SECRET:-}" == whsec_* ]] || fail "WEBHOOK_URL needs WEBHOOK_SECRET (whsec_ followed by base64; webhooks are signed)"
+    [[ "$WEBHOOK_RETRY_SECONDS" =~ ^[0-9]+$ ]] || fail "WEBHOOK_RETRY_SECONDS must be a whole number, not $WEBHOOK_RETRY_SECONDS"
+    [[ "$WEBHOOK_MAX_RECEIVES" =~ ^[1-9][0-9]*$ ]] || fail "WEBHOOK_MAX_RECEIVES must be a whole number from 1, not $WEBHOOK_MAX_RECEIVES"
+fi
 [[ "$RELEASE" == 1 ]] && release=(--release) || release=()
 
 [[ "$WARM_POOL_SIZE" =~ ^[0-9]+$ ]] && (( 10#$WARM_POOL_SIZE <= 100 )) \
@@ -120,7 +138,7 @@ if [[ "$EMULATOR" == moto ]]; then
 fi
 # The functions exactly as `cargo lambda watch -p switchboard-functions` runs them, so its
 # first invocation finds them built.
-say "building the functions (api, reaper; the first build takes a few minutes)"
+say "building the functions (api, reaper, events, webhooks; the first build takes a few minutes)"
 cargo build "${release[@]}" --locked -p switchboard-functions --bins
 if [[ -n "${BIN_DIR:-}" ]]; then
     bin=$BIN_DIR
@@ -174,6 +192,16 @@ eval "$setup"
 "$bin/switchboard-dynamodb" create-table "$TABLE" > /dev/null \
     || fail "creating the table $TABLE failed (with EMULATOR=external it may exist already: TABLE=... picks another)"
 say "table $TABLE, cluster $CLUSTER, task definition $TASK_DEFINITION, subnet $SUBNET, warm pool $WARM_POOL_SIZE"
+events_env=(--env-var "EVENT_BUS_NAME=default" --env-var "METRICS_NAMESPACE=Switchboard/local")
+WEBHOOK_QUEUE_URL=""
+if [[ -n "$WEBHOOK_URL" ]]; then
+    hooks=$(.venv/bin/python infra/webhook_setup.py "$endpoint" "$TABLE" "$WEBHOOK_RETRY_SECONDS" "$WEBHOOK_MAX_RECEIVES") \
+        || fail "creating the webhook queue and secret at $endpoint failed"
+    eval "$hooks"
+    events_env+=(--env-var "WEBHOOK_QUEUE_URL=$WEBHOOK_QUEUE_URL" --env-var "WEBHOOK_URL=$WEBHOOK_URL"
+        --env-var "WEBHOOK_SECRET_ARN=$WEBHOOK_SECRET_ARN")
+    say "webhooks to $WEBHOOK_URL through $WEBHOOK_QUEUE_URL (dead letters: $WEBHOOK_DLQ_URL)"
+fi
 
 # Every SWITCHBOARD_* launcher setting to both functions (the api puts the agents' in each
 # task's container override); the global limit defaults to 10 here.
@@ -185,7 +213,7 @@ if [[ -z "${SWITCHBOARD_MAX_CONCURRENT_SESSIONS:-}" ]]; then
     env_args+=(--env-var "SWITCHBOARD_MAX_CONCURRENT_SESSIONS=10")
 fi
 
-say "starting cargo lambda watch on 127.0.0.1:$PORT: api and reaper (log: $LOGS/lambda.log)"
+say "starting cargo lambda watch on 127.0.0.1:$PORT: api, reaper, events, webhooks (log: $LOGS/lambda.log)"
 # --disable-cors: the function answers CORS itself, as behind the HTTP API (the template
 # declares none there); watch's own layer would add a second `vary` to every response.
 # No --timeout: watch applies it to every request of its runtime API too, so an idle
@@ -202,7 +230,7 @@ setsid cargo lambda watch --disable-cors -A 127.0.0.1 -P "$PORT" \
     --env-var "AWS_REGION=$AWS_REGION" \
     --env-var "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \
     --env-var "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" \
-    "${env_args[@]}" > "$LOGS/lambda.log" 2>&1 &
+    "${events_env[@]}" "${env_args[@]}" > "$LOGS/lambda.log" 2>&1 &
 GROUPS_STARTED+=($!)
 watch_pid=$!
 
@@ -252,6 +280,25 @@ if [[ "$LOCAL_ECS" != 0 ]]; then
         sleep 0.1
     done
     [[ -e "$ready_file" ]] || fail "the local ECS did not start watching within 30 s"
+fi
+
+if [[ "$EVENTS" != 0 ]]; then
+    say "starting the event source mappings: the stream to events$([[ -n "$WEBHOOK_URL" ]] && echo ", the webhook queue to webhooks") (log: $LOGS/event-sources.log)"
+    sources_ready="$LOGS/event-sources.ready"
+    rm -f "$sources_ready"
+    queue_arg=()
+    [[ -n "$WEBHOOK_QUEUE_URL" ]] && queue_arg=(--webhook-queue-url "$WEBHOOK_QUEUE_URL")
+    setsid .venv/bin/python infra/local_event_sources.py --endpoint "$endpoint" --lambda-url "$base" \
+        --table "$TABLE" --logs "$LOGS" --ready-file "$sources_ready" "${queue_arg[@]}" \
+        > "$LOGS/event-sources.log" 2>&1 &
+    GROUPS_STARTED+=($!)
+    sources_pid=$!
+    for _ in $(seq 1 300); do
+        [[ -e "$sources_ready" ]] && break
+        kill -0 "$sources_pid" 2>/dev/null || { cat "$LOGS/event-sources.log"; fail "the event source mappings exited"; }
+        sleep 0.1
+    done
+    [[ -e "$sources_ready" ]] || fail "the event source mappings did not start within 30 s"
 fi
 
 echo "switchboard: ready at $base/lambda-url/api"

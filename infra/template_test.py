@@ -124,6 +124,15 @@ def evaluate(expr, params, conds, all_conds):
         return any(ev(x) for x in arg)
     if fn == "Fn::Contains":
         return str(ev(arg[1])) in [str(x) for x in ev(arg[0])]
+    if fn == "Fn::Split":
+        return str(ev(arg[1])).split(arg[0])
+    if fn == "Fn::Select":
+        return ev(arg[1])[int(arg[0])]
+    if fn == "Fn::Sub" and isinstance(arg, str):
+        out = arg
+        for name, value in params.items():
+            out = out.replace("${" + name + "}", str(value))
+        return out
     raise ValueError(f"cannot evaluate {fn}")
 
 
@@ -389,6 +398,70 @@ def main(path):
             t.rule_holds("FargateCpuMemory", AgentCpu=cpu, AgentMemory=mem) == ok,
             f"F18 Fargate {cpu} CPU with {mem} MiB is {'valid' if ok else 'refused'}",
         )
+
+    # #22: session events. The stream carries old and new images; the events function's
+    # mapping passes only state changes, with the patterns the local stack's mapping uses.
+    _, res = t.resolved()
+    spec = res["SessionsTable"]["Properties"].get("StreamSpecification", {})
+    check(spec.get("StreamViewType") == "NEW_AND_OLD_IMAGES", "#22 the table streams new and old images")
+    mapping = res["EventsFunction"]["Properties"]["Events"]["SessionChanges"]["Properties"]
+    patterns = [json.loads(f["Pattern"]) for f in mapping["FilterCriteria"]["Filters"]]
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "events", "stream-filters.json")
+    with open(here) as f:
+        check(patterns == json.load(f), "#22 the stream filters are infra/events/stream-filters.json")
+    check(mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"], "#22 the stream reports partial failures")
+    check("OnFailure" in mapping.get("DestinationConfig", {}), "#22 a stream batch failing its retries is kept")
+    check("WebhookFunction" not in res and "WebhookQueue" not in res, "#22 no webhook resources without WebhookUrl")
+    check(
+        not t.rule_holds("WebhookNeedsSecret", WebhookUrl="https://hooks.example/in"),
+        "#22 WebhookUrl without WebhookSecretArn is refused",
+    )
+    hooks = {"WebhookUrl": "https://hooks.example/in", "WebhookSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:hook"}
+    _, res = t.resolved(**hooks)
+    queue = res["WebhookQueue"]["Properties"]
+    check(queue.get("FifoQueue") is True and queue.get("ContentBasedDeduplication") is False,
+          "#22 the webhook queue is FIFO, deduplicated by the event id")
+    check(queue["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "WebhookMaxReceives"}, "#22 webhooks are given up after WebhookMaxReceives")
+    check(int(queue["VisibilityTimeout"]) >= int(res["WebhookFunction"]["Properties"]["Timeout"]),
+          "#22 the queue's visibility timeout covers the function's timeout")
+    wh = res["WebhookFunction"]["Properties"]["Events"]["Webhooks"]["Properties"]
+    check(wh["FunctionResponseTypes"] == ["ReportBatchItemFailures"], "#22 webhook batches report partial failures")
+    check(
+        res["EventsFunction"]["Properties"]["Environment"]["Variables"].get("WEBHOOK_QUEUE_URL") == {"Ref": "WebhookQueue"},
+        "#22 the events function queues webhooks when WebhookUrl is set",
+    )
+    # Every dead-letter queue has an alarm on it (the webhook queue itself is not one).
+    for overrides in ({}, hooks):
+        _, res = t.resolved(**overrides)
+        watched = {
+            d["Value"]["Fn::GetAtt"][0]
+            for r in res.values()
+            if r["Type"] == "AWS::CloudWatch::Alarm"
+            for d in r["Properties"].get("Dimensions", [])
+            if d["Name"] == "QueueName" and isinstance(d["Value"], dict) and "Fn::GetAtt" in d["Value"]
+        }
+        queues = {n for n, r in res.items() if r["Type"] == "AWS::SQS::Queue" and n != "WebhookQueue"}
+        check(queues <= watched, f"#22 every dead-letter queue has an alarm {sorted(queues - watched)}")
+    _, res = t.resolved(WarmPoolSize=2)
+    check("WarmPoolEmptyAlarm" in res, "#22 with a warm pool, an alarm when it is empty")
+    _, res = t.resolved()
+    check("WarmPoolEmptyAlarm" not in res, "#22 without a warm pool, no pool alarm")
+    for name in ("Api5xxRateAlarm", "StartFailuresAlarm", "ConcurrencyNearLimitAlarm", "EventsLagAlarm", "FleetDashboard"):
+        check(name in res, f"#22 {name}")
+    body = res["FleetDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    rendered = body
+    for key in ("Ns", "Max"):
+        rendered = rendered.replace("${" + key + "}", "1")
+    for key in ("AWS::Region", "HttpApi", "EventsFunction"):
+        rendered = rendered.replace("${" + key + "}", "x")
+    try:
+        json.loads(rendered)
+        check(True, "#22 the dashboard body is JSON")
+    except ValueError as e:
+        check(False, f"#22 the dashboard body is JSON: {e}")
+    ns = {"Fn::Sub": "Switchboard/${AWS::StackName}"}
+    for fn in ("ApiFunction", "ReaperFunction", "EventsFunction"):
+        check(res[fn]["Properties"]["Environment"]["Variables"].get("METRICS_NAMESPACE") == ns, f"#22 {fn} writes EMF in the stack's namespace")
 
     if failures:
         print(f"\n{len(failures)} template check(s) failed", file=sys.stderr)

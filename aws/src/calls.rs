@@ -29,6 +29,11 @@ pub enum Role {
     Reaper,
     /// The agent's ECS task (`AgentTaskRole`).
     AgentTask,
+    /// The `events` function (`EventsFunction`'s role): the stream to the bus and the
+    /// webhook queue.
+    Events,
+    /// The `webhooks` function (`WebhookFunction`'s role): the queue to the receiver.
+    Webhooks,
 }
 
 impl Role {
@@ -38,6 +43,8 @@ impl Role {
             Role::Api => "ApiFunction",
             Role::Reaper => "ReaperFunction",
             Role::AgentTask => "AgentTaskRole",
+            Role::Events => "EventsFunction",
+            Role::Webhooks => "WebhookFunction",
         }
     }
 }

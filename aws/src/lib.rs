@@ -7,6 +7,8 @@
 //! - [`ecs`]: [`EcsLauncher`], the `TaskLauncher` that runs each agent as its own ECS task.
 //! - [`pool`]: the warm pool of standby tasks ([`pool::WarmPool`]) and the api's launcher
 //!   that claims one before it starts a task ([`pool::PooledLauncher`]).
+//! - [`emf`]: the fleet metrics as CloudWatch Embedded Metric Format lines on stdout.
+//! - [`dynamodb::stream`]: the table's stream records as session changes (the events' source).
 //! - [`calls`]: the interceptor that records each deployed role's AWS calls for the IAM test.
 //!
 //! # Must not depend on
@@ -19,6 +21,7 @@ pub mod calls;
 pub mod dynamodb;
 pub mod ecs;
 pub mod ecs_tasks;
+pub mod emf;
 pub mod pool;
 
 pub use dynamodb::DynamoRegistry;

@@ -131,7 +131,7 @@ pub struct EventData {
     /// When its agent joined.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running_at: Option<Timestamp>,
-    /// `cold`, `warm` or `in_process`, once known.
+    /// `cold` or `warm` on ECS, once known (absent under `serve`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_type: Option<crate::StartType>,
     /// Admission to joined, in milliseconds.

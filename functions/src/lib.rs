@@ -5,8 +5,10 @@
 //! [`ApiConfig::from_env`], builds its clients once, and hands [`api_router`] to
 //! `lambda_http::run`.
 
+pub mod events;
 pub mod reaper;
 pub mod secrets;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -564,9 +566,12 @@ pub fn api_router(config: &ApiConfig, sdk: &aws_config::SdkConfig) -> anyhow::Re
     )));
     // Lambda freezes the environment once the response is sent: no part of a start may run
     // after it (a RunTask resumed minutes later, for a client that saw a 503).
+    // Refusals as EMF lines: counted on stdout, no call on the request path.
+    let fleet = switchboard_aws::emf::EmfFleet(switchboard_aws::emf::Emf::from_env());
     let state = AppState::new(registry.clone(), launcher, config.limits)
         .with_readiness(registry_readiness(registry))
-        .with_bounded_starts();
+        .with_bounded_starts()
+        .with_fleet(Arc::new(fleet));
     let options = ServeOptions {
         cors: config.cors.clone(),
         hooks: config
@@ -655,6 +660,24 @@ pub fn reaper_parts(
             config.cluster.clone(),
         ),
     )
+}
+
+/// The EventBridge client of a deployed role (its calls recorded for the IAM test).
+pub fn eventbridge_client(sdk: &aws_config::SdkConfig, role: Role) -> aws_sdk_eventbridge::Client {
+    let mut builder = aws_sdk_eventbridge::config::Builder::from(sdk);
+    if let Some(recorder) = switchboard_aws::calls::CallRecorder::from_env(role) {
+        builder = builder.interceptor(recorder);
+    }
+    aws_sdk_eventbridge::Client::from_conf(builder.build())
+}
+
+/// The SQS client of a deployed role (its calls recorded for the IAM test).
+pub fn sqs_client(sdk: &aws_config::SdkConfig, role: Role) -> aws_sdk_sqs::Client {
+    let mut builder = aws_sdk_sqs::config::Builder::from(sdk);
+    if let Some(recorder) = switchboard_aws::calls::CallRecorder::from_env(role) {
+        builder = builder.interceptor(recorder);
+    }
+    aws_sdk_sqs::Client::from_conf(builder.build())
 }
 
 /// Logs for CloudWatch: JSON lines with a timestamp, level from `RUST_LOG` (default `info`);

@@ -18,6 +18,7 @@
 //! no start claims it meanwhile; once the store answers, a renewal revives it, unless the
 //! sweep deregistered it (then it exits and the pool refills).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_agent::{Agent, AgentLauncherBuilder};
@@ -78,7 +79,14 @@ pub(crate) async fn run<A: Agent>(
     let standbys = StandbyRegistry::new(registry.clone());
     let registry: std::sync::Arc<dyn switchboard_core::SessionRegistry> =
         std::sync::Arc::new(registry);
-    let launcher = match builder.registry(registry.clone()).build() {
+    let fleet = Arc::new(switchboard_aws::emf::EmfFleet(
+        switchboard_aws::emf::Emf::from_env(),
+    ));
+    let launcher = match builder
+        .registry(registry.clone())
+        .fleet_observer(fleet)
+        .build()
+    {
         Ok(launcher) => launcher,
         Err(e) => return invalid(&format!("invalid launcher options (SWITCHBOARD_*): {e}")),
     };

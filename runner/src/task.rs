@@ -100,7 +100,15 @@ pub(crate) async fn run<A: Agent>(
     let failure = match (validate(&args), configured) {
         (Ok(env), Ok((builder, _))) => {
             let registry = registry(&env.table).await;
-            return match builder.registry(registry.clone()).build() {
+            // Heartbeat failures as EMF lines (CloudWatch's fleet metrics).
+            let fleet = Arc::new(switchboard_aws::emf::EmfFleet(
+                switchboard_aws::emf::Emf::from_env(),
+            ));
+            return match builder
+                .registry(registry.clone())
+                .fleet_observer(fleet)
+                .build()
+            {
                 Ok(launcher) => host(launcher, registry, env, shutdown).await,
                 Err(e) => fail_hosting(&anyhow::Error::new(e)),
             };

@@ -2,7 +2,9 @@
 //! reaper under `cargo lambda watch`, the local ECS running each session's agent process.
 //! One full lifecycle through it, a SIGKILLed agent resolved by the reaper (by its STOPPED
 //! event; with `LOCAL_ECS_EVENTS=0`, by the sweep once the lease expired), then SIGTERM:
-//! the script stops everything it started.
+//! the script stops everything it started. Session events reach the bus and a verifying
+//! webhook receiver, in order, even when the api is SIGKILLed right after its 201; the
+//! functions' and tasks' EMF lines are EMF.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ fn processes_with(key: &str, value: &str) -> Vec<(u32, String)> {
 struct LocalStack {
     script: Child,
     port: u16,
+    moto_port: u16,
     table: String,
     marker: String,
     /// The script's output so far (its own lines and the local ECS's).
@@ -36,6 +39,7 @@ impl LocalStack {
     /// Starts the script with `settings` and waits for its ready line.
     async fn start(settings: &[(&str, &str)]) -> Self {
         let port = crate::free_port();
+        let moto_port = crate::free_port();
         let run = uuid::Uuid::now_v7().simple().to_string();
         let table = format!("local-stack-{run}");
         let logs = std::env::temp_dir().join(format!("switchboard-local-stack-{run}"));
@@ -45,7 +49,7 @@ impl LocalStack {
             .arg(root.join("infra/serverless-local.sh"))
             .current_dir(&root)
             .env("PORT", port.to_string())
-            .env("MOTO_PORT", crate::free_port().to_string())
+            .env("MOTO_PORT", moto_port.to_string())
             .env("TABLE", &table)
             .env("CLUSTER", format!("local-stack-{run}"))
             .env("LOGS", &logs)
@@ -90,6 +94,7 @@ impl LocalStack {
         let stack = Self {
             script,
             port,
+            moto_port,
             table,
             marker: run,
             output,
@@ -537,5 +542,196 @@ async fn a_warm_pool_starts_held_sessions_warm_then_cold_refills_and_redispatche
         "local stack: a claimed standby killed before joining; its session ran {} ms after admission",
         running["start_latency_ms"]
     );
+    stack.stop().await;
+}
+
+impl LocalStack {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.moto_port)
+    }
+
+    /// A rule on moto's default bus for Switchboard's events, into a queue the test reads.
+    async fn event_tap(&self) -> (aws_sdk_sqs::Client, String) {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let bus = aws_sdk_eventbridge::Client::new(&sdk);
+        let url = sqs
+            .create_queue()
+            .queue_name(format!("tap-{}", self.marker))
+            .send()
+            .await
+            .unwrap();
+        let url = url.queue_url().unwrap().to_owned();
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap();
+        let arn =
+            attrs.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+        let rule = format!("tap-{}", self.marker);
+        bus.put_rule()
+            .name(&rule)
+            .event_pattern(
+                r#"{"source": ["switchboard"], "detail-type": ["Session State Change"]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        bus.put_targets()
+            .rule(&rule)
+            .targets(
+                aws_sdk_eventbridge::types::Target::builder()
+                    .id("tap")
+                    .arn(arn)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        (sqs, url)
+    }
+}
+
+/// The events the tap received, until `n`.
+async fn tapped(sqs: &aws_sdk_sqs::Client, url: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the bus delivered {} of {n}: {got:#?}",
+            got.len()
+        );
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages() {
+            got.push(serde_json::from_str::<Value>(m.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_events_reach_the_bus_and_a_verifying_webhook_even_past_a_killed_api() {
+    let _heavy = crate::HEAVY.lock().await;
+    // The first delivery answers 500: SQS makes it visible again a second later, and that
+    // session's later events wait behind it (FIFO, one group per session).
+    let mut receiver = crate::events::Receiver::start(&["--fail-first", "1"]).await;
+    let url = receiver.url();
+    let stack = LocalStack::start(&[
+        ("WEBHOOK_URL", url.as_str()),
+        ("WEBHOOK_SECRET", crate::events::SECRET),
+        ("WEBHOOK_RETRY_SECONDS", "1"),
+        ("SWITCHBOARD_MAINTENANCE_INTERVAL", "1"),
+        // Session b ends by itself, with no api to close it.
+        ("SWITCHBOARD_MAX_SESSION_DURATION_SECONDS", "15"),
+    ])
+    .await;
+    let (sqs, tap) = stack.event_tap().await;
+
+    let a = stack.start_session("events-a").await;
+    stack
+        .until("events-a", &a, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    assert_eq!(
+        stack
+            .call("DELETE", &format!("/calls/events-a/sessions/{a}"))
+            .await
+            .status,
+        202
+    );
+
+    // b: the api is SIGKILLed as soon as its 201 is out. Its admission was committed with
+    // the row, so the stream has it; the task reports the rest.
+    let b = stack.start_session("events-b").await;
+    let api: Vec<_> = processes_with("TABLE_NAME", &stack.table)
+        .into_iter()
+        .filter(|(_, cmd)| {
+            cmd.split_whitespace()
+                .next()
+                .is_some_and(|exe| exe.ends_with("/api"))
+        })
+        .collect();
+    assert_eq!(api.len(), 1, "one api function process: {api:?}");
+    Command::new("kill")
+        .args(["-KILL", &api[0].0.to_string()])
+        .status()
+        .await
+        .unwrap();
+
+    let delivered = receiver.delivered(6).await;
+    crate::events::assert_lifecycles(&delivered, std::slice::from_ref(&a), "requested");
+    crate::events::assert_lifecycles(&delivered, std::slice::from_ref(&b), "max_duration");
+    assert!(
+        receiver.seen.iter().any(|v| v["status"] == 500),
+        "{:#?}",
+        receiver.seen
+    );
+
+    let events = tapped(&sqs, &tap, 6).await;
+    for id in [&a, &b] {
+        let mine: Vec<_> = events
+            .iter()
+            .filter(|e| e["detail"]["data"]["session_id"] == id.as_str())
+            .collect();
+        let mut kinds: Vec<_> = mine
+            .iter()
+            .map(|e| e["detail"]["data"]["sequence"].as_u64().unwrap())
+            .collect();
+        kinds.sort_unstable();
+        assert_eq!(kinds, [1, 2, 3], "{events:#?}");
+        assert!(mine.iter().all(|e| e["source"] == "switchboard" && e["detail-type"] == "Session State Change"));
+    }
+
+    // The functions' and the tasks' metric lines are EMF.
+    let mut logs = vec![stack.logs.join("lambda.log")];
+    logs.extend(
+        std::fs::read_dir(stack.logs.join("tasks"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    let root = switchboard_testkit::bins::workspace_root();
+    let check = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("infra/emf_check.py"))
+        .args(&logs)
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{report}");
+    for name in [
+        "SessionsAdmitted",
+        "StartLatency",
+        "SessionsEnded",
+        "CloseLatency",
+        "WebhookDeliveries",
+    ] {
+        assert!(report.contains(name), "no {name} in {report}");
+    }
     stack.stop().await;
 }

@@ -2,9 +2,10 @@
 """A webhook receiver for the system tests.
 
 Verifies every delivery with the `standardwebhooks` package (a third party's verifier, not
-Switchboard's code) and prints one JSON line per request on stdout: the event's id, type,
-session and sequence, whether its signature verified, and the status it answered. The first
-line is {"port": N}.
+Switchboard's code), checks the payload against docs/events.schema.json, and prints one
+JSON line per request on stdout: the event's id, type, session and sequence, whether its
+signature verified, the schema's complaints, and the status it answered. The first line is
+{"port": N}.
 
   --port N         listen on N (default: any free port)
   --fail-first N   answer 500 to the first N requests
@@ -14,12 +15,18 @@ line is {"port": N}.
 
 import argparse
 import json
+import pathlib
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import jsonschema
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+# Every payload is checked against the documented schema too.
+SCHEMA = json.loads((pathlib.Path(__file__).resolve().parents[2] / "docs" / "events.schema.json").read_text())
+schema = jsonschema.Draft202012Validator(SCHEMA)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--secret", required=True)
@@ -59,6 +66,7 @@ class Handler(BaseHTTPRequestHandler):
                 session_id=payload["data"]["session_id"],
                 sequence=payload["data"]["sequence"],
                 end_reason=payload["data"].get("end_reason"),
+                schema_errors=[e.message for e in schema.iter_errors(payload)],
             )
         except (WebhookVerificationError, KeyError, ValueError) as e:
             record.update(verified=False, error=str(e))

@@ -87,13 +87,18 @@ impl Endpoint {
 
     /// One signed POST of `event`, timestamped now.
     pub async fn attempt(&self, event: &SessionEvent) -> Result<(), AttemptError> {
-        let body = event.to_json();
+        self.attempt_raw(event.id(), event.to_json()).await
+    }
+
+    /// One signed POST of an event already serialized (`body`, whose id is `id`): the AWS
+    /// delivery function sends each queued message as it was queued.
+    pub async fn attempt_raw(&self, id: &str, body: String) -> Result<(), AttemptError> {
         let timestamp = switchboard_core::Timestamp::now_system().unix_seconds();
-        let signature = self.secret.sign(event.id(), timestamp, body.as_bytes());
+        let signature = self.secret.sign(id, timestamp, body.as_bytes());
         let answer = self
             .client
             .post(self.url.clone())
-            .header(WEBHOOK_ID, event.id())
+            .header(WEBHOOK_ID, id)
             .header(WEBHOOK_TIMESTAMP, timestamp.to_string())
             .header(WEBHOOK_SIGNATURE, signature)
             .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -29,6 +29,7 @@ mod lifecycle;
 pub mod list;
 pub mod pool;
 mod queries;
+pub mod stream;
 mod table;
 mod transact;
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
+    TimeToLiveSpecification,
 };
 
 /// The live index's name.
@@ -25,7 +26,8 @@ fn key(name: &str, kind: KeyType) -> anyhow::Result<KeySchemaElement> {
         .build()?)
 }
 
-/// Creates the table (on-demand capacity, the keys-only live index, TTL on `expires_at`) and
+/// Creates the table (on-demand capacity, the keys-only live index, TTL on `expires_at`, a
+/// stream of new and old images) and
 /// waits until it is active.
 pub async fn create_table(client: &Client, table: &str) -> anyhow::Result<()> {
     let live = GlobalSecondaryIndex::builder()
@@ -49,6 +51,13 @@ pub async fn create_table(client: &Client, table: &str) -> anyhow::Result<()> {
         .key_schema(key("PK", KeyType::Hash)?)
         .key_schema(key("SK", KeyType::Range)?)
         .global_secondary_indexes(live)
+        // Session events come from the stream (dynamodb::stream).
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()?,
+        )
         .send()
         .await
         .map_err(|e| anyhow::Error::new(e).context(format!("CreateTable {table}")))?;

@@ -35,6 +35,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         registry,
         tasks,
         pool,
+        fleet: switchboard_aws::emf::EmfFleet(switchboard_aws::emf::Emf::from_env()),
     });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let reaper = reaper.clone();

@@ -7,7 +7,10 @@ use std::time::SystemTime;
 
 use serde_json::json;
 use switchboard_aws::DynamoRegistry;
-use switchboard_core::SystemClock;
+use switchboard_aws::emf::{EmfFleet, Metric, Unit};
+use switchboard_core::fleet::FleetObserver;
+use switchboard_core::lease::SweepTotals;
+use switchboard_core::{CallId, SessionRegistry, SystemClock};
 
 use super::*;
 use crate::ReaperConfig;
@@ -25,6 +28,8 @@ pub struct Reaper {
     pub tasks: EcsTasks,
     /// The warm pool, when there is one.
     pub pool: Option<WarmPool>,
+    /// The fleet metrics (EMF on stdout).
+    pub fleet: EmfFleet,
 }
 
 /// How long a sweep may take: what is left until the invocation's `deadline` less a 5 s
@@ -42,6 +47,42 @@ pub fn sweep_budget(deadline: SystemTime, now: SystemTime) -> Duration {
 }
 
 impl Reaper {
+    /// The sweep's figures as EMF: reclaims, failures, and (once a minute, with the schedule)
+    /// the live sessions from the table's counters, the share of the concurrency limit they
+    /// take, and the pool's idle standbys.
+    async fn fleet_figures(&self, report: &SweepReport) {
+        self.fleet.swept(&SweepTotals {
+            lease_expired: report.lease_expired,
+            start_failed: report.start_failed,
+            failed: report.failed,
+            ..SweepTotals::default()
+        });
+        let mut metrics = vec![Metric::one(
+            "SweepFailures",
+            Unit::Count,
+            f64::from(report.failed),
+        )];
+        // Any call: the global count is what is read.
+        let call = CallId::parse("fleet").expect("a valid call id");
+        match self.registry.counts(&call).await {
+            Ok(counts) => {
+                let live = counts.global as f64;
+                metrics.push(Metric::one("LiveSessions", Unit::Count, live));
+                if let Some(max) = self.config.limits.max_concurrent_sessions() {
+                    let used = 100.0 * live / f64::from(max.max(1));
+                    metrics.push(Metric::one("ConcurrencyUsed", Unit::Percent, used));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the live count for the fleet metrics");
+            }
+        }
+        if let Some(pool) = report.pool {
+            metrics.push(Metric::one("PoolIdle", Unit::Count, f64::from(pool.idle)));
+        }
+        self.fleet.0.emit(None, &metrics);
+    }
+
     /// Handles one event; `deadline` is the invocation's. The reply says what was done.
     pub async fn handle(&self, payload: Value, deadline: SystemTime) -> Result<Value, Error> {
         if payload.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
@@ -71,6 +112,7 @@ impl Reaper {
                 standbys_idle = pool.idle,
                 "sweep done"
             );
+            self.fleet_figures(&report).await;
             return Ok(json!({ "sweep": format!("{report:?}") }));
         }
         match parse_event(&payload, &self.config.container) {

@@ -10,4 +10,5 @@ mod events;
 mod handler;
 mod iam;
 mod reaper;
+mod relay;
 mod standby;
