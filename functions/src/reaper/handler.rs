@@ -77,7 +77,9 @@ impl Reaper {
                 tracing::warn!(error = %e, "could not read the live count for the fleet metrics");
             }
         }
-        if let Some(pool) = report.pool {
+        // Only with a pool to keep (its alarm exists only then).
+        let keeps_pool = self.pool.as_ref().is_some_and(|p| p.settings().size > 0);
+        if let Some(pool) = report.pool.filter(|_| keeps_pool) {
             metrics.push(Metric::one("PoolIdle", Unit::Count, f64::from(pool.idle)));
         }
         self.fleet.0.emit(None, &metrics);
