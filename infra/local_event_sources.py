@@ -4,9 +4,10 @@ template.yaml declares them on AWS:
 
 - the sessions table's stream → the `events` function: batches of up to 100 records of the
   shard, in order, filtered by infra/events/stream-filters.json (the mapping's
-  FilterCriteria); a partial batch failure retries from the failed record with a doubling
-  backoff, MAX_RETRIES times, then the batch is set aside as the mapping's on-failure
-  destination would (logged, and written to $LOGS/events-on-failure.jsonl);
+  FilterCriteria); a partial batch failure retries from the failed record (with a doubling
+  backoff up to 30 s, where Lambda retries at once) until it succeeds, as the template's
+  MaximumRetryAttempts -1 does; EVENTS_MAX_RETRIES=N gives up after N retries and writes
+  the batch to $LOGS/events-on-failure.jsonl, as the mapping's on-failure destination would;
 - the webhook FIFO queue → the `webhooks` function: up to 10 messages, the ones it reports
   failed stay for the queue's visibility timeout (SQS's retry), the others are deleted;
   moto moves a message past maxReceiveCount to the dead-letter queue.
@@ -38,7 +39,7 @@ parser.add_argument("--logs", default="target/local-stack")
 parser.add_argument("--ready-file")
 args = parser.parse_args()
 
-MAX_RETRIES = int(os.environ.get("EVENTS_MAX_RETRIES", "10"))
+MAX_RETRIES = int(os.environ.get("EVENTS_MAX_RETRIES", "-1"))
 FILTERS = json.loads((pathlib.Path(__file__).parent / "events" / "stream-filters.json").read_text())
 region = os.environ.get("AWS_REGION", "us-east-1")
 session = boto3.session.Session(region_name=region)
@@ -116,7 +117,7 @@ def stream_mapping():
             first = min(failed, key=int)
             batch = [r for r in batch if int(r["dynamodb"]["SequenceNumber"]) >= int(first)]
             attempt += 1
-            if attempt > MAX_RETRIES:
+            if 0 <= MAX_RETRIES < attempt:
                 log(mapping="stream", on_failure=len(batch), first=first)
                 with failures.open("a") as f:
                     f.write(json.dumps({"records": batch}, default=str) + "\n")

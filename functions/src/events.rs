@@ -9,8 +9,14 @@
 //!   `WEBHOOK_QUEUE_URL` (FIFO: message group = the session, deduplication id = the event id,
 //!   so a retried batch within five minutes is not sent twice).
 //! - The first record that cannot be published ends the batch: its sequence number is the
-//!   batch item failure, so Lambda retries from it (those before it are done). After the
-//!   mapping's retries the batch goes to its on-failure queue, which has an alarm.
+//!   batch item failure, so Lambda retries from it (those before it are done). The mapping
+//!   retries without a limit until the record is 24 hours old (a bus or queue outage delays
+//!   events, it does not drop them; the lag has an alarm); only then does the batch go to
+//!   its on-failure queue, which has an alarm too.
+//! - A record that does not decode (a retry cannot fix it) is set aside: logged whole as an
+//!   error and counted (`EventRecordsSetAside`, alarmed); the batch goes on.
+//! - Batches hold at most one event per session: SQS takes a batch's entries one by one, so
+//!   a later event of the same session could otherwise be queued ahead of a refused one.
 //! - The fleet metrics of each published event are written as EMF lines.
 //!
 //! Why the function writes the webhook queue itself rather than an EventBridge rule: a rule's
@@ -22,7 +28,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use switchboard_aws::dynamodb::stream::{RowChange, row_change};
-use switchboard_aws::emf::EmfFleet;
+use switchboard_aws::emf::{EmfFleet, Metric, Unit};
 use switchboard_core::SessionRegistry;
 use switchboard_core::events::{Change, ChangeObserver, EventType, SessionEvent};
 use switchboard_core::metrics::AgentMetrics;
@@ -58,6 +64,27 @@ impl EventsConfig {
     }
 }
 
+/// `pending` cut in order into batches of at most [`BATCH`] with at most one event per
+/// session each: SQS accepts or refuses a batch's entries one by one, so a session's later
+/// event in the same batch could be queued before an earlier one that was refused.
+fn chunks(pending: &[Pending]) -> Vec<&[Pending]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < pending.len() {
+        let mut end = start;
+        let mut sessions = std::collections::HashSet::new();
+        while end < pending.len()
+            && end - start < BATCH
+            && sessions.insert(pending[end].change.session.id)
+        {
+            end += 1;
+        }
+        out.push(&pending[start..end]);
+        start = end;
+    }
+    out
+}
+
 /// The relay.
 #[derive(Debug)]
 pub struct Relay {
@@ -71,6 +98,16 @@ pub struct Relay {
     pub config: EventsConfig,
     /// The fleet metrics.
     pub fleet: EmfFleet,
+}
+
+/// What one record is.
+enum Prepared {
+    /// An event to publish.
+    Event(Pending),
+    /// Not an event (another item, a heartbeat).
+    Skip,
+    /// Not readable (a retry cannot help): logged whole and counted.
+    SetAside(String),
 }
 
 /// One event to publish, with the record it comes from.
@@ -93,10 +130,20 @@ impl Relay {
                 .unwrap_or("")
                 .to_owned();
             match self.prepare(record).await {
-                Ok(Some(p)) => pending.push(p),
-                Ok(None) => {}
+                Ok(Prepared::Event(p)) => pending.push(p),
+                Ok(Prepared::Skip) => {}
+                // Retrying cannot fix a record that does not decode: keep it whole in the
+                // log (30 days), count it (an alarm watches), and go on with the others.
+                Ok(Prepared::SetAside(reason)) => {
+                    error!(sequence_number = %sequence, reason = %reason, record = %record,
+                        "a stream record is not a session change this function can read; set aside");
+                    self.fleet.0.emit(
+                        None,
+                        &[Metric::one("EventRecordsSetAside", Unit::Count, 1.0)],
+                    );
+                }
                 Err(e) => {
-                    error!(sequence_number = %sequence, error = %e, "a stream record could not be read; retried from it");
+                    warn!(sequence_number = %sequence, error = %format!("{e:#}"), "a stream record could not be prepared; retried from it");
                     failed_at = Some(sequence);
                     break;
                 }
@@ -127,9 +174,12 @@ impl Relay {
         }
     }
 
-    async fn prepare(&self, record: &Value) -> anyhow::Result<Option<Pending>> {
-        let Some(change) = row_change(record)? else {
-            return Ok(None);
+    /// The record's event; `Err` only for what a retry may fix (the table unavailable).
+    async fn prepare(&self, record: &Value) -> anyhow::Result<Prepared> {
+        let change = match row_change(record) {
+            Ok(Some(change)) => change,
+            Ok(None) => return Ok(Prepared::Skip),
+            Err(e) => return Ok(Prepared::SetAside(e.to_string())),
         };
         let kind = Change {
             before: change.before,
@@ -137,7 +187,9 @@ impl Relay {
             metrics: None,
         }
         .event_type();
-        let Some(kind) = kind else { return Ok(None) };
+        let Some(kind) = kind else {
+            return Ok(Prepared::Skip);
+        };
         // An end's final metrics were written by the same transaction as the row.
         let metrics = if kind == EventType::Ended {
             self.registry
@@ -149,7 +201,7 @@ impl Relay {
             None
         };
         let event = SessionEvent::new(kind, &change.session, metrics.as_ref());
-        Ok(Some(Pending {
+        Ok(Prepared::Event(Pending {
             sequence_number: change.sequence_number.clone(),
             change,
             metrics,
@@ -160,7 +212,7 @@ impl Relay {
     /// Publishes `pending` in order; returns how many were published and whether one failed.
     async fn publish(&self, pending: &[Pending]) -> (usize, bool) {
         let mut done = 0;
-        for chunk in pending.chunks(BATCH) {
+        for chunk in chunks(pending) {
             let ok = match self.put_events(chunk).await {
                 Ok(ok) => ok,
                 Err(e) => {

@@ -3,9 +3,10 @@
 //!
 //! - Input: an SQS batch (`FunctionResponseTypes: ReportBatchItemFailures`), in order per
 //!   message group (a session).
-//! - The first message that fails (no answer, not 2xx) and every message after it in the
-//!   batch are batch item failures, so a session's later events never overtake it: SQS makes
-//!   them visible again after the visibility timeout (the retry's backoff), and after
+//! - A message that fails (no answer, not 2xx) and every later message of its group (its
+//!   session) in the batch are batch item failures, so a session's later events never
+//!   overtake it; other sessions' messages are still delivered. SQS makes the failed ones
+//!   visible again after the visibility timeout (the retry's backoff), and after
 //!   `maxReceiveCount` receives moves a message to the dead-letter queue, which has an alarm.
 //! - A message that is not an event is logged and dropped (it would fail forever).
 //! - With less than an attempt's timeout (10 s) and 2 s left of the invocation, the rest are
@@ -41,17 +42,24 @@ impl Deliverer {
         let records = payload["Records"].as_array().cloned().unwrap_or_default();
         let real_deadline = deadline > SystemTime::now();
         let mut failures = Vec::new();
+        let mut failed_groups = std::collections::HashSet::new();
         let mut delivered = 0;
         for record in &records {
             let message_id = record["messageId"].as_str().unwrap_or("").to_owned();
+            // A session's messages share a group; without one (not FIFO) all are one group.
+            let group = record["attributes"]["MessageGroupId"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
             // Not enough time for another full attempt: SQS hands it over again.
             let short = real_deadline
                 && deadline
                     .duration_since(SystemTime::now())
                     .unwrap_or_default()
                     < ATTEMPT_TIMEOUT + Duration::from_secs(2);
-            if !failures.is_empty() || short {
+            if failed_groups.contains(&group) || short {
                 failures.push(json!({"itemIdentifier": message_id}));
+                failed_groups.insert(group);
                 continue;
             }
             let body = record["body"].as_str().unwrap_or("");
@@ -74,6 +82,7 @@ impl Deliverer {
                     warn!(event_id = %id, %message_id, receives, error = %e, "webhook attempt failed; SQS retries it");
                     self.fleet.webhook(Delivery::Retried);
                     failures.push(json!({"itemIdentifier": message_id}));
+                    failed_groups.insert(group);
                 }
             }
         }

@@ -55,18 +55,25 @@ async fn the_relay_stops_at_the_first_event_eventbridge_refuses_and_names_its_re
     use aws_sdk_eventbridge::types::PutEventsResultEntry;
     use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 
-    let put = mock!(aws_sdk_eventbridge::Client::put_events).then_output(|| {
-        PutEventsOutput::builder()
-            .failed_entry_count(1)
-            .entries(PutEventsResultEntry::builder().event_id("e1").build())
-            .entries(
-                PutEventsResultEntry::builder()
-                    .error_code("ThrottlingException")
-                    .error_message("slow down")
-                    .build(),
-            )
-            .build()
-    });
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let sized = sizes.clone();
+    let put = mock!(aws_sdk_eventbridge::Client::put_events)
+        .match_requests(move |r| {
+            sized.lock().unwrap().push(r.entries().len());
+            true
+        })
+        .then_output(|| {
+            PutEventsOutput::builder()
+                .failed_entry_count(1)
+                .entries(PutEventsResultEntry::builder().event_id("e1").build())
+                .entries(
+                    PutEventsResultEntry::builder()
+                        .error_code("ThrottlingException")
+                        .error_message("slow down")
+                        .build(),
+                )
+                .build()
+        });
     let queued = Arc::new(Mutex::new(Vec::new()));
     let seen = queued.clone();
     let send = mock!(aws_sdk_sqs::Client::send_message_batch)
@@ -123,6 +130,44 @@ async fn the_relay_stops_at_the_first_event_eventbridge_refuses_and_names_its_re
         "the fleet metrics of the published event only: {lines:?}"
     );
     assert!(lines[0].contains("SessionsAdmitted"));
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_decode_is_set_aside_and_the_batch_goes_on() {
+    let (fleet, lines) = emf();
+    let put = mock!(aws_sdk_eventbridge::Client::put_events).then_output(|| {
+        aws_sdk_eventbridge::operation::put_events::PutEventsOutput::builder()
+            .entries(
+                aws_sdk_eventbridge::types::PutEventsResultEntry::builder()
+                    .event_id("e1")
+                    .build(),
+            )
+            .build()
+    });
+    let relay = Relay {
+        registry: Arc::new(MemoryRegistry::new(Arc::new(SystemClock))),
+        bus: mock_client!(aws_sdk_eventbridge, RuleMode::Sequential, [&put]),
+        sqs: mock_client!(aws_sdk_sqs, RuleMode::Sequential, []),
+        config: EventsConfig {
+            table: "t".into(),
+            event_bus: "default".into(),
+            webhook_queue_url: None,
+        },
+        fleet,
+    };
+    let mut broken = record(20, A, None, "starting");
+    broken["dynamodb"]["NewImage"]["status"] = json!({"S": "sleeping"});
+    let batch = json!({"Records": [broken, record(21, B, None, "starting")]});
+    assert_eq!(relay.handle(batch).await, json!({"batchItemFailures": []}));
+    let lines = lines.lock().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("EventRecordsSetAside")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("SessionsAdmitted")),
+        "B's start was published: {lines:?}"
+    );
 }
 
 #[tokio::test]
@@ -200,9 +245,13 @@ mod receiver {
 }
 
 fn message(id: &str, event_id: &str) -> Value {
+    message_of(A, id, event_id)
+}
+
+fn message_of(session: &str, id: &str, event_id: &str) -> Value {
     json!({"messageId": id, "body": json!({"type": "session.started", "timestamp": "2026-01-01T00:00:00Z",
-        "data": {"event_id": event_id, "session_id": A, "sequence": 1}}).to_string(),
-        "attributes": {"ApproximateReceiveCount": "1"}})
+        "data": {"event_id": event_id, "session_id": session, "sequence": 1}}).to_string(),
+        "attributes": {"ApproximateReceiveCount": "1", "MessageGroupId": session}})
 }
 
 #[tokio::test]
