@@ -102,8 +102,8 @@ pub struct Relay {
 
 /// What one record is.
 enum Prepared {
-    /// An event to publish.
-    Event(Pending),
+    /// An event to publish (boxed: the others are small).
+    Event(Box<Pending>),
     /// Not an event (another item, a heartbeat).
     Skip,
     /// Not readable (a retry cannot help): logged whole and counted.
@@ -130,7 +130,7 @@ impl Relay {
                 .unwrap_or("")
                 .to_owned();
             match self.prepare(record).await {
-                Ok(Prepared::Event(p)) => pending.push(p),
+                Ok(Prepared::Event(p)) => pending.push(*p),
                 Ok(Prepared::Skip) => {}
                 // Retrying cannot fix a record that does not decode: keep it whole in the
                 // log (30 days), count it (an alarm watches), and go on with the others.
@@ -201,12 +201,12 @@ impl Relay {
             None
         };
         let event = SessionEvent::new(kind, &change.session, metrics.as_ref());
-        Ok(Prepared::Event(Pending {
+        Ok(Prepared::Event(Box::new(Pending {
             sequence_number: change.sequence_number.clone(),
             change,
             metrics,
             event,
-        }))
+        })))
     }
 
     /// Publishes `pending` in order; returns how many were published and whether one failed.
