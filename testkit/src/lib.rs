@@ -17,6 +17,19 @@ pub mod proxy {
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 
+/// The value of `series` (a metric name with its labels, as written) in a Prometheus text
+/// exposition; panics with the text when it is missing.
+pub fn prometheus_sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{series}: {e}"))
+}
+
 /// `TEST_LOG`: with it set (`TEST_LOG=1`, or a filter such as `TEST_LOG=debug` or
 /// `TEST_LOG=switchboard_agent=trace`), the tests' logs are written through libtest's
 /// capture, so a failing test shows what led to it and a passing one stays quiet. Without it

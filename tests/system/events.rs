@@ -196,14 +196,7 @@ pub async fn promtool_check(text: &str) {
 }
 
 fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
+    switchboard_testkit::prometheus_sample(text, series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

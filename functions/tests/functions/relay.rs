@@ -46,6 +46,21 @@ fn emf() -> (EmfFleet, Arc<Mutex<Vec<String>>>) {
     )
 }
 
+/// A relay to `bus` alone (no webhook queue).
+fn bus_only(bus: aws_sdk_eventbridge::Client, fleet: EmfFleet) -> Relay {
+    Relay {
+        registry: Arc::new(MemoryRegistry::new(Arc::new(SystemClock))),
+        bus,
+        sqs: mock_client!(aws_sdk_sqs, RuleMode::Sequential, []),
+        config: EventsConfig {
+            table: "t".into(),
+            event_bus: "default".into(),
+            webhook_queue_url: None,
+        },
+        fleet,
+    }
+}
+
 const A: &str = "01a23300-0000-7000-8000-000000000001";
 const B: &str = "01a23300-0000-7000-8000-000000000002";
 
@@ -144,17 +159,10 @@ async fn a_record_that_does_not_decode_is_set_aside_and_the_batch_goes_on() {
             )
             .build()
     });
-    let relay = Relay {
-        registry: Arc::new(MemoryRegistry::new(Arc::new(SystemClock))),
-        bus: mock_client!(aws_sdk_eventbridge, RuleMode::Sequential, [&put]),
-        sqs: mock_client!(aws_sdk_sqs, RuleMode::Sequential, []),
-        config: EventsConfig {
-            table: "t".into(),
-            event_bus: "default".into(),
-            webhook_queue_url: None,
-        },
+    let relay = bus_only(
+        mock_client!(aws_sdk_eventbridge, RuleMode::Sequential, [&put]),
         fleet,
-    };
+    );
     let mut broken = record(20, A, None, "starting");
     broken["dynamodb"]["NewImage"]["status"] = json!({"S": "sleeping"});
     let batch = json!({"Records": [broken, record(21, B, None, "starting")]});
@@ -175,17 +183,10 @@ async fn a_record_that_is_not_a_session_row_is_skipped_and_a_batch_of_none_succe
     let (fleet, lines) = emf();
     let put = mock!(aws_sdk_eventbridge::Client::put_events)
         .then_error(|| unreachable!("nothing to put"));
-    let relay = Relay {
-        registry: Arc::new(MemoryRegistry::new(Arc::new(SystemClock))),
-        bus: mock_client!(aws_sdk_eventbridge, RuleMode::Sequential, [&put]),
-        sqs: mock_client!(aws_sdk_sqs, RuleMode::Sequential, []),
-        config: EventsConfig {
-            table: "t".into(),
-            event_bus: "default".into(),
-            webhook_queue_url: None,
-        },
+    let relay = bus_only(
+        mock_client!(aws_sdk_eventbridge, RuleMode::Sequential, [&put]),
         fleet,
-    };
+    );
     let counter = json!({"eventName": "MODIFY", "dynamodb": {"Keys": {"PK": {"S": "COUNTER#GLOBAL"}, "SK": {"S": "COUNTER"}},
         "NewImage": {"count": {"N": "2"}}, "OldImage": {"count": {"N": "1"}}, "SequenceNumber": "7"}});
     assert_eq!(

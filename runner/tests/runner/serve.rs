@@ -141,14 +141,7 @@ async fn ready_is_503_while_the_registry_does_not_answer() {
 }
 
 fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
+    switchboard_testkit::prometheus_sample(text, series) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
