@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use switchboard_core::fleet::Refusal;
 use switchboard_core::registry::ListQuery;
-use switchboard_core::service::{self, StartSession};
+use switchboard_core::service::{self, StartSession, Started};
 use switchboard_core::{Error, LimitKind, SessionId};
 
 use crate::error::{ApiError, ErrorBody, ValidationErrorBody};
@@ -50,17 +50,21 @@ pub(crate) async fn start_session(
     State(app): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let fleet = app.fleet.clone();
-    let answer = start(app, request).await;
-    match &answer {
-        Err(ApiError::LimitReached(LimitKind::Global)) => fleet.refused(Refusal::GlobalLimit),
-        Err(ApiError::LimitReached(LimitKind::PerCall)) => fleet.refused(Refusal::PerCallLimit),
-        Err(ApiError::Unavailable { .. } | ApiError::NotReady) => {
-            fleet.refused(Refusal::Unavailable)
-        }
+    start(app, request).await
+}
+
+/// Counts a start the use case refused (in the start's own task, so a client that hung up
+/// is counted too). A 503 for a start that goes on in the background is not a refusal.
+fn count_refusal(
+    fleet: &dyn switchboard_core::fleet::FleetObserver,
+    result: &Result<Started, Error>,
+) {
+    match result {
+        Err(Error::LimitReached(LimitKind::Global)) => fleet.refused(Refusal::GlobalLimit),
+        Err(Error::LimitReached(LimitKind::PerCall)) => fleet.refused(Refusal::PerCallLimit),
+        Err(Error::Unavailable { .. }) => fleet.refused(Refusal::Unavailable),
         _ => {}
     }
-    answer
 }
 
 async fn start(app: AppState, request: Request) -> Result<Response, ApiError> {
@@ -92,14 +96,16 @@ async fn start(app: AppState, request: Request) -> Result<Response, ApiError> {
     // half-started session behind, and (unless bounded) a launch slower than the deadline
     // goes on without it.
     let start = tokio::spawn(async move {
-        service::start_session(
+        let started = service::start_session(
             &*app.registry,
             &*app.launcher,
             &app.limits,
             call_id,
             request,
         )
-        .await
+        .await;
+        count_refusal(&*app.fleet, &started);
+        started
     });
     // A bounded start answers by its deadline itself (plus the moment its cut takes).
     let wait = if bounded {

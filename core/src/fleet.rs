@@ -126,7 +126,9 @@ impl Histogram {
             cumulative += bucket.load(Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = self.count.load(Relaxed);
+        // A scrape racing an observation may see its bucket before its count: keep the
+        // buckets monotonic.
+        let count = self.count.load(Relaxed).max(cumulative);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}");
@@ -170,6 +172,8 @@ pub struct FleetMetrics {
     saturated_micros: AtomicU64,
     /// Since when the live count has been at the limit.
     saturated_since: Mutex<Option<Timestamp>>,
+    /// The largest value rendered so far (the counter never goes down).
+    saturated_shown: AtomicU64,
     events: OnceLock<Arc<dyn EventSink>>,
 }
 
@@ -192,6 +196,7 @@ impl FleetMetrics {
             webhooks: Default::default(),
             saturated_micros: AtomicU64::new(0),
             saturated_since: Mutex::new(None),
+            saturated_shown: AtomicU64::new(0),
             events: OnceLock::new(),
         }
     }
@@ -227,13 +232,21 @@ impl FleetMetrics {
     }
 
     /// Time spent with the live count at the concurrency limit, the current stretch included.
+    /// Never less than an earlier answer (a counter): read under the stretch's lock, and held
+    /// up if the clock steps back.
     pub fn saturated(&self) -> Duration {
-        let before = Duration::from_micros(self.saturated_micros.load(Relaxed));
-        let since = *self
+        let since = self
             .saturated_since
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        before + since.map_or(Duration::ZERO, |at| self.clock.now().saturating_since(at))
+        let before = self.saturated_micros.load(Relaxed);
+        let current = since.map_or(0, |at| {
+            u64::try_from(self.clock.now().saturating_since(at).as_micros()).unwrap_or(0)
+        });
+        drop(since);
+        let total = before + current;
+        let shown = self.saturated_shown.fetch_max(total, Relaxed).max(total);
+        Duration::from_micros(shown)
     }
 
     fn saturation(&self, live: u64) {

@@ -185,6 +185,7 @@ pub async fn serve_on<A: Agent>(
         () = &mut shutdown => {}
         result = &mut http.server => {
             launcher.stop().await;
+            let _ = launcher.fleet_metrics().drain_events(EVENTS_DRAIN).await;
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
                 Ok(Err(e)) => Err(anyhow::Error::new(e).context("the HTTP server failed")),

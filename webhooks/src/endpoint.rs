@@ -9,8 +9,9 @@ use crate::signature::{Secret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP}
 /// How long one attempt may take (connect, send, answer) before it counts as failed.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where webhooks go and how they are signed.
-#[derive(Debug, Clone)]
+/// Where webhooks go and how they are signed. Its `Debug` shows only the receiver's origin
+/// (the path may hold a token, as Slack's and Discord's do).
+#[derive(Clone)]
 pub struct Endpoint {
     url: reqwest::Url,
     secret: Secret,
@@ -20,11 +21,12 @@ pub struct Endpoint {
 /// A configuration that is not an endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    /// The URL does not parse, or is not http(s).
-    #[error("the webhook URL {url:?} is not an http:// or https:// URL")]
+    /// The URL does not parse, or is not http(s). The URL itself is not repeated (it may
+    /// hold a token).
+    #[error("the webhook URL is not an http:// or https:// URL with a host ({why})")]
     Url {
-        /// As given.
-        url: String,
+        /// What is wrong with it.
+        why: String,
     },
     /// The secret is not one.
     #[error(transparent)]
@@ -45,15 +47,31 @@ pub enum AttemptError {
     Transport(String),
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("origin", &self.shown_url())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Endpoint {
     /// An endpoint at `url` (http or https) signing with `secret` (`whsec_...`).
     pub fn new(url: &str, secret: &str) -> Result<Self, EndpointError> {
-        let parsed = reqwest::Url::parse(url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| EndpointError::Url {
-                url: url.to_owned(),
-            })?;
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                return Err(EndpointError::Url {
+                    why: format!("its scheme is {}", u.scheme()),
+                });
+            }
+            Ok(u) if !u.has_host() => {
+                return Err(EndpointError::Url {
+                    why: "it has no host".into(),
+                });
+            }
+            Ok(u) => u,
+            Err(e) => return Err(EndpointError::Url { why: e.to_string() }),
+        };
         let secret = Secret::parse(secret)?;
         let client = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
@@ -74,15 +92,10 @@ impl Endpoint {
         &self.url
     }
 
-    /// The URL without what may be a credential (user info, query), for logs.
+    /// The receiver's origin (`https://host:port`), for logs: user info, path and query may
+    /// hold a credential.
     pub fn shown_url(&self) -> String {
-        let mut shown = self.url.clone();
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
-        if shown.query().is_some() {
-            shown.set_query(Some("…"));
-        }
-        shown.to_string()
+        self.url.origin().ascii_serialization()
     }
 
     /// One signed POST of `event`, timestamped now.

@@ -11,6 +11,8 @@
 //!   a backoff that doubles from `first_backoff` to `max_backoff`, until `retry_for` has passed
 //!   since the event's first attempt; then it is given up (counted as `failed`, logged with its
 //!   id) and the lane goes on.
+//! - At a drain (shutdown), events waiting out a backoff are tried again at once, then at
+//!   most every 250 ms, until the drain's time is up.
 //! - Delivery is at least once: an attempt that timed out may have been received, and is
 //!   sent again with the same `webhook-id`.
 
@@ -25,6 +27,9 @@ use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, error, warn};
 
 use crate::endpoint::Endpoint;
+
+/// The longest backoff once a drain has begun.
+const HURRIED_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The queue's bounds and retry schedule.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +64,12 @@ struct Shared {
     fleet: Arc<dyn FleetObserver>,
     lanes: Mutex<HashMap<String, VecDeque<SessionEvent>>>,
     pending: AtomicUsize,
+    /// Events dropped so far (the log says so at 1, 2, 4, 8, ... drops: publishing runs under
+    /// the registry's lock, and a log line per drop would slow every write).
+    dropped: std::sync::atomic::AtomicU64,
+    /// Set by a drain: backoffs end now and stay short, so the last events get their tries.
+    hurry: std::sync::atomic::AtomicBool,
+    woken: Notify,
     idle: Notify,
     attempts: Semaphore,
     runtime: tokio::runtime::Handle,
@@ -93,6 +104,9 @@ impl WebhookQueue {
                 fleet,
                 lanes: Mutex::new(HashMap::new()),
                 pending: AtomicUsize::new(0),
+                dropped: std::sync::atomic::AtomicU64::new(0),
+                hurry: std::sync::atomic::AtomicBool::new(false),
+                woken: Notify::new(),
                 idle: Notify::new(),
                 attempts: Semaphore::new(options.concurrency.max(1)),
                 runtime: tokio::runtime::Handle::current(),
@@ -105,8 +119,11 @@ impl WebhookQueue {
         self.shared.pending.load(Ordering::SeqCst)
     }
 
-    /// Waits until nothing is pending, or `within` has passed; returns what is left.
+    /// Waits until nothing is pending, or `within` has passed; returns what is left. Events
+    /// waiting out a backoff are tried again at once, then every 250 ms at most.
     pub async fn drained(&self, within: Duration) -> usize {
+        self.shared.hurry.store(true, Ordering::SeqCst);
+        self.shared.woken.notify_waiters();
         let wait = async {
             loop {
                 let notified = self.shared.idle.notified();
@@ -139,8 +156,11 @@ impl EventSink for WebhookQueue {
             });
         if queued.is_err() {
             shared.fleet.webhook(Delivery::Dropped);
-            warn!(event_id = event.id(), event = %event.kind, capacity = shared.options.capacity,
-                "the webhook queue is full; event dropped");
+            let dropped = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                warn!(event_id = event.id(), event = %event.kind, capacity = shared.options.capacity,
+                    dropped, "the webhook queue is full; event dropped (logged at 1, 2, 4, ... drops)");
+            }
             return;
         }
         let session = event.data.session_id.clone();
@@ -212,7 +232,23 @@ async fn deliver(shared: &Shared, event: &SessionEvent) {
                 shared.fleet.webhook(Delivery::Retried);
                 warn!(event_id = event.id(), event = %event.kind, attempt, error = %e, retry_in = ?backoff,
                     "webhook attempt failed; retrying");
-                tokio::time::sleep(backoff).await;
+                let hurry = || shared.hurry.load(Ordering::SeqCst);
+                let pause = if hurry() {
+                    backoff.min(HURRIED_BACKOFF)
+                } else {
+                    backoff
+                };
+                let woken = shared.woken.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if !hurry() {
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = woken => {}
+                    }
+                } else {
+                    tokio::time::sleep(pause).await;
+                }
                 backoff = (backoff * 2).min(options.max_backoff);
                 attempt += 1;
             }
