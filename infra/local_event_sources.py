@@ -126,21 +126,24 @@ def stream_mapping():
             time.sleep(backoff)
             backoff = min(backoff * 2, 30)
         if not out["Records"]:
-            time.sleep(0.1)
+            time.sleep(0.2)
 
 
 def queue_mapping(url):
     sqs = client("sqs")
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     while True:
+        # Short polls: moto (infra/moto_server.py) serves one request at a time, and a long
+        # poll would hold every other call of the stack for its wait.
         out = sqs.receive_message(
             QueueUrl=url,
             MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
+            WaitTimeSeconds=0,
             AttributeNames=["All"],
         )
         messages = out.get("Messages", [])
         if not messages:
+            time.sleep(0.2)
             continue
         records = [
             {
