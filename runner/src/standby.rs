@@ -136,9 +136,21 @@ pub(crate) async fn run<A: Agent>(
         call_type: None,
         table,
     };
+    // The process must be gone before its session's lease expires (a session whose end could
+    // not be recorded is ended by a sweep then): the supervisor stops trying half an interval
+    // before it, so the registration's deletion gets a quarter of one.
+    let cleanup = launcher.limits().maintenance_interval() / 4;
     let code = host(launcher, registry, env, shutdown).await;
     // One session per process: the registration goes with it.
-    if let Err(e) = standbys.delete(&task_arn, None).await {
+    let deleted = tokio::time::timeout(cleanup, standbys.delete(&task_arn, None))
+        .await
+        .unwrap_or_else(|_| {
+            Err(switchboard_core::Error::Unavailable {
+                retry_after: Duration::ZERO,
+                source: anyhow::anyhow!("no answer within {cleanup:?}"),
+            })
+        });
+    if let Err(e) = deleted {
         warn!(%task_arn, error = %e, "standby: could not delete the registration (the STOPPED event will)");
     }
     code
