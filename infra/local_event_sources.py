@@ -8,8 +8,9 @@ template.yaml declares them on AWS:
   backoff up to 30 s, where Lambda retries at once) until it succeeds, as the template's
   MaximumRetryAttempts -1 does; EVENTS_MAX_RETRIES=N gives up after N retries and writes
   the batch to $LOGS/events-on-failure.jsonl, as the mapping's on-failure destination would;
-- the webhook FIFO queue → the `webhooks` function: up to 10 messages, the ones it reports
-  failed stay for the queue's visibility timeout (SQS's retry), the others are deleted;
+- the webhook FIFO queue → the `webhooks` function: one message at a time (the template's
+  BatchSize 1); one it reports failed stays for the queue's visibility timeout (SQS's retry)
+  and is then made visible again here, the others are deleted;
   moto moves a message past maxReceiveCount to the dead-letter queue.
 
 Each function is invoked through `cargo lambda watch`'s invoke endpoint. One JSON line per
@@ -131,13 +132,27 @@ def stream_mapping():
 
 def queue_mapping(url):
     sqs = client("sqs")
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn", "VisibilityTimeout"])["Attributes"]
+    arn, visibility = attributes["QueueArn"], int(attributes["VisibilityTimeout"])
+
+    def release(handles):
+        # moto hands a group's in-flight messages back out of order when several time out
+        # together (each one seen visible again releases the group for the next); SQS keeps
+        # their order. So the failed ones are made visible again here, in order, when their
+        # visibility timeout would end.
+        for handle in handles:
+            try:
+                sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
+            except Exception as e:
+                log(mapping="webhooks", release_error=str(e))
+
     while True:
         # Short polls: moto (infra/moto_server.py) serves one request at a time, and a long
         # poll would hold every other call of the stack for its wait.
         out = sqs.receive_message(
             QueueUrl=url,
-            MaxNumberOfMessages=10,
+            # One at a time, as the template's BatchSize 1 (and one in flight per group).
+            MaxNumberOfMessages=1,
             WaitTimeSeconds=0,
             AttributeNames=["All"],
         )
@@ -168,6 +183,11 @@ def queue_mapping(url):
         done = [r for r in records if r["messageId"] not in failed]
         for r in done:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=r["receiptHandle"])
+        retry = [r["receiptHandle"] for r in records if r["messageId"] in failed]
+        if retry:
+            timer = threading.Timer(max(visibility - 0.2, 0), release, [retry])
+            timer.daemon = True
+            timer.start()
         log(mapping="webhooks", messages=len(records), delivered=len(done), failed=len(failed))
 
 
