@@ -78,13 +78,24 @@ async fn receiver(script: Vec<(u16, Duration)>) -> (String, Receiver) {
         script: Arc::new(Mutex::new(script.into())),
         ..Default::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let addr = free_addr().await;
+    (format!("http://{addr}/hooks"), serve_at(addr, r).await)
+}
+
+/// A loopback address nothing listens on (yet).
+async fn free_addr() -> std::net::SocketAddr {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// Serves `r` at `addr` (POST /hooks) in the background.
+async fn serve_at(addr: std::net::SocketAddr, r: Receiver) -> Receiver {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let app = axum::Router::new()
         .route("/hooks", post(receive))
         .with_state(r.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, r)
+    r
 }
 
 fn fast(capacity: usize) -> QueueOptions {
@@ -187,9 +198,7 @@ async fn every_event_arrives_signed_and_in_order_per_session_across_a_500_and_a_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_is_down_gets_everything_once_it_is_up() {
     // A port nothing listens on yet.
-    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let addr = free_addr().await;
     let (q, fleet) = queue(&format!("http://{addr}/hooks"), fast(100));
     let events = lifecycle("call-down");
     for e in &events {
@@ -200,12 +209,7 @@ async fn a_receiver_that_is_down_gets_everything_once_it_is_up() {
     })
     .await;
     assert_eq!(q.pending(), 3);
-    let r = Receiver::default();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let app = axum::Router::new()
-        .route("/hooks", post(receive))
-        .with_state(r.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let r = serve_at(addr, Receiver::default()).await;
     assert_eq!(q.drained(Duration::from_secs(10)).await, 0);
     let got = r.got.lock().unwrap().clone();
     assert_eq!(
@@ -218,9 +222,7 @@ async fn a_receiver_that_is_down_gets_everything_once_it_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_retries_at_once_what_waits_out_a_long_backoff() {
-    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let addr = free_addr().await;
     let options = QueueOptions {
         first_backoff: Duration::from_secs(3600),
         max_backoff: Duration::from_secs(3600),
@@ -233,12 +235,7 @@ async fn a_drain_retries_at_once_what_waits_out_a_long_backoff() {
         fleet.webhooks(Delivery::Retried) >= 1
     })
     .await;
-    let r = Receiver::default();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let app = axum::Router::new()
-        .route("/hooks", post(receive))
-        .with_state(r.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let r = serve_at(addr, Receiver::default()).await;
     // Without the drain's hurry the next attempt would be an hour away.
     assert_eq!(q.drained(Duration::from_secs(10)).await, 0);
     assert_eq!(r.got.lock().unwrap().len(), 1);
