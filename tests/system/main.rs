@@ -26,7 +26,8 @@ use std::sync::Arc;
 
 /// One heavy test at a time: the chaos worlds and the local stack each run a dozen processes
 /// against one emulator on 2 cores, and their short leases leave no room for another's load;
-/// the browser tests take it too (Chromium once missed its 20 s start beside a chaos world).
+/// the browser tests take it too (Chromium once missed its 20 s start beside a chaos world),
+/// and so do the two-node cluster tests (200 starts saw a minute of 503s beside one).
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 use switchboard_local_ecs::{Config, EventSink, LocalEcs};
