@@ -8,7 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use switchboard_core::{CallId, CallType, Metadata, MetricsRecorder, SessionId};
+use switchboard_core::{CallId, CallType, EndReason, Metadata, MetricsRecorder, SessionId};
 use tokio::sync::{OnceCell, watch};
 
 /// One agent instance, made by the user's `create_agent` for one session.
@@ -28,6 +28,14 @@ pub trait Agent: Send + Sync + 'static {
     /// Releases everything (leave the call, close connections). Default: nothing to do.
     fn close(&self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+
+    /// [`close`](Self::close), told why the session ends: the runtime calls this one when a
+    /// session ends (an agent that tells someone else, such as a child process, why it must
+    /// leave implements it). Default: `close()`.
+    fn close_for(&self, reason: EndReason) -> impl Future<Output = ()> + Send {
+        let _ = reason;
+        self.close()
     }
 }
 

@@ -37,6 +37,7 @@ pub use switchboard_api::ServeOptions;
 pub struct Runner<A> {
     builder: AgentLauncherBuilder<A>,
     serve_options: ServeOptions,
+    extension: Option<Box<dyn cli::CliExtension<A>>>,
 }
 
 impl<A> std::fmt::Debug for Runner<A> {
@@ -53,7 +54,14 @@ impl<A: Agent> Runner<A> {
         Self {
             builder,
             serve_options: ServeOptions::default(),
+            extension: None,
         }
+    }
+
+    /// With the program's own arguments on `serve`, `run` and `task`.
+    pub fn with_cli_extension(mut self, extension: impl cli::CliExtension<A> + 'static) -> Self {
+        self.extension = Some(Box::new(extension));
+        self
     }
 
     /// With CORS, permission hooks, extra routes or a custom router.
@@ -83,6 +91,11 @@ impl<A: Agent> Runner<A> {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        cli::main(self.builder, self.serve_options, args)
+        cli::main_with(
+            self.builder,
+            self.serve_options,
+            self.extension.as_deref(),
+            args,
+        )
     }
 }

@@ -9,7 +9,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 
 pub fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(switchboard_testkit::bins::bin("demo-agent"));
+    command_of("demo-agent", args)
+}
+
+/// A workspace binary with `args`, piped, killed on drop, without the caller's Switchboard
+/// and AWS settings.
+pub fn command_of(binary: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(switchboard_testkit::bins::bin(binary));
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

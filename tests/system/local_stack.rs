@@ -179,10 +179,28 @@ impl LocalStack {
         }
     }
 
+    /// Starts a session as a careful client does: one Idempotency-Key, retried on 503 after
+    /// its Retry-After for up to 30 s (a start slower than its deadline goes on in the
+    /// background, and its replay answers its 201; CI's 2 cores once gave one 503 here).
     async fn start_session(&self, call: &str) -> String {
-        let created = self.call("POST", &format!("/calls/{call}/sessions")).await;
-        assert_eq!(created.status, 201, "{created:?}");
-        created.json()["session_id"].as_str().unwrap().to_owned()
+        let key = uuid::Uuid::now_v7().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let created = request(
+                &format!("127.0.0.1:{}", self.port),
+                "POST",
+                &format!("/lambda-url/api/calls/{call}/sessions"),
+                &[("Idempotency-Key", &key)],
+                "",
+            )
+            .await;
+            if created.status == 503 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            assert_eq!(created.status, 201, "{created:?}");
+            return created.json()["session_id"].as_str().unwrap().to_owned();
+        }
     }
 
     /// The pid of the session's agent process (the local ECS starts it with the task's

@@ -19,6 +19,7 @@ mod events;
 mod lambda_watch;
 mod local_call;
 mod local_stack;
+mod process;
 mod reaper;
 mod task;
 

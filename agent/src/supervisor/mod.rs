@@ -458,8 +458,11 @@ async fn finish<A: Agent>(
     let mut final_metrics = None;
     if let Some(agent) = &agent {
         let timeout = ctx.agent_close_timeout;
-        if tokio::time::timeout(timeout, agent.close()).await.is_err() {
-            warn!(session_id = %session.id, ?timeout, "agent.close() timed out");
+        if tokio::time::timeout(timeout, agent.close_for(reason))
+            .await
+            .is_err()
+        {
+            warn!(session_id = %session.id, ?timeout, "agent.close_for() timed out");
         }
         final_metrics = Some(signals.metrics.snapshot());
     }
@@ -477,7 +480,7 @@ async fn finish<A: Agent>(
         }
         Record::No => false,
     };
-    info!(session_id = %session.id, call_id = %session.call_id, end_reason = %reason, recorded, "session ended");
+    info!(session_id = %session.id, call_id = %session.call_id, end_reason = %reason, detail = detail.as_deref(), recorded, "session ended");
     SessionEnd {
         reason,
         detail,

@@ -15,7 +15,6 @@ mod run;
 mod serve;
 
 use anyhow::Context;
-use clap::Parser;
 use serde::Serialize;
 use switchboard_agent::{Agent, AgentLauncherBuilder};
 use switchboard_api::ServeOptions;
@@ -67,6 +66,9 @@ pub(crate) struct EffectiveConfig<T> {
     #[serde(flatten)]
     settings: T,
     limits: Option<LimitsConfig>,
+    /// The program's own settings (a [`CliExtension`]'s), when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<serde_json::Value>,
 }
 
 /// Prints `config` as one JSON line; exit code 0, or 2 when the options are invalid.
@@ -117,17 +119,68 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(cli) => cli,
+    main_with(builder, options, None, args)
+}
+
+/// A program's own command-line arguments, added to `serve`, `run` and `task` (the
+/// `switchboard` binary's agent command, `--prewarm` and memory limit).
+pub trait CliExtension<A>: Send + Sync {
+    /// Adds the arguments to one sub-command (`serve`, `run` or `task`).
+    fn augment(&self, subcommand: clap::Command) -> clap::Command;
+    /// Reads them once the command line is parsed, adjusting the launcher's builder; an error
+    /// is an invalid command line (exit code 2). Returns what `--print-config` shows under
+    /// `agent`.
+    fn configure(
+        &self,
+        subcommand: &str,
+        matches: &clap::ArgMatches,
+        builder: AgentLauncherBuilder<A>,
+    ) -> anyhow::Result<(AgentLauncherBuilder<A>, serde_json::Value)>;
+}
+
+/// [`main`], with a program's own arguments.
+pub fn main_with<A, I, T>(
+    builder: AgentLauncherBuilder<A>,
+    options: ServeOptions,
+    extension: Option<&dyn CliExtension<A>>,
+    args: I,
+) -> u8
+where
+    A: Agent,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    if let Some(extension) = extension {
+        for name in ["serve", "run", "task"] {
+            command = command.mut_subcommand(name, |sub| extension.augment(sub));
+        }
+    }
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             let _ = e.print();
             return u8::try_from(e.exit_code()).unwrap_or(2);
         }
     };
+    let (builder, agent) = match (extension, matches.subcommand()) {
+        (Some(extension), Some((name, sub))) => match extension.configure(name, sub, builder) {
+            Ok((builder, shown)) => (builder, Some(shown)),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return 2;
+            }
+        },
+        _ => (builder, None),
+    };
     match cli.command {
-        Command::Serve(args) => serve::serve(builder, options, args),
-        Command::Run(args) => run::run(builder, args),
-        Command::Task(args) => task(builder, args),
+        Command::Serve(args) => serve::serve(builder, options, args, agent),
+        Command::Run(args) => run::run(builder, args, agent),
+        Command::Task(args) => task(builder, args, agent),
     }
 }
 
@@ -140,7 +193,11 @@ struct TaskConfig<'a> {
     table: &'a Option<String>,
 }
 
-fn task<A: Agent>(builder: AgentLauncherBuilder<A>, args: TaskArgs) -> u8 {
+fn task<A: Agent>(
+    builder: AgentLauncherBuilder<A>,
+    args: TaskArgs,
+    agent: Option<serde_json::Value>,
+) -> u8 {
     let level = if args.common.debug {
         LogLevel::Debug
     } else {
@@ -158,6 +215,7 @@ fn task<A: Agent>(builder: AgentLauncherBuilder<A>, args: TaskArgs) -> u8 {
                 table: &args.table,
             },
             limits: configured.as_ref().ok().map(|(_, l)| LimitsConfig::from(l)),
+            agent,
         });
     }
     task_main(configured, args)

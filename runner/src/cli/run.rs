@@ -34,7 +34,11 @@ struct RunConfig<'a> {
     video_track_override: &'a Option<std::path::PathBuf>,
 }
 
-pub(super) fn run<A: Agent>(builder: AgentLauncherBuilder<A>, args: RunArgs) -> u8 {
+pub(super) fn run<A: Agent>(
+    builder: AgentLauncherBuilder<A>,
+    args: RunArgs,
+    agent: Option<serde_json::Value>,
+) -> u8 {
     let level = if args.common.debug {
         LogLevel::Debug
     } else {
@@ -66,6 +70,7 @@ pub(super) fn run<A: Agent>(builder: AgentLauncherBuilder<A>, args: RunArgs) -> 
                 video_track_override: &args.video_track_override,
             },
             limits: Some(LimitsConfig::from(&limits)),
+            agent,
         });
     }
     let launcher = match builder

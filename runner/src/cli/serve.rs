@@ -31,6 +31,7 @@ pub(super) fn serve<A: Agent>(
     builder: AgentLauncherBuilder<A>,
     options: ServeOptions,
     args: ServeArgs,
+    agent: Option<serde_json::Value>,
 ) -> u8 {
     let (agents, http) = if args.common.debug {
         (LogLevel::Debug, LogLevel::Debug)
@@ -98,6 +99,7 @@ pub(super) fn serve<A: Agent>(
                 webhook_url: webhook.as_ref().map(|w| w.shown_url()),
             },
             limits: Some(LimitsConfig::from(&limits)),
+            agent,
         });
     }
     crate::splash::show(

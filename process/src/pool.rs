@@ -1,0 +1,187 @@
+//! Prewarmed children (`--prewarm N`): N started and past their imports (`ready`), waiting
+//! for a session. A start takes the oldest; a replacement starts at once (in `serve` and
+//! `run`; a task hosts one session, so there it is not replaced). A child that dies while
+//! idle is replaced too, after a backoff when children keep failing before they are ready.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::child::{AgentCommand, Child};
+
+/// What the pool publishes: how many children wait, and why the last one failed to start.
+#[derive(Debug, Clone, Default)]
+struct Level {
+    idle: usize,
+    last_error: Option<String>,
+}
+
+struct Slots {
+    idle: VecDeque<Child>,
+    /// Children started and not ready yet.
+    starting: usize,
+    /// Children that failed before `ready` in a row.
+    failures: u32,
+}
+
+/// The prewarmed children.
+pub(crate) struct Pool {
+    command: AgentCommand,
+    target: usize,
+    refill: bool,
+    slots: Mutex<Slots>,
+    level: watch::Sender<Level>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("target", &self.target)
+            .field("level", &*self.level.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(command: AgentCommand, target: usize, refill: bool) -> Arc<Self> {
+        Arc::new(Self {
+            command,
+            target,
+            refill,
+            slots: Mutex::new(Slots {
+                idle: VecDeque::new(),
+                starting: 0,
+                failures: 0,
+            }),
+            level: watch::Sender::new(Level::default()),
+        })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, slots: &Slots, error: Option<String>) {
+        let idle = slots.idle.len();
+        self.level.send_modify(|l| {
+            l.idle = idle;
+            if error.is_some() {
+                l.last_error = error;
+            }
+        });
+    }
+
+    /// Starts children until `target` are idle or starting.
+    pub(crate) fn fill(self: &Arc<Self>) {
+        let mut slots = self.slots();
+        while slots.idle.len() + slots.starting < self.target {
+            slots.starting += 1;
+            let backoff = match slots.failures {
+                0 => Duration::ZERO,
+                n => Duration::from_secs(1 << n.min(5)).min(Duration::from_secs(30)),
+            };
+            tokio::spawn(self.clone().start_one(backoff));
+        }
+    }
+
+    async fn start_one(self: Arc<Self>, backoff: Duration) {
+        tokio::time::sleep(backoff).await;
+        let started = match Child::spawn(&self.command) {
+            Ok(child) => child.ready().await.map(|()| child),
+            Err(e) => Err(e),
+        };
+        let mut slots = self.slots();
+        slots.starting -= 1;
+        match started {
+            Ok(child) => {
+                slots.failures = 0;
+                info!(pid = child.pid(), "prewarmed agent process ready");
+                let mut state = child.state();
+                slots.idle.push_back(child);
+                self.publish(&slots, None);
+                drop(slots);
+                // Watch it while it waits: one that dies idle is replaced.
+                let pool = Arc::downgrade(&self);
+                tokio::spawn(async move {
+                    let _ = state
+                        .wait_for(|s| s.exit.is_some() || s.fatal.is_some())
+                        .await;
+                    if let Some(pool) = pool.upgrade() {
+                        pool.prune();
+                    }
+                });
+            }
+            Err(e) => {
+                slots.failures += 1;
+                let error = format!("{e:#}");
+                warn!(error = %error, failures = slots.failures, "a prewarmed agent process could not start");
+                self.publish(&slots, Some(error));
+                drop(slots);
+                self.fill();
+            }
+        }
+    }
+
+    /// Drops idle children that are gone, and replaces them.
+    fn prune(self: &Arc<Self>) {
+        let mut slots = self.slots();
+        let before = slots.idle.len();
+        slots.idle.retain(Child::is_idle_ready);
+        if slots.idle.len() < before {
+            warn!(
+                gone = before - slots.idle.len(),
+                "a prewarmed agent process ended while idle; replacing it"
+            );
+            self.publish(&slots, None);
+            drop(slots);
+            if self.refill {
+                self.fill();
+            }
+        }
+    }
+
+    /// The oldest idle child still ready, if any; a replacement starts.
+    pub(crate) fn take(self: &Arc<Self>) -> Option<Child> {
+        let mut slots = self.slots();
+        let mut taken = None;
+        while let Some(child) = slots.idle.pop_front() {
+            if child.is_idle_ready() {
+                taken = Some(child);
+                break;
+            }
+        }
+        self.publish(&slots, None);
+        drop(slots);
+        if self.refill {
+            self.fill();
+        }
+        taken
+    }
+
+    /// Waits until `target` children are ready; an error as soon as one fails to start
+    /// before that (a command that cannot start is a configuration error).
+    pub(crate) async fn full(&self) -> anyhow::Result<()> {
+        let mut rx = self.level.subscribe();
+        let level = rx
+            .wait_for(|l| l.idle >= self.target || l.last_error.is_some())
+            .await
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        match level.last_error {
+            Some(e) if level.idle < self.target => Err(anyhow::anyhow!(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Kills every idle child (when the program stops).
+    pub(crate) fn clear(&self) {
+        let mut slots = self.slots();
+        for child in slots.idle.drain(..) {
+            child.kill();
+        }
+        self.publish(&slots, None);
+    }
+}
