@@ -21,7 +21,9 @@
 #
 # Settings (environment): PORT (9000), MOTO_PORT (5050), MOTO_HOST (127.0.0.1), TABLE, CLUSTER, RELEASE=1 (optimized
 # builds), PROVISIONING_SECONDS (0), SWEEP_SECONDS (60), LOCAL_ECS_EVENTS (1), AGENT (the
-# tasks' binary; default the demo agent), LOGS (target/local-stack), WARM_POOL_SIZE (0: the
+# tasks' binary; default the demo agent, or the switchboard binary when
+# SWITCHBOARD_AGENT_COMMAND is set: a process agent, e.g. '["python3","examples/python-agent/agent.py"]',
+# with SWITCHBOARD_AGENT_CLOSE_GRACE_SECONDS and SWITCHBOARD_AGENT_MEMORY_LIMIT_MB), LOGS (target/local-stack), WARM_POOL_SIZE (0: the
 # idle warm standbys to keep; PROVISIONING_SECONDS applies to them too), every SWITCHBOARD_*
 # launcher setting (passed to both functions; the api hands the agents theirs), EVENTS (1),
 # WEBHOOK_URL and WEBHOOK_SECRET (none), WEBHOOK_RETRY_SECONDS (5), WEBHOOK_MAX_RECEIVES (5).
@@ -146,12 +148,19 @@ else
     if [[ -n "${AGENT:-}" ]]; then
         say "building the local ECS and switchboard-dynamodb (the tasks run $AGENT)"
         cargo build "${release[@]}" --locked -p switchboard-local-ecs -p switchboard-aws --bins
+    elif [[ -n "${SWITCHBOARD_AGENT_COMMAND:-}" ]]; then
+        say "building the switchboard binary (process agents: $SWITCHBOARD_AGENT_COMMAND), the local ECS and switchboard-dynamodb"
+        cargo build "${release[@]}" --locked -p switchboard-cli --features switchboard-cli/aws \
+            -p switchboard-local-ecs -p switchboard-aws --bins
     else
         say "building the agent (demo-agent with its aws feature), the local ECS and switchboard-dynamodb"
         cargo build "${release[@]}" --locked -p demo-agent --features demo-agent/aws \
             -p switchboard-local-ecs -p switchboard-aws --bins
     fi
     bin=target/$profile
+fi
+if [[ -z "${AGENT:-}" && -n "${SWITCHBOARD_AGENT_COMMAND:-}" ]]; then
+    AGENT=$bin/switchboard
 fi
 AGENT=${AGENT:-$bin/demo-agent}
 [[ -x "$AGENT" ]] || fail "the agent binary $AGENT does not exist"
@@ -204,11 +213,13 @@ if [[ -n "$WEBHOOK_URL" ]]; then
 fi
 
 # Every SWITCHBOARD_* launcher setting to both functions (the api puts the agents' in each
-# task's container override); the global limit defaults to 10 here.
+# task's container override); the global limit defaults to 10 here. A process agent's own
+# settings are the tasks' (the image's and the task definition's), not the functions'.
 env_args=()
 while IFS='=' read -r name value; do
     env_args+=(--env-var "$name=$value")
-done < <(env | grep '^SWITCHBOARD_' | grep -v '^SWITCHBOARD_TEST_' || true)
+done < <(env | grep '^SWITCHBOARD_' | grep -v '^SWITCHBOARD_TEST_' \
+    | grep -v -E '^SWITCHBOARD_(AGENT_COMMAND|AGENT_CLOSE_GRACE_SECONDS|AGENT_MEMORY_LIMIT_MB|PREWARM)=' || true)
 if [[ -z "${SWITCHBOARD_MAX_CONCURRENT_SESSIONS:-}" ]]; then
     env_args+=(--env-var "SWITCHBOARD_MAX_CONCURRENT_SESSIONS=10")
 fi
@@ -270,6 +281,11 @@ if [[ "$LOCAL_ECS" != 0 ]]; then
     # pass the caller's environment; this is a test aid).
     record=()
     [[ -n "${SWITCHBOARD_RECORD_AWS_CALLS:-}" ]] && record=(--env "SWITCHBOARD_RECORD_AWS_CALLS=$SWITCHBOARD_RECORD_AWS_CALLS")
+    # A process agent's settings, as its image (SWITCHBOARD_AGENT_COMMAND) and the task
+    # definition (the grace, the memory limit) would set them.
+    for name in SWITCHBOARD_AGENT_COMMAND SWITCHBOARD_AGENT_CLOSE_GRACE_SECONDS SWITCHBOARD_AGENT_MEMORY_LIMIT_MB; do
+        if [[ -n "${!name:-}" ]]; then record+=(--env "$name=${!name}"); fi
+    done
     setsid "$bin/switchboard-local-ecs" --endpoint "$endpoint" --cluster "$CLUSTER" \
         --agent "$AGENT" --lambda-url "$base" --logs "$LOGS/tasks" --ready-file "$ready_file" "${record[@]}" &
     GROUPS_STARTED+=($!)

@@ -463,6 +463,19 @@ def main(path):
     for fn in ("ApiFunction", "ReaperFunction", "EventsFunction"):
         check(res[fn]["Properties"]["Environment"]["Variables"].get("METRICS_NAMESPACE") == ns, f"#22 {fn} writes EMF in the stack's namespace")
 
+    # #23: process agents get their close grace, and their memory limit only when set.
+    def agent_env(**params):
+        _, r = t.resolved(**params)
+        container = r["AgentTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+        return {e["Name"]: e["Value"] for e in container["Environment"]}
+    env = agent_env()
+    check(env.get("SWITCHBOARD_AGENT_CLOSE_GRACE_SECONDS") == {"Ref": "AgentCloseGraceSeconds"}, "#23 the close grace reaches the agent task")
+    check("SWITCHBOARD_AGENT_MEMORY_LIMIT_MB" not in env, "#23 no memory limit by default")
+    env = agent_env(AgentMemoryLimitMb=900)
+    check(env.get("SWITCHBOARD_AGENT_MEMORY_LIMIT_MB") == {"Ref": "AgentMemoryLimitMb"}, "#23 AgentMemoryLimitMb reaches the agent task")
+    container = t.raw["Resources"]["AgentTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    check(container["Command"] == ["task"], "#23 one command, task, for agent binaries and process-agent images")
+
     if failures:
         print(f"\n{len(failures)} template check(s) failed", file=sys.stderr)
         return 1

@@ -56,7 +56,11 @@ impl CloseReport {
     }
 }
 
-pub(crate) async fn close_latency(server: &Server, samples: usize) -> anyhow::Result<CloseReport> {
+pub(crate) async fn close_latency(
+    server: &Server,
+    samples: usize,
+    pause: Duration,
+) -> anyhow::Result<CloseReport> {
     let client = client();
     let sketch = LatencySketch::new();
     let started = LatencySketch::new();
@@ -121,6 +125,7 @@ pub(crate) async fn close_latency(server: &Server, samples: usize) -> anyhow::Re
         if let Some(wait) = exit_wait {
             wait.await?;
         }
+        tokio::time::sleep(pause).await;
     }
     let (s, up) = (sketch.stats(), started.stats());
     let close_to_exit = Some(Sampled::of(&exited)).filter(|ex| ex.samples > 0);

@@ -93,6 +93,9 @@ enum Cmd {
         /// Samples.
         #[arg(long, default_value_t = 200)]
         samples: usize,
+        /// Milliseconds between samples (lets a `--prewarm` pool refill).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
     /// A steady rate of lifecycles for a long time, sampling the server's RSS and open file
     /// descriptors (no growth after warm-up is the pass condition).
@@ -240,13 +243,17 @@ async fn main() -> anyhow::Result<()> {
         server.stop().await;
         return finish(&report, cli.json.as_deref());
     }
+    let mut pause = Duration::ZERO;
     let (lc, held_n, close_n) = match cli.command {
         Cmd::Soak { .. } | Cmd::Call { .. } | Cmd::Warm { .. } => unreachable!("handled above"),
         #[cfg(feature = "aws")]
         Cmd::Task { .. } => unreachable!("handled above"),
         Cmd::Lifecycles { clients, duration } => (Some((clients, duration)), None, None),
         Cmd::Held { sessions } => (None, Some(sessions), None),
-        Cmd::Close { samples } => (None, None, Some(samples)),
+        Cmd::Close { samples, pause_ms } => {
+            pause = Duration::from_millis(pause_ms);
+            (None, None, Some(samples))
+        }
         Cmd::All {
             clients,
             duration,
@@ -267,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(samples) = close_n {
         let server = start().await?;
-        report.close = Some(close_latency(&server, samples).await?);
+        report.close = Some(close_latency(&server, samples, pause).await?);
         server.stop().await;
     }
     finish(&report, cli.json.as_deref())

@@ -142,6 +142,13 @@ impl Child {
             .context("could not set up the agent's protocol socket")?;
         let mut cmd = tokio::process::Command::new(&command.program);
         cmd.args(&command.args)
+            // The session comes over the protocol; a task's own variables are not the
+            // child's (a prewarmed child is started before its session exists).
+            .env_remove("SESSION_ID")
+            .env_remove("CALL_ID")
+            .env_remove("CALL_TYPE")
+            .env_remove("TABLE_NAME")
+            .env_remove("STANDBY")
             .env(FD_VARIABLE, CHILD_FD.to_string())
             .env(VERSION_VARIABLE, PROTOCOL_VERSION.to_string())
             .stdin(Stdio::null())

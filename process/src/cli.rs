@@ -34,9 +34,39 @@ pub struct ProcessArgs {
         default_value_t = 5.0
     )]
     pub agent_close_grace_seconds: f64,
+    /// The agent's command as a JSON array of strings, for images and task definitions
+    /// (`["python3","/agent/agent.py"]`); what follows `--` wins
+    /// [env: SWITCHBOARD_AGENT_COMMAND].
+    #[arg(long, env = "SWITCHBOARD_AGENT_COMMAND", value_name = "JSON_ARRAY")]
+    pub agent_command: Option<String>,
     /// The agent's command, one process per session: `-- python3 agent.py`.
-    #[arg(last = true, required = true, value_name = "AGENT_COMMAND")]
+    #[arg(
+        last = true,
+        required_unless_present = "agent_command",
+        value_name = "AGENT_COMMAND"
+    )]
     pub command: Vec<OsString>,
+}
+
+impl ProcessArgs {
+    /// The command: after `--`, else the JSON array.
+    fn command(&self, subcommand: &str) -> anyhow::Result<Vec<OsString>> {
+        if !self.command.is_empty() {
+            return Ok(self.command.clone());
+        }
+        let Some(json) = &self.agent_command else {
+            anyhow::bail!("no agent command: switchboard {subcommand} [options] -- <command>");
+        };
+        let parts: Vec<String> = serde_json::from_str(json).map_err(|e| {
+            anyhow::anyhow!(
+                "SWITCHBOARD_AGENT_COMMAND must be a JSON array of strings such as [\"python3\",\"agent.py\"], not {json:?}: {e}"
+            )
+        })?;
+        if parts.is_empty() {
+            anyhow::bail!("SWITCHBOARD_AGENT_COMMAND is an empty array: it needs a program");
+        }
+        Ok(parts.into_iter().map(OsString::from).collect())
+    }
 }
 
 /// The `switchboard` binary's runner: every agent is a child process running the command
@@ -80,7 +110,8 @@ impl CliExtension<ProcessAgent> for Extension {
         builder: AgentLauncherBuilder<ProcessAgent>,
     ) -> anyhow::Result<(AgentLauncherBuilder<ProcessAgent>, serde_json::Value)> {
         let args = ProcessArgs::from_arg_matches(matches)?;
-        let Some((program, rest)) = args.command.split_first() else {
+        let command = args.command(subcommand)?;
+        let Some((program, rest)) = command.split_first() else {
             anyhow::bail!("no agent command: switchboard {subcommand} [options] -- <command>");
         };
         let grace = args.agent_close_grace_seconds;

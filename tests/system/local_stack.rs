@@ -753,3 +753,174 @@ async fn session_events_reach_the_bus_and_a_verifying_webhook_even_past_a_killed
     }
     stack.stop().await;
 }
+
+impl LocalStack {
+    /// The JSON lines of every task's log.
+    fn task_log_lines(&self) -> Vec<Value> {
+        std::fs::read_dir(self.logs.join("tasks"))
+            .map(|dir| {
+                dir.flatten()
+                    .flat_map(|entry| {
+                        std::fs::read_to_string(entry.path())
+                            .unwrap_or_default()
+                            .lines()
+                            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The process agent of a session: (its task's runtime, the child), from the task's
+    /// `agent process assigned to the session` line (a standby's task has no SESSION_ID).
+    async fn process_agent_of(&self, id: &str) -> (u32, u32, Value) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let assigned = self.task_log_lines().into_iter().find(|v| {
+                v["message"] == "agent process assigned to the session" && v["session_id"] == id
+            });
+            if let Some(line) = assigned {
+                let child = u32::try_from(line["pid"].as_u64().unwrap()).unwrap();
+                let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap();
+                let parent = stat.rsplit(')').next().unwrap().split_whitespace().nth(1);
+                let task = parent.unwrap().parse().unwrap();
+                return (task, child, line);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no process agent logged for {id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The children of `pid` (from /proc/<pid>/task/*/children).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_process_agent_runs_a_session_end_to_end_through_the_local_stack() {
+    let _heavy = crate::HEAVY.lock().await;
+    let root = switchboard_testkit::bins::workspace_root();
+    let command = serde_json::json!([
+        "python3",
+        root.join("examples/python-agent/agent.py")
+            .to_string_lossy()
+    ])
+    .to_string();
+    let stack = LocalStack::start(&[
+        ("SWITCHBOARD_MAINTENANCE_INTERVAL", "1"),
+        ("SWITCHBOARD_AGENT_COMMAND", &command),
+        ("SWITCHBOARD_AGENT_CLOSE_GRACE_SECONDS", "1"),
+        ("WARM_POOL_SIZE", "1"),
+    ])
+    .await;
+
+    // A standby task is one prewarmed child: it registers once the child is ready, and the
+    // claim hands the session to that child. The task runs `switchboard task`, which runs
+    // the Python agent as its child.
+    stack.pool_idle(1, Duration::from_secs(60)).await;
+    let id = stack.start_session("python").await;
+    let running = stack
+        .until("python", &id, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    assert_eq!(running["start_type"], "warm", "{running}");
+    eprintln!(
+        "local stack: a Python process agent (a standby's prewarmed child) running {} ms after admission",
+        running["start_latency_ms"]
+    );
+    let (task, child, assigned) = stack.process_agent_of(&id).await;
+    assert_eq!(
+        assigned["prewarmed"], true,
+        "the standby's child was prewarmed: {assigned}"
+    );
+    assert_eq!(
+        children_of(task),
+        vec![child],
+        "one child of the task {task}"
+    );
+    let python = [child];
+    // Its metrics reach the table through the task's heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = stack
+            .call("GET", &format!("/calls/python/sessions/{id}/metrics"))
+            .await
+            .json();
+        if m["metrics"]["llm_input_tokens__total"] == 12 {
+            assert_eq!(m["metrics"]["tts_characters__total"], 32, "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no metrics from the agent: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // DELETE → the close flag → the task's runtime closes the child → ended requested.
+    let closed = stack
+        .call("DELETE", &format!("/calls/python/sessions/{id}"))
+        .await;
+    assert_eq!(closed.status, 202, "{closed:?}");
+    let ended = stack
+        .until("python", &id, Duration::from_secs(30), |s| {
+            s["status"] == "ended"
+        })
+        .await;
+    assert_eq!(ended["end_reason"], "requested", "{ended}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while switchboard_testkit::procs::alive(python[0]) || switchboard_testkit::procs::alive(task) {
+        assert!(
+            Instant::now() < deadline,
+            "the task or its child outlived the session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The child's own lines are in the task's log, with the session.
+    let logged = stack.task_log_lines().iter().any(|v| {
+        v["session_id"] == id.as_str()
+            && v["stream"] == "stdout"
+            && v["message"] == "leaving the call: requested"
+    });
+    assert!(
+        logged,
+        "the Python agent's `leaving the call: requested` in its task's log"
+    );
+
+    // The child crashing ends its session agent_failed, through the same task.
+    let id = stack.start_session("python-crash").await;
+    stack
+        .until("python-crash", &id, Duration::from_secs(60), |s| {
+            s["status"] == "running"
+        })
+        .await;
+    let (task, _, _) = stack.process_agent_of(&id).await;
+    for child in children_of(task) {
+        let killed = Command::new("kill")
+            .args(["-KILL", &child.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+    }
+    let ended = stack
+        .until("python-crash", &id, Duration::from_secs(30), |s| {
+            s["status"] == "ended"
+        })
+        .await;
+    assert_eq!(ended["end_reason"], "agent_failed", "{ended}");
+    stack.stop().await;
+}

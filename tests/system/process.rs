@@ -557,3 +557,174 @@ async fn two_hundred_children_run_at_once_and_killing_one_touches_no_other() {
     // The drain closes every child and ends every session shutdown.
     assert_eq!(server.stop().await, Some(0));
 }
+
+/// The plain-client Python agent (`examples/python-agent/plain_agent.py`).
+fn plain_agent() -> Vec<String> {
+    let root = switchboard_testkit::bins::workspace_root();
+    vec![
+        "python3".to_owned(),
+        root.join("examples/python-agent/plain_agent.py")
+            .to_string_lossy()
+            .into_owned(),
+    ]
+}
+
+/// The pids of the prewarmed children that said `ready` so far.
+fn prewarmed(server: &Server) -> Vec<i32> {
+    server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["message"] == "prewarmed agent process ready")
+        .filter_map(|v| v["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+        .collect()
+}
+
+async fn wait_prewarmed(server: &Server, n: usize) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pids = prewarmed(server);
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} prewarmed", pids.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarmed_children_are_ready_before_serve_is_taken_by_starts_and_replaced() {
+    let mut cmd_env = plain_agent();
+    cmd_env.insert(0, "EXAMPLE_IMPORT_SECONDS=1".to_owned());
+    cmd_env.insert(0, "env".to_owned());
+    let server = Server::start("switchboard", &["--prewarm", "2"], &cmd_env).await;
+    // `ready` came after both children were past their (1 s) imports.
+    let ready_at = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .position(|v| v["message"] == "ready")
+        .unwrap();
+    assert_eq!(prewarmed(&server).len(), 2, "both ready before serve was");
+    assert!(
+        server.log.lock().unwrap()[..ready_at]
+            .iter()
+            .filter(|v| v["message"] == "prewarmed agent process ready")
+            .count()
+            == 2
+    );
+    // An idle child's logs carry its pid, not a session.
+    let first = prewarmed(&server)[0];
+    let idle_line = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|v| v["pid"] == first && v["stream"] == "stdout" && v.get("session_id").is_none());
+    assert!(
+        idle_line,
+        "the idle child's `ready in pid` line, without a session"
+    );
+
+    // A start takes the oldest prewarmed child; a replacement starts.
+    let id = server.start_session("warm", "{}").await;
+    server
+        .wait_session(&id, Duration::from_secs(20), |s| s["status"] == "running")
+        .await;
+    let assigned = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| {
+            v["message"] == "agent process assigned to the session"
+                && v["session_id"] == id.as_str()
+        })
+        .cloned()
+        .unwrap();
+    assert_eq!(assigned["prewarmed"], true, "{assigned}");
+    assert_eq!(assigned["pid"], first, "{assigned}");
+    assert_eq!(server.child_pid(&id).await, first);
+    wait_prewarmed(&server, 3).await;
+
+    // A prewarmed child that dies idle is replaced too.
+    let idle = prewarmed(&server)[1];
+    let killed = tokio::process::Command::new("kill")
+        .args(["-KILL", &idle.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let replaced = wait_prewarmed(&server, 4).await;
+    wait_gone(idle).await;
+
+    assert_eq!(
+        http(
+            &server.addr,
+            "DELETE",
+            &format!("/calls/warm/sessions/{id}")
+        )
+        .await
+        .0,
+        202
+    );
+    let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
+    assert_eq!(ended["end_reason"], "requested");
+    // Stopping serve leaves no child behind: the idle ones see their channel close and exit.
+    assert_eq!(server.stop().await, Some(0));
+    for pid in replaced {
+        wait_gone(pid).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_command_that_cannot_start_is_refused_at_startup() {
+    // Not on PATH: an invalid command line (2), before anything starts.
+    let out = command_of(
+        "switchboard",
+        &["serve", "--port", "0", "--", "no-such-agent-xyz"],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"no-such-agent-xyz\" is not on PATH"),
+        "{stderr}"
+    );
+    // No command at all.
+    let out = command_of("switchboard", &["serve", "--port", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AGENT_COMMAND"));
+    // Prewarmed children that exit before `ready`: serve does not start, and says why.
+    let out = command_of(
+        "switchboard",
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--no-splash",
+            "--prewarm",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the agent process exited with status 7 before it was ready"),
+        "{stderr}"
+    );
+}

@@ -170,6 +170,14 @@ where
     let (builder, agent) = match (extension, matches.subcommand()) {
         (Some(extension), Some((name, sub))) => match extension.configure(name, sub, builder) {
             Ok((builder, shown)) => (builder, Some(shown)),
+            // A task reports it as it reports a bad launcher option: the row ends
+            // `start_failed` and its slot comes back.
+            Err(e) if matches!(cli.command, Command::Task(_)) => {
+                let Command::Task(args) = cli.command else {
+                    unreachable!("matched above")
+                };
+                return task::<A>(Err(e.context("invalid agent options")), args, None);
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 return 2;
@@ -180,7 +188,7 @@ where
     match cli.command {
         Command::Serve(args) => serve::serve(builder, options, args, agent),
         Command::Run(args) => run::run(builder, args, agent),
-        Command::Task(args) => task(builder, args, agent),
+        Command::Task(args) => task(Ok(builder), args, agent),
     }
 }
 
@@ -194,7 +202,7 @@ struct TaskConfig<'a> {
 }
 
 fn task<A: Agent>(
-    builder: AgentLauncherBuilder<A>,
+    builder: anyhow::Result<AgentLauncherBuilder<A>>,
     args: TaskArgs,
     agent: Option<serde_json::Value>,
 ) -> u8 {
@@ -204,7 +212,7 @@ fn task<A: Agent>(
         args.log_level
     };
     telemetry::init(&telemetry::filter(level, level), args.common.log_format);
-    let configured = configured(builder, &args.common.launcher);
+    let configured = builder.and_then(|builder| configured(builder, &args.common.launcher));
     if args.common.print_config {
         return print_config(&EffectiveConfig {
             command: "task",
