@@ -471,10 +471,13 @@ def main(path):
     env = agent_env()
     check(env.get("SWITCHBOARD_AGENT_CLOSE_GRACE_SECONDS") == {"Ref": "AgentCloseGraceSeconds"}, "#23 the close grace reaches the agent task")
     check("SWITCHBOARD_AGENT_MEMORY_LIMIT_MB" not in env, "#23 no memory limit by default")
-    env = agent_env(AgentMemoryLimitMb=900)
+    env = agent_env(AgentMemoryLimitMb="900")
     check(env.get("SWITCHBOARD_AGENT_MEMORY_LIMIT_MB") == {"Ref": "AgentMemoryLimitMb"}, "#23 AgentMemoryLimitMb reaches the agent task")
     container = t.raw["Resources"]["AgentTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
     check(container["Command"] == ["task"], "#23 one command, task, for agent binaries and process-agent images")
+    grace_max = int(t.raw["Parameters"]["AgentCloseGraceSeconds"]["MaxValue"])
+    stop_max = int(t.raw["Parameters"]["AgentStopTimeout"]["MaxValue"])
+    check(grace_max + 5 + 10 <= stop_max, "#23 the longest close grace fits the longest stop timeout")
 
     if failures:
         print(f"\n{len(failures)} template check(s) failed", file=sys.stderr)

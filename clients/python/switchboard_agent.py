@@ -82,7 +82,8 @@ def _socket() -> socket.socket:
     if version != str(PROTOCOL):
         raise ProtocolError(f"the runtime speaks protocol {version}; this module speaks {PROTOCOL}")
     sock = socket.socket(fileno=int(fd))
-    # The channel is this process's alone: processes it starts do not inherit it.
+    # The channel is this process's alone: processes it starts do not inherit it (the fd
+    # arrives inheritable; a client in another language sets FD_CLOEXEC likewise).
     os.set_inheritable(sock.fileno(), False)
     return sock
 
@@ -93,6 +94,15 @@ def _line(message: Mapping[str, Any]) -> bytes:
 
 def _metrics(counters: Optional[Mapping[str, float]], latencies: Optional[Mapping[str, List[float]]]) -> bytes:
     return _line({"type": "metrics", "counters": dict(counters or {}), "latencies": dict(latencies or {})})
+
+
+def _parse(raw: bytes) -> Optional[Dict[str, Any]]:
+    """One line as a message object, or None (ignored) when it is not one."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def _session(message: Mapping[str, Any]) -> Session:
@@ -178,9 +188,8 @@ class Channel(_Reports):
             for raw in reader:
                 if len(raw) > MAX_MESSAGE_BYTES:
                     continue
-                try:
-                    message = json.loads(raw)
-                except ValueError:
+                message = _parse(raw)
+                if message is None:
                     continue
                 kind = message.get("type")
                 with self._state:
@@ -189,7 +198,7 @@ class Channel(_Reports):
                     elif kind == "close" and self._close is None:
                         self._close = _close(message)
                     self._state.notify_all()
-        except OSError:
+        except Exception:  # noqa: BLE001 - whatever broke the channel, the agent is told to leave
             pass
         with self._state:
             if self._close is None:
@@ -245,16 +254,15 @@ class AsyncChannel(_Reports):
                 raw = await self._reader.readline()
                 if not raw:
                     break
-                try:
-                    message = json.loads(raw)
-                except ValueError:
+                message = _parse(raw)
+                if message is None:
                     continue
                 kind = message.get("type")
                 if kind == "session" and not self._session.done():
                     self._session.set_result(_session(message))
                 elif kind == "close" and not self._close.done():
                     self._close.set_result(_close(message))
-        except (OSError, ValueError, asyncio.LimitOverrunError):
+        except Exception:  # noqa: BLE001 - whatever broke the channel, the agent is told to leave
             pass
         if not self._session.done():
             self._session.set_result(None)

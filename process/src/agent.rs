@@ -124,13 +124,6 @@ impl ProcessAgents {
             .await
     }
 
-    /// Kills the prewarmed children that wait (when the program stops).
-    pub fn stop_prewarmed(&self) {
-        if let Some(pool) = self.running.get().and_then(|r| r.pool.as_ref()) {
-            pool.clear();
-        }
-    }
-
     /// `create_agent`: for the launcher's warmup, the prewarmed children ready; for a
     /// session, a child ready and told its session.
     async fn create(self: Arc<Self>, ctx: CreateContext) -> anyhow::Result<ProcessAgent> {
@@ -147,28 +140,50 @@ impl ProcessAgents {
                 options,
             });
         };
-        let (child, warm) = match running.pool.as_ref().and_then(|p| p.take()) {
-            Some(child) => (child, true),
-            None => (Child::spawn(&options.command)?, false),
+        let handover = || ToChild::Session {
+            protocol: PROTOCOL_VERSION,
+            session_id: session.session_id.to_string(),
+            call_id: session.call_id.to_string(),
+            call_type: session.call_type.to_string(),
+            metadata: ctx.metadata.clone(),
         };
-        if !warm {
-            child.ready().await?;
+        // A prewarmed child that died between its last check and the handover is dropped
+        // (and killed); the session then gets a fresh one.
+        let mut child = None;
+        if let Some(warm) = running.pool.as_ref().and_then(|p| p.take()) {
+            match warm
+                .assign(
+                    session.session_id,
+                    handover(),
+                    ctx.presence.clone(),
+                    ctx.metrics.clone(),
+                )
+                .await
+            {
+                Ok(()) => child = Some(warm),
+                Err(e) => {
+                    tracing::warn!(session_id = %session.session_id, pid = warm.pid(), error = %format!("{e:#}"), "a prewarmed agent process could not take the session; starting a fresh one");
+                }
+            }
         }
-        info!(session_id = %session.session_id, pid = child.pid(), prewarmed = warm, "agent process assigned to the session");
-        child
-            .assign(
-                session.session_id,
-                ToChild::Session {
-                    protocol: PROTOCOL_VERSION,
-                    session_id: session.session_id.to_string(),
-                    call_id: session.call_id.to_string(),
-                    call_type: session.call_type.to_string(),
-                    metadata: ctx.metadata.clone(),
-                },
-                ctx.presence.clone(),
-                ctx.metrics.clone(),
-            )
-            .await?;
+        let prewarmed = child.is_some();
+        let child = match child {
+            Some(child) => child,
+            None => {
+                let fresh = Child::spawn(&options.command)?;
+                fresh.ready().await?;
+                fresh
+                    .assign(
+                        session.session_id,
+                        handover(),
+                        ctx.presence.clone(),
+                        ctx.metrics.clone(),
+                    )
+                    .await?;
+                fresh
+            }
+        };
+        info!(session_id = %session.session_id, pid = child.pid(), prewarmed, "agent process assigned to the session");
         Ok(ProcessAgent {
             child: Some(child),
             options,
@@ -195,17 +210,14 @@ impl ProcessAgents {
         let mut state = child.state();
         loop {
             tokio::select! {
-                seen = state.wait_for(|s| s.finished || s.fatal.is_some() || s.exit.is_some()) => {
-                    let seen = seen.map(|s| s.clone()).unwrap_or_default();
-                    if let Some(why) = seen.fatal {
-                        anyhow::bail!("the agent process broke the protocol: {why}");
-                    }
-                    return match seen.exit {
-                        _ if seen.finished => Ok(()),
-                        Some(status) if status.success() => Ok(()),
-                        Some(status) => Err(anyhow::anyhow!("the agent process {}", describe(status))),
-                        None => Ok(()),
-                    };
+                seen = async {
+                    state
+                        .wait_for(|s| s.finished || s.fatal.is_some() || s.exit.is_some())
+                        .await
+                        .map(|s| s.clone())
+                        .unwrap_or_default()
+                } => {
+                    return ended(child, seen).await;
                 }
                 sample = next_sample(&mut memory) => {
                     let used = sample.and_then(|s| s.get(&child.pid()).copied()).unwrap_or(0);
@@ -220,6 +232,24 @@ impl ProcessAgents {
                 }
             }
         }
+    }
+}
+
+/// How `join_call` ends once the child finished, exited or broke the protocol.
+async fn ended(child: &Child, seen: crate::child::State) -> anyhow::Result<()> {
+    if let Some(why) = seen.fatal {
+        anyhow::bail!("{why}");
+    }
+    if seen.finished {
+        return Ok(());
+    }
+    // Its last messages (final metrics) before the exit are the session's.
+    child.settled().await;
+    match seen.exit {
+        Some(status) if !status.success() => {
+            Err(anyhow::anyhow!("the agent process {}", describe(status)))
+        }
+        _ => Ok(()),
     }
 }
 

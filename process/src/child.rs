@@ -32,6 +32,28 @@ use crate::protocol::{
 /// The longest log line kept, in bytes; the rest of a longer line is dropped.
 const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 
+/// The most lines a second forwarded from one of a child's streams.
+const LOG_LINES_PER_SECOND: u32 = 500;
+
+/// The child gets SIGKILL when the runtime dies (even by SIGKILL): no agent outlives its
+/// supervisor. Between fork and exec; the one place this crate needs `unsafe`.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes two system
+    // calls (prctl, getppid), both async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The runtime died before the prctl: the signal will never come.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the runtime exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The agent's command: a program and its arguments.
 #[derive(Debug, Clone)]
 pub struct AgentCommand {
@@ -59,6 +81,8 @@ pub(crate) struct State {
     pub(crate) fatal: Option<String>,
     /// How it exited.
     pub(crate) exit: Option<ExitStatus>,
+    /// Its channel reached its end (every message it sent was applied).
+    pub(crate) eof: bool,
 }
 
 struct Shared {
@@ -72,9 +96,11 @@ impl Shared {
         self.binding.get().map(|b| b.session_id)
     }
 
-    /// Signals the child's whole process group; a group already gone is not an error.
+    /// Signals the child's whole process group; a group already gone is not an error. Once
+    /// its exit is recorded, nothing is sent: the exit watcher killed the group right after
+    /// reaping it, and the pid may be another process's by now.
     fn signal(&self, signal: Signal) {
-        if self.state.borrow().exit.is_some() && signal != Signal::SIGKILL {
+        if self.state.borrow().exit.is_some() {
             return;
         }
         match killpg(Pid::from_raw(self.pid), signal) {
@@ -88,7 +114,8 @@ impl Shared {
     fn fail(&self, why: String) {
         warn!(pid = self.pid, session_id = self.session().map(|s| s.to_string()), reason = %why, "agent process broke the protocol; killing it");
         self.state.send_modify(|s| {
-            s.fatal.get_or_insert(why);
+            s.fatal
+                .get_or_insert(format!("the agent process broke the protocol: {why}"));
         });
         self.signal(Signal::SIGKILL);
     }
@@ -149,6 +176,8 @@ impl Child {
             .env_remove("CALL_TYPE")
             .env_remove("TABLE_NAME")
             .env_remove("STANDBY")
+            // The runtime's secrets are not the agent's: it could sign events.
+            .env_remove("SWITCHBOARD_WEBHOOK_SECRET")
             .env(FD_VARIABLE, CHILD_FD.to_string())
             .env(VERSION_VARIABLE, PROTOCOL_VERSION.to_string())
             .stdin(Stdio::null())
@@ -157,6 +186,7 @@ impl Child {
             // Its own group: signals reach its whole tree, and a terminal's Ctrl-C reaches
             // only the runtime, which closes every child in order.
             .process_group(0);
+        die_with_parent(&mut cmd);
         cmd.fd_mappings(vec![FdMapping {
             parent_fd: theirs.into(),
             child_fd: CHILD_FD,
@@ -203,9 +233,11 @@ impl Child {
                 }
                 Err(e) => {
                     warn!(pid = watcher.pid, error = %e, "could not wait for the agent process");
-                    watcher
-                        .state
-                        .send_modify(|s| s.exit = Some(ExitStatus::from_raw(0x7f00)));
+                    watcher.state.send_modify(|s| {
+                        s.fatal
+                            .get_or_insert(format!("could not wait for the agent process: {e}"));
+                        s.exit = Some(ExitStatus::from_raw(0x7f00));
+                    });
                 }
             }
         });
@@ -240,7 +272,7 @@ impl Child {
             return Ok(());
         }
         if let Some(why) = state.fatal {
-            anyhow::bail!("the agent process broke the protocol before it was ready: {why}");
+            anyhow::bail!("{why} (before it was ready)");
         }
         let how = state.exit.map_or("ended".to_owned(), describe);
         anyhow::bail!(
@@ -296,6 +328,13 @@ impl Child {
         self.shared.signal(Signal::SIGKILL);
     }
 
+    /// Waits (briefly) until every message the child sent before it exited is applied: its
+    /// exit and its channel's end race, and its last `metrics` belong to the session.
+    pub(crate) async fn settled(&self) {
+        let mut rx = self.state();
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| s.eof)).await;
+    }
+
     async fn exited_within(&self, wait: Duration) -> bool {
         let mut rx = self.state();
         tokio::time::timeout(wait, rx.wait_for(|s| s.exit.is_some()))
@@ -308,7 +347,7 @@ impl Child {
     pub(crate) async fn close(&self, reason: &str, grace: Duration, term_grace: Duration) {
         let session_id = self.shared.session().map(|s| s.to_string());
         if self.shared.state.borrow().exit.is_some() {
-            self.kill();
+            self.settled().await;
             return;
         }
         if !self.close_sent.swap(true, Ordering::SeqCst) {
@@ -321,6 +360,7 @@ impl Child {
             }
         }
         if self.exited_within(grace).await {
+            self.settled().await;
             return;
         }
         info!(
@@ -358,7 +398,31 @@ impl Child {
 async fn forward_logs(shared: Arc<Shared>, stream: impl AsyncRead + Unpin, name: &'static str) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
+    // At most LOG_LINES_PER_SECOND a second per stream: one chatty child must not hold the
+    // log writer (shared by every session's heartbeats) for long. The rest is counted.
+    let mut window = tokio::time::Instant::now();
+    let (mut in_window, mut dropped) = (0u32, 0u64);
     while let Ok(Some(line)) = next_line(&mut reader, &mut buf, MAX_LOG_LINE_BYTES).await {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(window) >= Duration::from_secs(1) {
+            if dropped > 0 {
+                warn!(
+                    pid = shared.pid,
+                    session_id = shared.session().map(|s| s.to_string()),
+                    stream = name,
+                    dropped,
+                    "agent process wrote more than {LOG_LINES_PER_SECOND} lines a second; the rest were dropped"
+                );
+                dropped = 0;
+            }
+            window = now;
+            in_window = 0;
+        }
+        in_window += 1;
+        if in_window > LOG_LINES_PER_SECOND {
+            dropped += 1;
+            continue;
+        }
         let text = String::from_utf8_lossy(&buf);
         let truncated = line == Line::Truncated;
         match shared.session() {
@@ -375,11 +439,13 @@ async fn read_messages(shared: Arc<Shared>, read: tokio::net::unix::OwnedReadHal
     let mut reader = BufReader::new(read);
     let mut buf = Vec::new();
     let mut unknown_names = HashSet::new();
+    let mut invalid = 0u32;
     loop {
         match next_line(&mut reader, &mut buf, MAX_MESSAGE_BYTES).await {
-            Ok(None) | Err(_) => return,
+            Ok(None) | Err(_) => break,
             Ok(Some(Line::Truncated)) => {
-                return shared.fail(format!("a message longer than {MAX_MESSAGE_BYTES} bytes"));
+                shared.fail(format!("a message longer than {MAX_MESSAGE_BYTES} bytes"));
+                break;
             }
             Ok(Some(Line::Whole)) => {}
         }
@@ -390,15 +456,31 @@ async fn read_messages(shared: Arc<Shared>, read: tokio::net::unix::OwnedReadHal
             Ok(m) => m,
             Err(e) => {
                 let shown: String = String::from_utf8_lossy(&buf).chars().take(200).collect();
-                warn!(pid = shared.pid, session_id = shared.session().map(|s| s.to_string()), error = %e, message = %shown, "agent process sent an invalid message; ignored");
+                if !shared.state.borrow().ready {
+                    shared.fail(format!(
+                        "its first message must be ready, not {shown:?} ({e})"
+                    ));
+                    break;
+                }
+                // Logged, up to a bound: a child must not flood the logs through here.
+                invalid += 1;
+                if invalid <= 20 {
+                    warn!(pid = shared.pid, session_id = shared.session().map(|s| s.to_string()), error = %e, message = %shown, invalid, "agent process sent an invalid message; ignored (the first 20 are logged)");
+                }
                 continue;
             }
         };
         if let Err(why) = apply(&shared, message, &mut unknown_names) {
-            return shared.fail(why);
+            shared.fail(why);
+            break;
         }
     }
+    shared.state.send_modify(|s| s.eof = true);
 }
+
+/// Bounds on what one metrics message may add: a child cannot wrap a session's totals.
+const MAX_COUNTER_INCREMENT: f64 = (1u64 << 40) as f64;
+const MAX_LATENCY_MS: f64 = 86_400_000.0;
 
 /// Applies one message; an error breaks the protocol.
 fn apply(
@@ -449,12 +531,13 @@ fn apply(
         } => {
             for (name, value) in counters {
                 match Counter::ALL.iter().find(|c| c.name() == name) {
-                    Some(&c) if value.is_finite() && value >= 0.0 => {
-                        // Saturating: f64 to u64 clamps, as a count must.
+                    Some(&c)
+                        if value.is_finite() && (0.0..=MAX_COUNTER_INCREMENT).contains(&value) =>
+                    {
                         binding.metrics.add(c, value.round() as u64);
                     }
                     Some(_) => {
-                        warn!(session_id = %binding.session_id, counter = %name, value, "agent process sent a counter increment that is not a finite non-negative number; ignored")
+                        warn!(session_id = %binding.session_id, counter = %name, value, "agent process sent a counter increment that is not a number from 0 to 2^40; ignored")
                     }
                     None => note_unknown(binding, unknown_names, name),
                 }
@@ -463,10 +546,10 @@ fn apply(
                 match Latency::ALL.iter().find(|l| l.name() == name) {
                     Some(&l) => {
                         for ms in samples {
-                            if ms.is_finite() && ms >= 0.0 {
+                            if ms.is_finite() && (0.0..=MAX_LATENCY_MS).contains(&ms) {
                                 binding.metrics.record(l, ms);
                             } else {
-                                warn!(session_id = %binding.session_id, latency = %name, ms, "agent process sent a latency that is not a finite non-negative number; ignored");
+                                warn!(session_id = %binding.session_id, latency = %name, ms, "agent process sent a latency that is not a number of milliseconds from 0 to a day; ignored");
                             }
                         }
                     }

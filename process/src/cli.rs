@@ -2,6 +2,7 @@
 //! after `--`, `--prewarm`, `--agent-memory-limit-mb` and `--agent-close-grace-seconds`.
 
 use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +86,8 @@ fn resolve(program: &OsString) -> anyhow::Result<PathBuf> {
     let path = Path::new(program);
     if path.components().count() > 1 {
         return match std::fs::metadata(path) {
-            Ok(m) if m.is_file() => Ok(path.to_owned()),
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(path.to_owned()),
+            Ok(m) if m.is_file() => anyhow::bail!("the agent command {path:?} is not executable"),
             Ok(_) => anyhow::bail!("the agent command {path:?} is not a file"),
             Err(e) => anyhow::bail!("the agent command {path:?} cannot be run: {e}"),
         };
@@ -94,7 +96,10 @@ fn resolve(program: &OsString) -> anyhow::Result<PathBuf> {
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(path))
-        .find(|candidate| candidate.is_file())
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
         .ok_or_else(|| anyhow::anyhow!("the agent command {program:?} is not on PATH"))
 }
 
@@ -132,10 +137,12 @@ impl CliExtension<ProcessAgent> for Extension {
             program: resolved.clone().into_os_string(),
             args: rest.to_vec(),
         });
-        options.prewarm = if standby {
-            usize::from(args.prewarm).max(1)
-        } else {
-            usize::from(args.prewarm)
+        // A task hosts one session: a standby keeps exactly one prewarmed child, any other
+        // task none (its session is already there).
+        options.prewarm = match (subcommand, standby) {
+            ("task", true) => 1,
+            ("task", false) => 0,
+            _ => usize::from(args.prewarm),
         };
         options.refill = subcommand != "task";
         options.memory_limit_bytes = args.agent_memory_limit_mb.map(|mb| mb << 20);

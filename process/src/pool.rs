@@ -5,12 +5,18 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::child::{AgentCommand, Child};
+
+/// How long a prewarmed child may take to be ready; past it, it is killed (a failure).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A prewarmed child that dies this soon after `ready` counts as a failure (the backoff).
+const EARLY_DEATH: Duration = Duration::from_secs(10);
 
 /// What the pool publishes: how many children wait, and why the last one failed to start.
 #[derive(Debug, Clone, Default)]
@@ -20,10 +26,12 @@ struct Level {
 }
 
 struct Slots {
-    idle: VecDeque<Child>,
+    /// Ready children, oldest first, with when they became ready.
+    idle: VecDeque<(Child, Instant)>,
     /// Children started and not ready yet.
     starting: usize,
-    /// Children that failed before `ready` in a row.
+    /// Children that failed before `ready`, or died idle soon after it, since a child last
+    /// served a session: the backoff's exponent.
     failures: u32,
 }
 
@@ -90,17 +98,23 @@ impl Pool {
     async fn start_one(self: Arc<Self>, backoff: Duration) {
         tokio::time::sleep(backoff).await;
         let started = match Child::spawn(&self.command) {
-            Ok(child) => child.ready().await.map(|()| child),
+            Ok(child) => match tokio::time::timeout(READY_TIMEOUT, child.ready()).await {
+                Ok(ready) => ready.map(|()| child),
+                // Dropping it kills it.
+                Err(_) => Err(anyhow::anyhow!(
+                    "the agent process was not ready within {}s of its start (a prewarmed child sends ready once its imports are done)",
+                    READY_TIMEOUT.as_secs()
+                )),
+            },
             Err(e) => Err(e),
         };
         let mut slots = self.slots();
         slots.starting -= 1;
         match started {
             Ok(child) => {
-                slots.failures = 0;
                 info!(pid = child.pid(), "prewarmed agent process ready");
                 let mut state = child.state();
-                slots.idle.push_back(child);
+                slots.idle.push_back((child, Instant::now()));
                 self.publish(&slots, None);
                 drop(slots);
                 // Watch it while it waits: one that dies idle is replaced.
@@ -129,7 +143,16 @@ impl Pool {
     fn prune(self: &Arc<Self>) {
         let mut slots = self.slots();
         let before = slots.idle.len();
-        slots.idle.retain(Child::is_idle_ready);
+        let mut early = 0;
+        slots.idle.retain(|(child, ready_at)| {
+            let alive = child.is_idle_ready();
+            if !alive && ready_at.elapsed() < EARLY_DEATH {
+                early += 1;
+            }
+            alive
+        });
+        // One that dies soon after `ready` is a crash loop in the making: backed off.
+        slots.failures += early;
         if slots.idle.len() < before {
             warn!(
                 gone = before - slots.idle.len(),
@@ -147,8 +170,9 @@ impl Pool {
     pub(crate) fn take(self: &Arc<Self>) -> Option<Child> {
         let mut slots = self.slots();
         let mut taken = None;
-        while let Some(child) = slots.idle.pop_front() {
+        while let Some((child, _)) = slots.idle.pop_front() {
             if child.is_idle_ready() {
+                slots.failures = 0;
                 taken = Some(child);
                 break;
             }
@@ -174,14 +198,5 @@ impl Pool {
             Some(e) if level.idle < self.target => Err(anyhow::anyhow!(e)),
             _ => Ok(()),
         }
-    }
-
-    /// Kills every idle child (when the program stops).
-    pub(crate) fn clear(&self) {
-        let mut slots = self.slots();
-        for child in slots.idle.drain(..) {
-            child.kill();
-        }
-        self.publish(&slots, None);
     }
 }

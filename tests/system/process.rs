@@ -427,7 +427,38 @@ async fn a_child_that_crashes_never_joins_ignores_its_close_or_leaks_ends_with_t
         "{detail}"
     );
     wait_gone(pid).await;
+    // The whole tree: the grandchild that held the memory too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !group_members(pid).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left in the group: {:?}",
+            group_members(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(hog.stop().await, Some(0));
+}
+
+/// The live processes of process group `group` (zombies excluded).
+fn group_members(group: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let rest: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                rest.first() != Some(&"Z")
+                    && rest.get(2).and_then(|g| g.parse().ok()) == Some(group)
+            })
+        })
+        .collect()
 }
 
 async fn wait_gone(pid: i32) {
@@ -517,8 +548,12 @@ async fn two_hundred_children_run_at_once_and_killing_one_touches_no_other() {
         "runtime RSS: {rss_before} KiB idle, {rss_with} KiB with {n} children: {} KiB per child",
         rss_with.saturating_sub(rss_before) / n as u64
     );
+    let mut pids = HashMap::new();
+    for (_, id) in &ids {
+        pids.insert(id.clone(), server.child_pid(id).await);
+    }
     let (call, victim) = ids[n / 2].clone();
-    let pid = server.child_pid(&victim).await;
+    let pid = pids[&victim];
     let killed = tokio::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
@@ -551,11 +586,23 @@ async fn two_hundred_children_run_at_once_and_killing_one_touches_no_other() {
             Some("running"),
             "{id}"
         );
+        assert!(alive(pids[id]), "{id}'s child {} was touched", pids[id]);
     }
     assert_eq!(http(&server.addr, "GET", "/health").await.0, 200);
     let _ = call;
-    // The drain closes every child and ends every session shutdown.
+    // The drain closes every child and ends every session shutdown; none is left.
+    let log = server.log.clone();
     assert_eq!(server.stop().await, Some(0));
+    let shutdown = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["message"] == "session ended" && v["end_reason"] == "shutdown")
+        .count();
+    assert_eq!(shutdown, n - 1);
+    for pid in pids.values() {
+        wait_gone(*pid).await;
+    }
 }
 
 /// The plain-client Python agent (`examples/python-agent/plain_agent.py`).
@@ -727,4 +774,92 @@ async fn an_agent_command_that_cannot_start_is_refused_at_startup() {
         stderr.contains("the agent process exited with status 7 before it was ready"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_child_gets_its_metadata_its_close_reason_and_ends_as_it_says() {
+    let opts = [
+        "--agent-idle-timeout",
+        "1",
+        "--agent-close-grace-seconds",
+        "1",
+        "--maintenance-interval",
+        "0.5",
+    ];
+    // `finished`: agent_finished, its last metrics kept.
+    let server = Server::start("switchboard", &opts, &stub("finished")).await;
+    let id = server
+        .start_session("f", r#"{"metadata":{"customer":"acme"}}"#)
+        .await;
+    let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
+    assert_eq!(ended["end_reason"], "agent_finished", "{ended:#}");
+    assert_eq!(ended["metrics"]["llm_output_tokens__total"], 7, "{ended:#}");
+    let handed = server.log.lock().unwrap().iter().any(|v| {
+        v["session_id"] == id.as_str()
+            && v["message"].as_str().is_some_and(|m| {
+                m.starts_with("stub finished pid")
+                    && m.contains(r#""metadata":{"customer":"acme"}"#)
+                    && m.contains(&format!(r#""session_id":"{id}""#))
+                    && m.contains(r#""call_id":"f""#)
+            })
+    });
+    assert!(
+        handed,
+        "the session message carried the ids and the metadata"
+    );
+    assert_eq!(server.stop().await, Some(0));
+
+    // Alone: the idle timeout ends it, and the child hears `idle`.
+    let server = Server::start("switchboard", &opts, &stub("alone")).await;
+    let id = server.start_session("a", "{}").await;
+    let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
+    assert_eq!(ended["end_reason"], "idle", "{ended:#}");
+    let told = server.log.lock().unwrap().iter().any(|v| {
+        v["session_id"] == id.as_str()
+            && v["message"].as_str().is_some_and(|m| {
+                m.starts_with("stub alone close")
+                    && m.contains(r#""reason":"idle""#)
+                    && m.contains(r#""grace_seconds":1.0"#)
+            })
+    });
+    assert!(told, "the child was told idle, with its grace");
+    assert_eq!(server.stop().await, Some(0));
+
+    // Another protocol version: refused; the start answers 500 as for any agent that cannot
+    // be created (the anchor's contract), and the session ends start_failed saying why.
+    let server = Server::start("switchboard", &opts, &stub("v2")).await;
+    let (status, body) = http(&server.addr, "POST", "/calls/v/sessions").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body, r#"{"detail":"Failed to start agent"}"#);
+    let (_, listed) = http(&server.addr, "GET", "/sessions?include_ended=true").await;
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let id = listed["sessions"][0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
+    assert_eq!(ended["end_reason"], "start_failed", "{ended:#}");
+    assert!(
+        ended["end_detail"]
+            .as_str()
+            .unwrap()
+            .contains("it speaks protocol version 2; this runtime speaks 1"),
+        "{ended:#}"
+    );
+    assert_eq!(server.stop().await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_die_with_a_runtime_killed_by_sigkill_even_ones_deaf_to_their_channel() {
+    let mut server = Server::start("switchboard", &["--prewarm", "2"], &stub("deaf")).await;
+    let pids = wait_prewarmed(&server, 2).await;
+    for pid in &pids {
+        assert!(alive(*pid));
+    }
+    server.child.start_kill().unwrap();
+    let _ = server.child.wait().await;
+    // No EOF handling in them (`sleep` holds the channel): the parent-death signal ends them.
+    for pid in pids {
+        wait_gone(pid).await;
+    }
 }
