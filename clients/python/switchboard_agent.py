@@ -192,12 +192,15 @@ class Channel(_Reports):
                 if message is None:
                     continue
                 kind = message.get("type")
-                with self._state:
-                    if kind == "session" and self._session is None:
-                        self._session = _session(message)
-                    elif kind == "close" and self._close is None:
-                        self._close = _close(message)
-                    self._state.notify_all()
+                try:
+                    with self._state:
+                        if kind == "session" and self._session is None:
+                            self._session = _session(message)
+                        elif kind == "close" and self._close is None:
+                            self._close = _close(message)
+                        self._state.notify_all()
+                except (KeyError, TypeError, ValueError):
+                    continue  # a malformed message is skipped, as the runtime does
         except Exception:  # noqa: BLE001 - whatever broke the channel, the agent is told to leave
             pass
         with self._state:
@@ -251,17 +254,23 @@ class AsyncChannel(_Reports):
     async def _read(self) -> None:
         try:
             while True:
-                raw = await self._reader.readline()
+                try:
+                    raw = await self._reader.readline()
+                except ValueError:
+                    continue  # a line over the limit is skipped (asyncio dropped it)
                 if not raw:
                     break
                 message = _parse(raw)
                 if message is None:
                     continue
                 kind = message.get("type")
-                if kind == "session" and not self._session.done():
-                    self._session.set_result(_session(message))
-                elif kind == "close" and not self._close.done():
-                    self._close.set_result(_close(message))
+                try:
+                    if kind == "session" and not self._session.done():
+                        self._session.set_result(_session(message))
+                    elif kind == "close" and not self._close.done():
+                        self._close.set_result(_close(message))
+                except (KeyError, TypeError, ValueError):
+                    continue  # a malformed message is skipped, as the runtime does
         except Exception:  # noqa: BLE001 - whatever broke the channel, the agent is told to leave
             pass
         if not self._session.done():

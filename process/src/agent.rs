@@ -107,6 +107,14 @@ impl ProcessAgents {
         )
     }
 
+    /// Kills the prewarmed children that wait, with their process groups (when the program
+    /// stops).
+    pub fn stop_prewarmed(&self) {
+        if let Some(pool) = self.running.get().and_then(|r| r.pool.as_ref()) {
+            pool.clear();
+        }
+    }
+
     async fn running(&self) -> anyhow::Result<&Running> {
         let options = self.options()?;
         self.running
@@ -150,7 +158,7 @@ impl ProcessAgents {
         // A prewarmed child that died between its last check and the handover is dropped
         // (and killed); the session then gets a fresh one.
         let mut child = None;
-        if let Some(warm) = running.pool.as_ref().and_then(|p| p.take()) {
+        if let Some((pool, warm)) = running.pool.as_ref().and_then(|p| p.take().map(|c| (p, c))) {
             match warm
                 .assign(
                     session.session_id,
@@ -160,7 +168,10 @@ impl ProcessAgents {
                 )
                 .await
             {
-                Ok(()) => child = Some(warm),
+                Ok(()) => {
+                    pool.served();
+                    child = Some(warm);
+                }
                 Err(e) => {
                     tracing::warn!(session_id = %session.session_id, pid = warm.pid(), error = %format!("{e:#}"), "a prewarmed agent process could not take the session; starting a fresh one");
                 }

@@ -32,11 +32,17 @@ use crate::protocol::{
 /// The longest log line kept, in bytes; the rest of a longer line is dropped.
 const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 
-/// The most lines a second forwarded from one of a child's streams.
+/// The most lines, and bytes, a second forwarded from one of a child's streams.
 const LOG_LINES_PER_SECOND: u32 = 500;
+const LOG_BYTES_PER_SECOND: usize = 256 * 1024;
 
 /// The child gets SIGKILL when the runtime dies (even by SIGKILL): no agent outlives its
 /// supervisor. Between fork and exec; the one place this crate needs `unsafe`.
+///
+/// The kernel sends it when the *thread* that forked the child ends: children are spawned
+/// only from the runtime's tokio workers (never `spawn_blocking`, whose idle threads exit),
+/// which live as long as the process serves. The signal is the direct child's: grandchildren
+/// a killed runtime leaves are ended by the task's end on ECS, not here.
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut tokio::process::Command) {
     let parent = nix::unistd::getpid();
@@ -47,7 +53,8 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
             // The runtime died before the prctl: the signal will never come.
             if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("the runtime exited"));
+                // No allocation between fork and exec: a plain error kind.
+                return Err(std::io::Error::from(std::io::ErrorKind::Other));
             }
             Ok(())
         });
@@ -176,8 +183,11 @@ impl Child {
             .env_remove("CALL_TYPE")
             .env_remove("TABLE_NAME")
             .env_remove("STANDBY")
-            // The runtime's secrets are not the agent's: it could sign events.
+            // The runtime's secrets are not the agent's: it could sign events or mint API
+            // tokens with them.
             .env_remove("SWITCHBOARD_WEBHOOK_SECRET")
+            .env_remove("AUTH_JWT_KEY")
+            .env_remove("AUTH_JWT_KEY_FILE")
             .env(FD_VARIABLE, CHILD_FD.to_string())
             .env(VERSION_VARIABLE, PROTOCOL_VERSION.to_string())
             .stdin(Stdio::null())
@@ -371,6 +381,7 @@ impl Child {
         );
         self.shared.signal(Signal::SIGTERM);
         if self.exited_within(term_grace).await {
+            self.settled().await;
             return;
         }
         warn!(
@@ -401,25 +412,28 @@ async fn forward_logs(shared: Arc<Shared>, stream: impl AsyncRead + Unpin, name:
     // At most LOG_LINES_PER_SECOND a second per stream: one chatty child must not hold the
     // log writer (shared by every session's heartbeats) for long. The rest is counted.
     let mut window = tokio::time::Instant::now();
-    let (mut in_window, mut dropped) = (0u32, 0u64);
+    let (mut lines, mut bytes, mut dropped) = (0u32, 0usize, 0u64);
+    let report = |dropped: u64| {
+        if dropped > 0 {
+            warn!(
+                pid = shared.pid,
+                session_id = shared.session().map(|s| s.to_string()),
+                stream = name,
+                dropped,
+                "agent process wrote more than {LOG_LINES_PER_SECOND} lines or {LOG_BYTES_PER_SECOND} bytes a second; the rest were dropped"
+            );
+        }
+    };
     while let Ok(Some(line)) = next_line(&mut reader, &mut buf, MAX_LOG_LINE_BYTES).await {
         let now = tokio::time::Instant::now();
         if now.duration_since(window) >= Duration::from_secs(1) {
-            if dropped > 0 {
-                warn!(
-                    pid = shared.pid,
-                    session_id = shared.session().map(|s| s.to_string()),
-                    stream = name,
-                    dropped,
-                    "agent process wrote more than {LOG_LINES_PER_SECOND} lines a second; the rest were dropped"
-                );
-                dropped = 0;
-            }
+            report(std::mem::take(&mut dropped));
             window = now;
-            in_window = 0;
+            (lines, bytes) = (0, 0);
         }
-        in_window += 1;
-        if in_window > LOG_LINES_PER_SECOND {
+        lines += 1;
+        bytes += buf.len();
+        if lines > LOG_LINES_PER_SECOND || bytes > LOG_BYTES_PER_SECOND {
             dropped += 1;
             continue;
         }
@@ -432,6 +446,7 @@ async fn forward_logs(shared: Arc<Shared>, stream: impl AsyncRead + Unpin, name:
             None => info!(target: "agent", pid = shared.pid, stream = name, truncated, "{text}"),
         }
     }
+    report(dropped);
 }
 
 /// The child's messages, applied as they come.
@@ -499,15 +514,15 @@ fn apply(
             .send_if_modified(|s| !std::mem::replace(&mut s.ready, true));
         return Ok(());
     }
+    if !shared.state.borrow().ready {
+        return Err("its first message must be ready".to_owned());
+    }
     if matches!(message, FromChild::Unknown) {
         debug!(
             pid = shared.pid,
             "agent process sent a message type this runtime does not know; ignored"
         );
         return Ok(());
-    }
-    if !shared.state.borrow().ready {
-        return Err("its first message must be ready".to_owned());
     }
     let Some(binding) = shared.binding.get() else {
         warn!(

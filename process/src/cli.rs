@@ -2,7 +2,6 @@
 //! after `--`, `--prewarm`, `--agent-memory-limit-mb` and `--agent-close-grace-seconds`.
 
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,12 +80,17 @@ struct Extension {
     agents: Arc<ProcessAgents>,
 }
 
+/// Whether this process may execute `path` (its user, not any user).
+fn executable(path: &Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
 /// Where `program` is: itself when it names a path, else the first match on `PATH`.
 fn resolve(program: &OsString) -> anyhow::Result<PathBuf> {
     let path = Path::new(program);
     if path.components().count() > 1 {
         return match std::fs::metadata(path) {
-            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(path.to_owned()),
+            Ok(m) if m.is_file() && executable(path) => Ok(path.to_owned()),
             Ok(m) if m.is_file() => anyhow::bail!("the agent command {path:?} is not executable"),
             Ok(_) => anyhow::bail!("the agent command {path:?} is not a file"),
             Err(e) => anyhow::bail!("the agent command {path:?} cannot be run: {e}"),
@@ -96,10 +100,7 @@ fn resolve(program: &OsString) -> anyhow::Result<PathBuf> {
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(path))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|candidate| candidate.is_file() && executable(candidate))
         .ok_or_else(|| anyhow::anyhow!("the agent command {program:?} is not on PATH"))
 }
 
@@ -159,5 +160,9 @@ impl CliExtension<ProcessAgent> for Extension {
         });
         self.agents.configure(options)?;
         Ok((builder.agent_close_timeout(bound), shown))
+    }
+
+    fn finished(&self) {
+        self.agents.stop_prewarmed();
     }
 }

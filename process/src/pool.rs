@@ -172,7 +172,6 @@ impl Pool {
         let mut taken = None;
         while let Some((child, _)) = slots.idle.pop_front() {
             if child.is_idle_ready() {
-                slots.failures = 0;
                 taken = Some(child);
                 break;
             }
@@ -183,6 +182,21 @@ impl Pool {
             self.fill();
         }
         taken
+    }
+
+    /// A taken child took its session: the command works, the backoff starts over.
+    pub(crate) fn served(&self) {
+        self.slots().failures = 0;
+    }
+
+    /// Kills every idle child's process group (when the program stops: helpers they started
+    /// during their imports go too).
+    pub(crate) fn clear(&self) {
+        let mut slots = self.slots();
+        for (child, _) in slots.idle.drain(..) {
+            child.kill();
+        }
+        self.publish(&slots, None);
     }
 
     /// Waits until `target` children are ready; an error as soon as one fails to start

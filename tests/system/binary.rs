@@ -56,6 +56,14 @@ pub async fn read_until(
         .unwrap_or_else(|| panic!("the process ended before the expected log line; logs: {log:#?}"))
 }
 
+/// Runs a workspace binary that must refuse `args` with exit code `code`; its stderr.
+pub async fn refused(binary: &str, args: &[&str], code: i32) -> String {
+    let out = command_of(binary, args).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    stderr
+}
+
 pub async fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     http_with(addr, method, path, &[]).await
 }
@@ -169,12 +177,12 @@ async fn run_runs_one_agent_until_it_is_left_alone() {
 
 #[tokio::test]
 async fn a_missing_video_file_is_refused_before_anything_starts() {
-    let out = command(&["run", "--video-track-override", "/nope/video.mp4"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(
+        "demo-agent",
+        &["run", "--video-track-override", "/nope/video.mp4"],
+        2,
+    )
+    .await;
     assert!(
         stderr.contains("File '/nope/video.mp4' does not exist."),
         "{stderr}"
@@ -185,12 +193,7 @@ async fn a_missing_video_file_is_refused_before_anything_starts() {
 async fn a_port_in_use_is_a_clear_error() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
-    let out = command(&["serve", "--port", &port, "--no-splash"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused("demo-agent", &["serve", "--port", &port, "--no-splash"], 1).await;
     assert!(
         stderr.contains(&format!("could not listen on 127.0.0.1:{port}")),
         "{stderr}"

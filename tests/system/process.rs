@@ -2,7 +2,8 @@
 //! contract holds with the Python example agent as with the demo agent; a child that crashes,
 //! ignores its close, never joins or exceeds its memory limit ends its session with the
 //! reason and detail that say so; 200 concurrent children run, and killing one touches no
-//! other.
+//! other. Each takes the HEAVY lock: they start dozens of processes, and a chaos world or the
+//! local stack beside them on 2 cores would measure our load, not their own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::binary::{command_of, http, sigterm};
+use crate::binary::{command_of, http, refused, sigterm};
 
 /// The Python example agent's command.
 fn python_agent() -> Vec<String> {
@@ -41,6 +42,8 @@ struct Server {
     child: tokio::process::Child,
     addr: String,
     log: Arc<Mutex<Vec<Value>>>,
+    /// Reads the logs until the server's stderr closes.
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -64,7 +67,7 @@ impl Server {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let collected = log.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let mut addr = None;
             while let Ok(Some(line)) = lines.next_line().await {
@@ -74,19 +77,24 @@ impl Server {
                 if value["message"] == "listening" {
                     addr = value["address"].as_str().map(str::to_owned);
                 }
-                if value["message"] == "ready"
-                    && let (Some(tx), Some(a)) = (ready_tx.take(), addr.clone())
-                {
+                let ready = value["message"] == "ready";
+                // Recorded before the test hears of it: what it reads then includes it.
+                collected.lock().unwrap().push(value);
+                if ready && let (Some(tx), Some(a)) = (ready_tx.take(), addr.clone()) {
                     let _ = tx.send(a);
                 }
-                collected.lock().unwrap().push(value);
             }
         });
         let addr = tokio::time::timeout(Duration::from_secs(30), ready_rx)
             .await
             .unwrap_or_else(|_| panic!("serve not ready in 30 s; logs: {:#?}", log.lock().unwrap()))
             .unwrap_or_else(|_| panic!("serve exited; logs: {:#?}", log.lock().unwrap()));
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            reader,
+        }
     }
 
     async fn start_session(&self, call: &str, body: &str) -> String {
@@ -185,12 +193,17 @@ impl Server {
         }
     }
 
-    /// Stops the server (SIGTERM, then its drain) and returns its exit code.
+    /// Stops the server (SIGTERM, then its drain) and returns its exit code once every log
+    /// line it wrote has been read.
     async fn stop(mut self) -> Option<i32> {
         sigterm(&self.child).await;
         let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("serve exits within 30 s of SIGTERM")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.reader)
+            .await
+            .expect("its stderr closes after its exit")
             .unwrap();
         status.code()
     }
@@ -316,14 +329,17 @@ const CONTRACT_LIMITS: [&str; 6] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_anchor_contract_holds_with_the_python_agent_as_with_the_demo_agent() {
+    let _heavy = crate::HEAVY.lock().await;
     let demo = Server::start("demo-agent", &CONTRACT_LIMITS, &[]).await;
     anchor_contract(&demo, false).await;
     assert_eq!(demo.stop().await, Some(0));
 
     let python = Server::start("switchboard", &CONTRACT_LIMITS, &python_agent()).await;
     anchor_contract(&python, true).await;
+    let log = python.log.clone();
+    assert_eq!(python.stop().await, Some(0));
     // Its stdout reached our logs with the session.
-    let logged = python.log.lock().unwrap().iter().any(|v| {
+    let logged = log.lock().unwrap().iter().any(|v| {
         v["stream"] == "stdout"
             && v["session_id"].is_string()
             && v["message"]
@@ -331,7 +347,6 @@ async fn the_anchor_contract_holds_with_the_python_agent_as_with_the_demo_agent(
                 .is_some_and(|m| m.starts_with("agent says: Hello!"))
     });
     assert!(logged, "the agent's greeting is in the runtime's logs");
-    assert_eq!(python.stop().await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +411,9 @@ async fn a_child_that_crashes_never_joins_ignores_its_close_or_leaks_ends_with_t
         "{:?}",
         asked.elapsed()
     );
-    let log = stubborn.log.lock().unwrap().clone();
+    let log = stubborn.log.clone();
+    assert_eq!(stubborn.stop().await, Some(0));
+    let log = log.lock().unwrap().clone();
     assert!(
         log.iter()
             .any(|v| v["message"] == "agent process ignored SIGTERM; SIGKILL")
@@ -411,7 +428,6 @@ async fn a_child_that_crashes_never_joins_ignores_its_close_or_leaks_ends_with_t
                 .contains(r#""reason":"requested""#)),
         "the child was told why: {log:#?}"
     );
-    assert_eq!(stubborn.stop().await, Some(0));
 
     // Leaks: its tree (a grandchild holding 256 MB) over 100 MB ends it agent_failed.
     let mut with_limit = opts.to_vec();
@@ -642,6 +658,7 @@ async fn wait_prewarmed(server: &Server, n: usize) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prewarmed_children_are_ready_before_serve_is_taken_by_starts_and_replaced() {
+    let _heavy = crate::HEAVY.lock().await;
     let mut cmd_env = plain_agent();
     cmd_env.insert(0, "EXAMPLE_IMPORT_SECONDS=1".to_owned());
     cmd_env.insert(0, "env".to_owned());
@@ -719,7 +736,7 @@ async fn prewarmed_children_are_ready_before_serve_is_taken_by_starts_and_replac
     );
     let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
     assert_eq!(ended["end_reason"], "requested");
-    // Stopping serve leaves no child behind: the idle ones see their channel close and exit.
+    // Stopping serve leaves no child behind: the idle ones are killed with their groups.
     assert_eq!(server.stop().await, Some(0));
     for pid in replaced {
         wait_gone(pid).await;
@@ -728,48 +745,35 @@ async fn prewarmed_children_are_ready_before_serve_is_taken_by_starts_and_replac
 
 #[tokio::test]
 async fn an_agent_command_that_cannot_start_is_refused_at_startup() {
+    let _heavy = crate::HEAVY.lock().await;
     // Not on PATH: an invalid command line (2), before anything starts.
-    let out = command_of(
+    let stderr = refused(
         "switchboard",
         &["serve", "--port", "0", "--", "no-such-agent-xyz"],
+        2,
     )
-    .output()
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    .await;
     assert!(
         stderr.contains("\"no-such-agent-xyz\" is not on PATH"),
         "{stderr}"
     );
     // No command at all.
-    let out = command_of("switchboard", &["serve", "--port", "0"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("AGENT_COMMAND"));
+    let stderr = refused("switchboard", &["serve", "--port", "0"], 2).await;
+    assert!(stderr.contains("AGENT_COMMAND"), "{stderr}");
     // Prewarmed children that exit before `ready`: serve does not start, and says why.
-    let out = command_of(
-        "switchboard",
-        &[
-            "serve",
-            "--port",
-            "0",
-            "--no-splash",
-            "--prewarm",
-            "1",
-            "--",
-            "sh",
-            "-c",
-            "exit 7",
-        ],
-    )
-    .output()
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let args = [
+        "serve",
+        "--port",
+        "0",
+        "--no-splash",
+        "--prewarm",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ];
+    let stderr = refused("switchboard", &args, 1).await;
     assert!(
         stderr.contains("the agent process exited with status 7 before it was ready"),
         "{stderr}"
@@ -778,6 +782,7 @@ async fn an_agent_command_that_cannot_start_is_refused_at_startup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_child_gets_its_metadata_its_close_reason_and_ends_as_it_says() {
+    let _heavy = crate::HEAVY.lock().await;
     let opts = [
         "--agent-idle-timeout",
         "1",
@@ -794,7 +799,9 @@ async fn the_child_gets_its_metadata_its_close_reason_and_ends_as_it_says() {
     let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
     assert_eq!(ended["end_reason"], "agent_finished", "{ended:#}");
     assert_eq!(ended["metrics"]["llm_output_tokens__total"], 7, "{ended:#}");
-    let handed = server.log.lock().unwrap().iter().any(|v| {
+    let log = server.log.clone();
+    assert_eq!(server.stop().await, Some(0));
+    let handed = log.lock().unwrap().iter().any(|v| {
         v["session_id"] == id.as_str()
             && v["message"].as_str().is_some_and(|m| {
                 m.starts_with("stub finished pid")
@@ -807,6 +814,13 @@ async fn the_child_gets_its_metadata_its_close_reason_and_ends_as_it_says() {
         handed,
         "the session message carried the ids and the metadata"
     );
+
+    // Metrics, then exit 0 at once: the last metrics are still the session's.
+    let server = Server::start("switchboard", &opts, &stub("exit-after-metrics")).await;
+    let id = server.start_session("m", "{}").await;
+    let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
+    assert_eq!(ended["end_reason"], "agent_finished", "{ended:#}");
+    assert_eq!(ended["metrics"]["llm_output_tokens__total"], 9, "{ended:#}");
     assert_eq!(server.stop().await, Some(0));
 
     // Alone: the idle timeout ends it, and the child hears `idle`.
@@ -814,7 +828,9 @@ async fn the_child_gets_its_metadata_its_close_reason_and_ends_as_it_says() {
     let id = server.start_session("a", "{}").await;
     let ended = server.wait_ended(&id, Duration::from_secs(20)).await;
     assert_eq!(ended["end_reason"], "idle", "{ended:#}");
-    let told = server.log.lock().unwrap().iter().any(|v| {
+    let log = server.log.clone();
+    assert_eq!(server.stop().await, Some(0));
+    let told = log.lock().unwrap().iter().any(|v| {
         v["session_id"] == id.as_str()
             && v["message"].as_str().is_some_and(|m| {
                 m.starts_with("stub alone close")
@@ -823,7 +839,6 @@ async fn the_child_gets_its_metadata_its_close_reason_and_ends_as_it_says() {
             })
     });
     assert!(told, "the child was told idle, with its grace");
-    assert_eq!(server.stop().await, Some(0));
 
     // Another protocol version: refused; the start answers 500 as for any agent that cannot
     // be created (the anchor's contract), and the session ends start_failed saying why.
@@ -850,7 +865,10 @@ async fn the_child_gets_its_metadata_its_close_reason_and_ends_as_it_says() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn children_die_with_a_runtime_killed_by_sigkill_even_ones_deaf_to_their_channel() {
+async fn children_die_with_a_runtime_killed_by_sigkill_and_a_clean_stop_takes_their_helpers() {
+    let _heavy = crate::HEAVY.lock().await;
+    // SIGKILL: no drain runs, and the children (deaf to their channel's end: `sleep` holds it)
+    // get the parent-death signal.
     let mut server = Server::start("switchboard", &["--prewarm", "2"], &stub("deaf")).await;
     let pids = wait_prewarmed(&server, 2).await;
     for pid in &pids {
@@ -858,8 +876,33 @@ async fn children_die_with_a_runtime_killed_by_sigkill_even_ones_deaf_to_their_c
     }
     server.child.start_kill().unwrap();
     let _ = server.child.wait().await;
-    // No EOF handling in them (`sleep` holds the channel): the parent-death signal ends them.
+    for pid in &pids {
+        wait_gone(*pid).await;
+    }
+    // Their helpers are not the kernel's to end (docs/process-agents.md): ours to clean up.
+    for pid in &pids {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status()
+            .await;
+    }
+
+    // A clean stop kills each idle child's process group: its helpers go with it.
+    let server = Server::start("switchboard", &["--prewarm", "2"], &stub("deaf")).await;
+    let pids = wait_prewarmed(&server, 2).await;
+    for pid in &pids {
+        assert_eq!(group_members(*pid).len(), 2, "the child and its helper");
+    }
+    assert_eq!(server.stop().await, Some(0));
     for pid in pids {
-        wait_gone(pid).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !group_members(pid).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "left in the group: {:?}",
+                group_members(pid)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -136,6 +136,9 @@ pub trait CliExtension<A>: Send + Sync {
         matches: &clap::ArgMatches,
         builder: AgentLauncherBuilder<A>,
     ) -> anyhow::Result<(AgentLauncherBuilder<A>, serde_json::Value)>;
+
+    /// Called once the sub-command has finished (its runtime stopped), before the exit.
+    fn finished(&self) {}
 }
 
 /// [`main`], with a program's own arguments.
@@ -185,11 +188,15 @@ where
         },
         _ => (builder, None),
     };
-    match cli.command {
+    let code = match cli.command {
         Command::Serve(args) => serve::serve(builder, options, args, agent),
         Command::Run(args) => run::run(builder, args, agent),
         Command::Task(args) => task(Ok(builder), args, agent),
+    };
+    if let Some(extension) = extension {
+        extension.finished();
     }
+    code
 }
 
 /// The effective configuration `task --print-config` prints.

@@ -7,15 +7,17 @@
 #   never-join    takes the session and never joins (the join deadline ends it)
 #   hog           joins, then a grandchild holds 256 MB of memory (the tree's RSS counts)
 #   finished      joins, reports metrics, says finished and exits 0
+#   exit-after-metrics  joins, reports metrics and exits 0 at once (no finished)
 #   alone         joins and nobody else comes (the idle timeout ends it)
 #   v2            says it speaks protocol 2
-#   deaf          says ready, then never reads its channel again (nor exits on its end)
+#   deaf          says ready, starts a helper, then never reads its channel again (nor exits
+#                 on its end)
 set -u
 mode=${1:-normal}
 say() { printf '%s\n' "$1" >&3; }
 if [[ $mode == v2 ]]; then say '{"type":"ready","protocol":2}'; sleep 30; exit 0; fi
 say '{"type":"ready","protocol":1}'
-[[ $mode == deaf ]] && exec sleep 3600
+if [[ $mode == deaf ]]; then sleep 3600 & exec sleep 3600; fi
 IFS= read -r session <&3 || exit 0
 echo "stub $mode pid $$ got $session"
 [[ $mode == never-join ]] || say '{"type":"joined"}'
@@ -26,6 +28,9 @@ case $mode in
     finished)
         say '{"type":"metrics","counters":{"llm_output_tokens":7}}'
         say '{"type":"finished"}'
+        exit 0 ;;
+    exit-after-metrics)
+        say '{"type":"metrics","counters":{"llm_output_tokens":9}}'
         exit 0 ;;
 esac
 [[ $mode == alone ]] || say '{"type":"participant_joined","participant_id":"p1"}'
