@@ -679,35 +679,48 @@ async fn prewarmed_children_are_ready_before_serve_is_taken_by_starts_and_replac
             .count()
             == 2
     );
-    // An idle child's logs carry its pid, not a session.
+    // An idle child's logs carry its pid, not a session (its stdout is read by a task of
+    // its own: waited for).
     let first = prewarmed(&server)[0];
-    let idle_line = server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|v| v["pid"] == first && v["stream"] == "stdout" && v.get("session_id").is_none());
-    assert!(
-        idle_line,
-        "the idle child's `ready in pid` line, without a session"
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let idle_line =
+            server.log.lock().unwrap().iter().any(|v| {
+                v["pid"] == first && v["stream"] == "stdout" && v.get("session_id").is_none()
+            });
+        if idle_line {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle child's `ready in pid` line, without a session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A start takes the oldest prewarmed child; a replacement starts.
     let id = server.start_session("warm", "{}").await;
     server
         .wait_session(&id, Duration::from_secs(20), |s| s["status"] == "running")
         .await;
-    let assigned = server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|v| {
-            v["message"] == "agent process assigned to the session"
-                && v["session_id"] == id.as_str()
-        })
-        .cloned()
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let assigned = loop {
+        let found = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| {
+                v["message"] == "agent process assigned to the session"
+                    && v["session_id"] == id.as_str()
+            })
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no assignment logged for {id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(assigned["prewarmed"], true, "{assigned}");
     assert_eq!(assigned["pid"], first, "{assigned}");
     assert_eq!(server.child_pid(&id).await, first);
