@@ -444,15 +444,7 @@ async fn a_child_that_crashes_never_joins_ignores_its_close_or_leaks_ends_with_t
     );
     wait_gone(pid).await;
     // The whole tree: the grandchild that held the memory too.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !group_members(pid).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "left in the group: {:?}",
-            group_members(pid)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_group_gone(pid).await;
     assert_eq!(hog.stop().await, Some(0));
 }
 
@@ -475,6 +467,19 @@ fn group_members(group: i32) -> Vec<i32> {
             })
         })
         .collect()
+}
+
+/// Waits until process group `group` has no live member.
+async fn wait_group_gone(group: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !group_members(group).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left in the group: {:?}",
+            group_members(group)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn wait_gone(pid: i32) {
@@ -908,14 +913,6 @@ async fn children_die_with_a_runtime_killed_by_sigkill_and_a_clean_stop_takes_th
     }
     assert_eq!(server.stop().await, Some(0));
     for pid in pids {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !group_members(pid).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "left in the group: {:?}",
-                group_members(pid)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_group_gone(pid).await;
     }
 }
