@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use switchboard_agent::agent::SessionRef;
 use switchboard_agent::{Agent, AgentLauncher, AgentLauncherBuilder, CreateContext, JoinContext};
 use switchboard_core::EndReason;
 use tokio::sync::OnceCell;
@@ -148,26 +149,11 @@ impl ProcessAgents {
                 options,
             });
         };
-        let handover = || ToChild::Session {
-            protocol: PROTOCOL_VERSION,
-            session_id: session.session_id.to_string(),
-            call_id: session.call_id.to_string(),
-            call_type: session.call_type.to_string(),
-            metadata: ctx.metadata.clone(),
-        };
         // A prewarmed child that died between its last check and the handover is dropped
         // (and killed); the session then gets a fresh one.
         let mut child = None;
         if let Some((pool, warm)) = running.pool.as_ref().and_then(|p| p.take().map(|c| (p, c))) {
-            match warm
-                .assign(
-                    session.session_id,
-                    handover(),
-                    ctx.presence.clone(),
-                    ctx.metrics.clone(),
-                )
-                .await
-            {
+            match hand_over(&warm, &session, &ctx).await {
                 Ok(()) => {
                     pool.served();
                     child = Some(warm);
@@ -183,14 +169,7 @@ impl ProcessAgents {
             None => {
                 let fresh = Child::spawn(&options.command)?;
                 fresh.ready().await?;
-                fresh
-                    .assign(
-                        session.session_id,
-                        handover(),
-                        ctx.presence.clone(),
-                        ctx.metrics.clone(),
-                    )
-                    .await?;
+                hand_over(&fresh, &session, &ctx).await?;
                 fresh
             }
         };
@@ -264,6 +243,25 @@ async fn ended(child: &Child, seen: crate::child::State) -> anyhow::Result<()> {
     }
 }
 
+/// Binds `child` to the session and sends it `session`.
+async fn hand_over(child: &Child, session: &SessionRef, ctx: &CreateContext) -> anyhow::Result<()> {
+    let message = ToChild::Session {
+        protocol: PROTOCOL_VERSION,
+        session_id: session.session_id.to_string(),
+        call_id: session.call_id.to_string(),
+        call_type: session.call_type.to_string(),
+        metadata: ctx.metadata.clone(),
+    };
+    child
+        .assign(
+            session.session_id,
+            message,
+            ctx.presence.clone(),
+            ctx.metrics.clone(),
+        )
+        .await
+}
+
 /// The next memory sample; pending forever without a sampler (or once it stopped).
 async fn next_sample(
     rx: &mut Option<tokio::sync::watch::Receiver<crate::memory::Sample>>,
@@ -283,18 +281,6 @@ async fn next_sample(
 pub struct ProcessAgent {
     child: Option<Child>,
     options: ProcessOptions,
-}
-
-impl ProcessAgent {
-    /// The child's pid, if it has one.
-    pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(Child::pid)
-    }
-
-    /// Whether the child was told to close.
-    pub fn close_sent(&self) -> bool {
-        self.child.as_ref().is_some_and(Child::close_sent)
-    }
 }
 
 impl Agent for ProcessAgent {

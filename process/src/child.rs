@@ -103,6 +103,11 @@ impl Shared {
         self.binding.get().map(|b| b.session_id)
     }
 
+    /// The session as a log field (none before the handover).
+    fn session_field(&self) -> Option<String> {
+        self.session().map(|s| s.to_string())
+    }
+
     /// Signals the child's whole process group; a group already gone is not an error. Once
     /// its exit is recorded, nothing is sent: the exit watcher killed the group right after
     /// reaping it, and the pid may be another process's by now.
@@ -119,7 +124,7 @@ impl Shared {
     }
 
     fn fail(&self, why: String) {
-        warn!(pid = self.pid, session_id = self.session().map(|s| s.to_string()), reason = %why, "agent process broke the protocol; killing it");
+        warn!(pid = self.pid, session_id = self.session_field(), reason = %why, "agent process broke the protocol; killing it");
         self.state.send_modify(|s| {
             s.fatal
                 .get_or_insert(format!("the agent process broke the protocol: {why}"));
@@ -238,7 +243,7 @@ impl Child {
             }
             match status {
                 Ok(status) => {
-                    info!(pid = watcher.pid, session_id = watcher.session().map(|s| s.to_string()), status = %describe(status), "agent process ended");
+                    info!(pid = watcher.pid, session_id = watcher.session_field(), status = %describe(status), "agent process ended");
                     watcher.state.send_modify(|s| s.exit = Some(status));
                 }
                 Err(e) => {
@@ -355,7 +360,7 @@ impl Child {
     /// Ends the child: `close` with `reason` (once), `grace` to exit, then SIGTERM and
     /// `term_grace`, then SIGKILL.
     pub(crate) async fn close(&self, reason: &str, grace: Duration, term_grace: Duration) {
-        let session_id = self.shared.session().map(|s| s.to_string());
+        let session_id = self.shared.session_field();
         if self.shared.state.borrow().exit.is_some() {
             self.settled().await;
             return;
@@ -398,11 +403,6 @@ impl Child {
             );
         }
     }
-
-    /// Whether a close was sent.
-    pub(crate) fn close_sent(&self) -> bool {
-        self.close_sent.load(Ordering::SeqCst)
-    }
 }
 
 /// The child's stdout or stderr, line by line, to our logs (with its session once it has one).
@@ -417,7 +417,7 @@ async fn forward_logs(shared: Arc<Shared>, stream: impl AsyncRead + Unpin, name:
         if dropped > 0 {
             warn!(
                 pid = shared.pid,
-                session_id = shared.session().map(|s| s.to_string()),
+                session_id = shared.session_field(),
                 stream = name,
                 dropped,
                 "agent process wrote more than {LOG_LINES_PER_SECOND} lines or {LOG_BYTES_PER_SECOND} bytes a second; the rest were dropped"
@@ -480,7 +480,7 @@ async fn read_messages(shared: Arc<Shared>, read: tokio::net::unix::OwnedReadHal
                 // Logged, up to a bound: a child must not flood the logs through here.
                 invalid += 1;
                 if invalid <= 20 {
-                    warn!(pid = shared.pid, session_id = shared.session().map(|s| s.to_string()), error = %e, message = %shown, invalid, "agent process sent an invalid message; ignored (the first 20 are logged)");
+                    warn!(pid = shared.pid, session_id = shared.session_field(), error = %e, message = %shown, invalid, "agent process sent an invalid message; ignored (the first 20 are logged)");
                 }
                 continue;
             }

@@ -170,28 +170,25 @@ where
             return u8::try_from(e.exit_code()).unwrap_or(2);
         }
     };
-    let (builder, agent) = match (extension, matches.subcommand()) {
-        (Some(extension), Some((name, sub))) => match extension.configure(name, sub, builder) {
-            Ok((builder, shown)) => (builder, Some(shown)),
-            // A task reports it as it reports a bad launcher option: the row ends
-            // `start_failed` and its slot comes back.
-            Err(e) if matches!(cli.command, Command::Task(_)) => {
-                let Command::Task(args) = cli.command else {
-                    unreachable!("matched above")
-                };
-                return task::<A>(Err(e.context("invalid agent options")), args, None);
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return 2;
-            }
-        },
-        _ => (builder, None),
+    let configured = match (extension, matches.subcommand()) {
+        (Some(extension), Some((name, sub))) => extension
+            .configure(name, sub, builder)
+            .map(|(builder, shown)| (builder, Some(shown))),
+        _ => Ok((builder, None)),
     };
-    let code = match cli.command {
-        Command::Serve(args) => serve::serve(builder, options, args, agent),
-        Command::Run(args) => run::run(builder, args, agent),
-        Command::Task(args) => task(Ok(builder), args, agent),
+    let code = match (cli.command, configured) {
+        (Command::Serve(args), Ok((builder, agent))) => serve::serve(builder, options, args, agent),
+        (Command::Run(args), Ok((builder, agent))) => run::run(builder, args, agent),
+        (Command::Task(args), Ok((builder, agent))) => task(Ok(builder), args, agent),
+        // A task reports it as it reports a bad launcher option: the row ends `start_failed`
+        // and its slot comes back.
+        (Command::Task(args), Err(e)) => {
+            task::<A>(Err(e.context("invalid agent options")), args, None)
+        }
+        (_, Err(e)) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
     };
     if let Some(extension) = extension {
         extension.finished();
